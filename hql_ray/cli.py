@@ -1,0 +1,57 @@
+"""`hql-ray` command line: one subcommand per module in hql_ray.commands.
+
+Each command module defines ``add_parser(subparsers)`` (registering its flags) and
+``run(args) -> int``. Input problems raise ``InputError`` and are printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hql_ray.errors import HQLError
+
+# Order = order shown in --help. Kept as names so `hql-ray tree` does not import torch/ray.
+COMMANDS = ["train", "tree", "data", "report", "generate"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hql-ray",
+        description="Hierarchical QLoRA AMR-to-text training over a language tree, on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hql_ray.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"hql_ray.commands.{name}":
+                raise
+            continue  # command not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        # The built-in default job: the demo (PTHQL on the bundled sample, tiny model, local Ray).
+        argv = ["train"]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except HQLError as err:
+        print(f"hql-ray {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hql-ray: interrupted; finished nodes are kept (re-run with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
