@@ -1,0 +1,235 @@
+"""Corpus layouts on disk -> examples; every bad input names the file, the line and the problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hql_ray.amr import LinearizeOptions
+from hql_ray.corpus import (
+    SPLITS,
+    check_layout,
+    corpus_file,
+    count_examples,
+    discover_corpora,
+    find_ldc,
+    load_examples,
+    read_ldc,
+    read_tsv,
+)
+from hql_ray.errors import InputError
+
+WANT = "(w / want-01 :ARG0 (b / boy) :ARG1 (g / go-02 :ARG0 b))"
+CITY = '(c / city :wiki "Paris" :name (n / name :op1 "Paris"))'
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_corpus(root: Path, corpus: str, code: str, n: int, splits=SPLITS) -> None:
+    for split in splits:
+        lines = [f'(s{i} / sentence :quant {i})\t{corpus} {code} {split} {i}' for i in range(n)]
+        write(corpus_file(root, corpus, code, split), "\n".join(lines) + "\n")
+
+
+def test_read_tsv_linearizes_and_skips_blank_lines(tmp_path):
+    path = write(tmp_path / "a.tsv", f"{WANT}\tThe boy wants to go.\n\n{CITY}\t Paris. \n")
+    examples, skipped = read_tsv(path, "eng_Latn", "amr3")
+    assert skipped == 0
+    assert [e.amr for e in examples] == [WANT, CITY]
+    assert [e.text for e in examples] == ["The boy wants to go.", "Paris."]
+    assert examples[1].origin == f"{path}:3" and examples[1].lang == "eng_Latn" and examples[1].corpus == "amr3"
+    examples, _ = read_tsv(path, "eng_Latn", "amr3", options=LinearizeOptions(keep_wiki=False, keep_variables=False))
+    assert [e.amr for e in examples] == ["(want-01 :ARG0 boy :ARG1 (go-02 :ARG0 boy))", '(city :name (name :op1 "Paris"))']
+
+
+def test_tab_in_the_sentence_stays_in_the_sentence(tmp_path):
+    path = write(tmp_path / "a.tsv", f"{WANT}\tone\ttwo\n")
+    examples, _ = read_tsv(path, "eng_Latn", "amr3")
+    assert examples[0].text == "one\ttwo"
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (f"{WANT} The boy.", "no tab between the AMR and the sentence"),
+        ("\tThe boy.", "empty AMR side"),
+        (f"{WANT}\t", "empty sentence side"),
+        (f"{WANT}\t   ", "empty sentence side"),
+        ("(w / want-01 :ARG0 (b / boy)\tThe boy.", "malformed AMR: unbalanced parentheses"),
+        ("w / want-01\tThe boy.", "malformed AMR: Expected: LPAREN"),
+    ],
+)
+def test_bad_tsv_line_names_file_line_and_problem(tmp_path, line, problem):
+    path = write(tmp_path / "amr3_eng_Latn_train.tsv", f"{WANT}\tok\n\n{line}\n{CITY}\tok\n")
+    with pytest.raises(InputError) as err:
+        read_tsv(path, "eng_Latn", "amr3")
+    assert err.value.path == str(path) and err.value.line == 3
+    assert problem in err.value.problem
+    assert str(err.value).startswith(f"{path}:3: ")
+    examples, skipped = read_tsv(path, "eng_Latn", "amr3", skip_bad=True)
+    assert skipped == 1 and [e.origin for e in examples] == [f"{path}:1", f"{path}:4"]
+
+
+def test_skip_bad_counts_every_bad_line(tmp_path):
+    path = write(tmp_path / "a.tsv", f"{WANT}\tok\nno tab\n\tx\n{WANT}\t\n(a\tx\n{CITY}\tok\n")
+    examples, skipped = read_tsv(path, "eng_Latn", "amr3", skip_bad=True)
+    assert skipped == 4 and len(examples) == 2
+
+
+def test_discover_and_narrow(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 3)
+    make_corpus(tmp_path, "flores", "deu_Latn", 2)
+    (tmp_path / "notes").mkdir()  # a folder that is not a corpus
+    write(tmp_path / "junk" / "deu_Latn" / "other.tsv", "x\ty\n")
+    assert discover_corpora(tmp_path) == ["amr3", "flores"]
+    examples, _ = load_examples(tmp_path, "deu_Latn", "train", corpora=["flores"])
+    assert [e.corpus for e in examples] == ["flores", "flores"]
+    with pytest.raises(InputError) as err:
+        load_examples(tmp_path, "deu_Latn", "train", corpora=["amr2"])
+    assert "unknown corpus amr2; available: amr3, flores" in str(err.value)
+
+
+def test_union_of_two_corpora(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 3)
+    make_corpus(tmp_path, "flores", "deu_Latn", 2)
+    examples, skipped = load_examples(tmp_path, "deu_Latn", "validation")
+    assert skipped == 0
+    assert [e.text for e in examples] == [
+        "amr3 deu_Latn validation 0",
+        "amr3 deu_Latn validation 1",
+        "amr3 deu_Latn validation 2",
+        "flores deu_Latn validation 0",
+        "flores deu_Latn validation 1",
+    ]
+    assert examples[0].amr == "(s0 / sentence :quant 0)"
+
+
+def test_count_examples(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 3)
+    make_corpus(tmp_path, "flores", "deu_Latn", 2)
+    write(corpus_file(tmp_path, "flores", "ltz_Latn", "train"), "a\tb\n\n  \nnot even an AMR\n")
+    assert count_examples(tmp_path, "deu_Latn", "train") == 5
+    assert count_examples(tmp_path, "deu_Latn", "train", corpora=["amr3"]) == 3
+    assert count_examples(tmp_path, "ltz_Latn", "train") == 2  # no parsing: blank lines only are left out
+    assert count_examples(tmp_path, "ltz_Latn", "test") == 0
+    with pytest.raises(InputError) as err:
+        count_examples(tmp_path / "nope", "deu_Latn", "train")
+    assert "data directory does not exist" in str(err.value)
+
+
+def test_cap_is_a_deterministic_seeded_sample(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 40, splits=("train",))
+    make_corpus(tmp_path, "flores", "deu_Latn", 20, splits=("train",))
+    full, _ = load_examples(tmp_path, "deu_Latn", "train")
+    a, _ = load_examples(tmp_path, "deu_Latn", "train", cap=25, seed=1)
+    b, _ = load_examples(tmp_path, "deu_Latn", "train", cap=25, seed=1)
+    c, _ = load_examples(tmp_path, "deu_Latn", "train", cap=25, seed=2)
+    assert len(a) == 25 and a == b
+    assert [e.text for e in a] != [e.text for e in c]
+    position = {e.origin: i for i, e in enumerate(full)}
+    assert [position[e.origin] for e in a] == sorted(position[e.origin] for e in a)  # file order kept
+    assert {e.corpus for e in a} == {"amr3", "flores"}  # sampled over the union
+    assert load_examples(tmp_path, "deu_Latn", "train", cap=100)[0] == full
+
+
+def test_missing_data_dir_and_empty_data_dir(tmp_path):
+    with pytest.raises(InputError) as err:
+        check_layout(tmp_path / "nope", ["deu_Latn"])
+    assert err.value.path == str(tmp_path / "nope") and "does not exist" in err.value.problem
+    with pytest.raises(InputError) as err:
+        load_examples(tmp_path, "deu_Latn", "train")
+    assert err.value.path == str(tmp_path) and "no corpus" in err.value.problem
+
+
+@dataclass(frozen=True)
+class Lang:
+    code: str
+    name: str
+
+
+def test_check_layout_names_the_missing_file(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 1)
+    make_corpus(tmp_path, "flores", "deu_Latn", 1)
+    make_corpus(tmp_path, "flores", "ltz_Latn", 1)
+    assert check_layout(tmp_path, ["deu_Latn"]) == ["amr3", "flores"]
+    assert check_layout(tmp_path, ["ltz_Latn"], corpora=["flores"]) == ["flores"]
+    missing = corpus_file(tmp_path, "amr3", "ltz_Latn", "train")
+    with pytest.raises(InputError) as err:
+        check_layout(tmp_path, [Lang("deu_Latn", "German"), Lang("ltz_Latn", "Luxembourgish")])
+    assert str(err.value) == f"{missing}: missing corpus file for ltz_Latn (Luxembourgish)"
+    with pytest.raises(InputError) as err:
+        check_layout(tmp_path, ["deu_Latn"], corpora=["amr3", "wmt"])
+    assert "unknown corpus wmt; available: amr3, flores" in err.value.problem
+
+
+def test_load_examples_without_any_file_for_the_language(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 1)
+    with pytest.raises(InputError) as err:
+        load_examples(tmp_path, "tpi_Latn", "train")
+    assert err.value.path == str(corpus_file(tmp_path, "amr3", "tpi_Latn", "train"))
+    assert "no corpus file for tpi_Latn train" in err.value.problem
+
+
+SINGLE_GRAPHS = f"{WANT}\n{CITY}\n"
+MULTI_GRAPHS = f"""\
+# ::id a.1
+# ::snt The boy wants to go.
+(w / want-01
+   :ARG0 (b / boy)
+   :ARG1 (g / go-02 :ARG0 b))
+
+# ::id a.2
+(c / city :wiki "Paris"
+   :name (n / name :op1 "Paris"))
+"""
+
+
+@pytest.mark.parametrize("graphs, lines", [(SINGLE_GRAPHS, [1, 2]), (MULTI_GRAPHS, [1, 7])])
+def test_read_ldc_both_graph_formats(tmp_path, graphs, lines):
+    graph_file = write(tmp_path / "graph_amr" / "graph_amr-test.txt", graphs)
+    text_file = write(tmp_path / "deu_Latn" / "deu_Latn-test.txt", "Der Junge will gehen.\nParis.\n")
+    assert find_ldc(tmp_path, "deu_Latn") == (graph_file, text_file)
+    assert find_ldc(tmp_path, "ita_Latn") is None
+    examples = read_ldc(graph_file, text_file, "deu_Latn")
+    assert [(e.amr, e.text) for e in examples] == [(WANT, "Der Junge will gehen."), (CITY, "Paris.")]
+    assert [e.origin for e in examples] == [f"{graph_file}:{n}" for n in lines]
+    assert examples[0].lang == "deu_Latn" and examples[0].corpus == "ldc2020t07"
+    no_wiki = read_ldc(graph_file, text_file, "deu_Latn", options=LinearizeOptions(keep_wiki=False))
+    assert no_wiki[1].amr == '(c / city :name (n / name :op1 "Paris"))'
+
+
+def test_read_ldc_different_lengths_names_both_files_and_counts(tmp_path):
+    graph_file = write(tmp_path / "g.txt", SINGLE_GRAPHS)
+    text_file = write(tmp_path / "t.txt", "one\ntwo\nthree\n")
+    with pytest.raises(InputError) as err:
+        read_ldc(graph_file, text_file, "eng_Latn")
+    assert f"2 graphs in {graph_file} but 3 sentences in {text_file}" in str(err.value)
+
+
+def test_read_ldc_malformed_graph_and_empty_sentence(tmp_path):
+    graph_file = write(tmp_path / "g.txt", f"{WANT}\n(c / city :name\n")
+    text_file = write(tmp_path / "t.txt", "one\ntwo\n")
+    with pytest.raises(InputError) as err:
+        read_ldc(graph_file, text_file, "eng_Latn")
+    assert err.value.path == str(graph_file) and err.value.line == 2 and "malformed AMR" in err.value.problem
+    graph_file = write(tmp_path / "g.txt", SINGLE_GRAPHS)
+    text_file = write(tmp_path / "t.txt", "\ntwo\n")
+    with pytest.raises(InputError) as err:
+        read_ldc(graph_file, text_file, "eng_Latn")
+    assert err.value.path == str(text_file) and err.value.line == 1 and "empty sentence" in err.value.problem
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_bytes(f"{WANT}\tok\n".encode() + b"(a / b)\t\xff\xfe\n")
+    with pytest.raises(InputError) as err:
+        read_tsv(path, "eng_Latn", "amr3")
+    assert err.value.line == 2 and "not UTF-8" in err.value.problem
+    examples, skipped = read_tsv(path, "eng_Latn", "amr3", skip_bad=True)
+    assert skipped == 1 and len(examples) == 1
