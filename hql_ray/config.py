@@ -1,0 +1,305 @@
+"""One typed config for a run: YAML file + the original's flags + `key=value` overrides.
+
+Precedence (later wins): built-in defaults < `--config FILE` < flags < `section.key=value` overrides.
+Validated up front so that a typo fails before any model is loaded. Crosses Ray boundaries as a plain
+dict (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hql_ray.errors import ConfigError
+
+MODES = ("qlora", "lora", "fft")
+HANDOFFS = ("stack", "merge", "continue")
+DIRECTIONS = ("amr2text", "text2amr")
+TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+
+
+@dataclass
+class RunSection:
+    name: str | None = None  # -sn: the run's folder under output_dir; None = the tree file's stem
+    output_dir: str = "runs"  # where manifest, adapters and results go
+    # Where Ray Train keeps checkpoints and node adapters: a local dir, NFS path or s3:// URI.
+    # None = <output_dir>/<name>/storage.
+    storage_path: str | None = None
+    seed: int = 0
+    resume: bool = False
+
+
+@dataclass
+class TreeSection:
+    file: str = "language_files/12langs_pthql.csv"  # -lf
+    levels: list[str] | None = None  # -ln; None = every level column of the file
+
+
+@dataclass
+class LinearizeSection:
+    keep_wiki: bool = True
+    keep_variables: bool = True
+    keep_senses: bool = True
+
+
+@dataclass
+class DataSection:
+    dir: str = "data"  # the original's layout: data/amr3/<code>/..., data/flores/<code>/...
+    corpora: list[str] | None = None  # None = every corpus found in dir
+    direction: str = "amr2text"  # or text2amr (parsing, scored with smatch)
+    max_train_per_language: int | None = 31000  # -ts: the paper's cap (low-resource lower bound)
+    max_validation_per_language: int | None = 200  # -sv: validation sample per language
+    max_test_per_language: int | None = None
+    max_source_length: int = 512
+    max_target_length: int = 256
+    skip_bad: bool = False  # skip (and count) malformed lines instead of stopping
+    cache_dir: str | None = None  # tokenized Arrow cache; None = <output_dir>/.cache
+    linearize: LinearizeSection = field(default_factory=LinearizeSection)
+
+
+@dataclass
+class LoraSection:
+    r: int = 256  # -ls
+    alpha: int | None = None  # None = r (the original: alpha = r)
+    use_rslora: bool = True
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(TARGET_MODULES))
+
+
+@dataclass
+class ModelSection:
+    base: str = "google/mt5-large"  # -bm; "tiny" = built-in random tiny mT5, no download
+    mode: str = "qlora"  # -tm: qlora | lora | fft
+    handoff: str = "stack"  # stack | merge | continue
+    double_quant: bool = True
+    quant_type: str = "nf4"
+    gradient_checkpointing: bool = False
+    lora: LoraSection = field(default_factory=LoraSection)
+
+
+@dataclass
+class TrainSection:
+    epochs: float = 1.0  # -le: epochs per level
+    batch_size: int = 8  # -bs: per worker
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    group_by_length: bool = True
+    eval_every: int = 0  # steps between validations; 0 = once per epoch (and at the end)
+    checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation
+    max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
+    log_every: int = 10
+
+
+@dataclass
+class EvalSection:
+    generate: bool = True  # -ge: generate on the test split of every language under a node
+    max_new_tokens: int = 128
+    batch_size: int = 32
+    at_nodes: str = "all"  # all | leaves: which nodes generate on their languages' test sets
+
+
+@dataclass
+class ResourcesSection:
+    address: str | None = None  # None = start a local Ray; "auto" = join a running cluster
+    num_gpus: int | None = None  # GPU slots to use; None = all the cluster has (0 = CPU run)
+    num_cpu_slots: int | None = None  # concurrent CPU workers when there is no GPU; None = CPUs
+    cpus_per_worker: float = 1.0
+    max_workers_per_node: int = 8
+    min_examples_per_worker: int = 64  # don't split a small node over many workers
+    max_failures: int = 2  # worker failures retried from the last checkpoint
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    tree: TreeSection = field(default_factory=TreeSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    tune: dict = field(default_factory=dict)  # per-level search (see hql_ray/tune.py)
+
+    # ---- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        return _build(cls, data or {}, source, prefix="")
+
+    @property
+    def run_name(self) -> str:
+        return self.run.name or Path(self.tree.file).stem
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run_name
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.model.lora.alpha if self.model.lora.alpha is not None else self.model.lora.r
+
+    def validate(self) -> "Config":
+        _choice("model.mode", self.model.mode, MODES)
+        _choice("model.handoff", self.model.handoff, HANDOFFS)
+        _choice("data.direction", self.data.direction, DIRECTIONS)
+        _choice("eval.at_nodes", self.eval.at_nodes, ("all", "leaves"))
+        _choice("model.quant_type", self.model.quant_type, ("nf4", "fp4"))
+        for key, value in [
+            ("train.batch_size", self.train.batch_size),
+            ("model.lora.r", self.model.lora.r),
+            ("resources.max_workers_per_node", self.resources.max_workers_per_node),
+            ("data.max_source_length", self.data.max_source_length),
+            ("eval.max_new_tokens", self.eval.max_new_tokens),
+        ]:
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        if self.train.epochs <= 0:
+            raise ConfigError(f"train.epochs (-le) must be > 0, got {self.train.epochs}")
+        if self.train.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.train.learning_rate}")
+        if self.resources.num_gpus is not None and self.resources.num_gpus < 0:
+            raise ConfigError(f"resources.num_gpus must be >= 0, got {self.resources.num_gpus}")
+        if "/" in self.run_name or self.run_name in ("", ".", ".."):
+            raise ConfigError(f"run.name (-sn) must be a plain folder name, got {self.run_name!r}")
+        return self
+
+
+# ---- loading ----------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        raise ConfigError(f"invalid YAML: {err}", path=path, line=None if line is None else line + 1)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping of sections", path=path)
+    return data
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `section.key=value` (value parsed as YAML: numbers, lists, null...)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form section.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {assignment!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {assignment!r}: cannot parse value ({err})")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def merge_dicts(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "tune":
+            out[key] = merge_dicts(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def make_config(
+    config_file: str | Path | None = None,
+    flags: dict | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """defaults < config file < flags (a nested dict of set values) < key=value overrides."""
+    data: dict = {}
+    source = "config"
+    if config_file:
+        data = load_yaml(config_file)
+        source = str(config_file)
+    if flags:
+        data = merge_dicts(data, flags)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return Config.from_dict(data, source=source).validate()
+
+
+# ---- typed construction with errors that name the key -------------------------------------------
+def _build(cls, data: Any, source: str, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}", path=source)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(fields))}", path=source
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, source: str, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, source, key)
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}", path=source)
+        return value
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}", path=source)
+        return [_coerce(item, v, source, key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}", path=source)
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}", path=source)
+        try:
+            number = float(value) if hint is float else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'a number' if hint is float else 'an integer'}, got {value!r}", path=source)
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key} must be an integer, got {value!r}", path=source)
+        return number
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} must be a string, got {value!r}", path=source)
+        return str(value)
+    return value
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")

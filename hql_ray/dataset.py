@@ -1,0 +1,242 @@
+"""From corpus examples to batches: prompts, a per-language tokenization cache, length-grouped batching.
+
+A node trains on the union of its languages' data, and every language appears at every level of the
+tree, so each (language, split) is tokenized once and cached as Arrow (`datasets.save_to_disk`);
+parent, children and later runs load it. The cache key covers the source files (size, mtime), the
+tokenizer and every setting that changes the tokens, so a stale cache is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+
+from hql_ray import corpus
+from hql_ray.amr import LinearizeOptions
+
+CACHE_VERSION = 1
+
+
+def make_pair(direction: str, language_name: str, amr: str, text: str) -> tuple[str, str]:
+    """(model input, target) for one example; the prompt format is the original's."""
+    if direction == "amr2text":
+        return f"Translate to {language_name}: {amr}", text
+    if direction == "text2amr":
+        return f"Parse from {language_name}: {text}", amr
+    raise ValueError(f"unknown direction {direction!r}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Everything that decides which examples a language contributes and how they are tokenized."""
+
+    data_dir: str
+    direction: str = "amr2text"
+    corpora: tuple[str, ...] | None = None
+    max_source_length: int = 512
+    max_target_length: int = 256
+    caps: dict = field(default_factory=dict)  # split -> max examples per language (None = all)
+    seed: int = 0
+    skip_bad: bool = False
+    linearize: LinearizeOptions = field(default_factory=LinearizeOptions)
+
+    @classmethod
+    def from_config(cls, cfg) -> "DataSettings":
+        d = cfg.data
+        return cls(
+            data_dir=d.dir,
+            direction=d.direction,
+            corpora=tuple(d.corpora) if d.corpora else None,
+            max_source_length=d.max_source_length,
+            max_target_length=d.max_target_length,
+            caps={
+                "train": d.max_train_per_language,
+                "validation": d.max_validation_per_language,
+                "test": d.max_test_per_language,
+            },
+            seed=cfg.run.seed,
+            skip_bad=d.skip_bad,
+            linearize=LinearizeOptions(**asdict(d.linearize)),
+        )
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identifies a tokenizer well enough for the cache key (class, name, vocabulary size)."""
+    vocab = len(tokenizer)
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    return f"{type(tokenizer).__name__}:{name}:{vocab}"
+
+
+def _source_files(settings: DataSettings, code: str, split: str) -> list[Path]:
+    names = corpus.discover_corpora(settings.data_dir)
+    if settings.corpora:
+        names = [n for n in names if n in settings.corpora]
+    return [corpus.corpus_file(settings.data_dir, name, code, split) for name in names]
+
+
+def cache_key(settings: DataSettings, code: str, name: str, split: str, tokenizer) -> str:
+    files = []
+    for path in _source_files(settings, code, split):
+        st = path.stat() if path.exists() else None
+        files.append([str(path.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None])
+    payload = {
+        "version": CACHE_VERSION,
+        "code": code,
+        "name": name,
+        "split": split,
+        "files": files,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": {
+            "direction": settings.direction,
+            "corpora": settings.corpora,
+            "max_source_length": settings.max_source_length,
+            "max_target_length": settings.max_target_length,
+            "cap": settings.caps.get(split),
+            "seed": settings.seed,
+            "skip_bad": settings.skip_bad,
+            "linearize": asdict(settings.linearize),
+        },
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def tokenize_language(settings: DataSettings, code: str, name: str, split: str, tokenizer) -> datasets.Dataset:
+    """Read, prompt and tokenize one language's split (no cache)."""
+    examples, skipped = corpus.load_examples(
+        settings.data_dir,
+        code,
+        split,
+        corpora=list(settings.corpora) if settings.corpora else None,
+        cap=settings.caps.get(split),
+        seed=settings.seed,
+        options=settings.linearize,
+        skip_bad=settings.skip_bad,
+    )
+    pairs = [make_pair(settings.direction, name, ex.amr, ex.text) for ex in examples]
+    sources = [p[0] for p in pairs]
+    targets = [p[1] for p in pairs]
+    enc = tokenizer(sources, max_length=settings.max_source_length, truncation=True) if sources else {"input_ids": []}
+    lab = tokenizer(text_target=targets, max_length=settings.max_target_length, truncation=True) if targets else {"input_ids": []}
+    ds = datasets.Dataset.from_dict(
+        {
+            "input_ids": enc["input_ids"],
+            "labels": lab["input_ids"],
+            "source": sources,
+            "target": targets,
+            "lang": [code] * len(sources),
+            "origin": [ex.origin for ex in examples],
+        },
+        features=datasets.Features(
+            {
+                "input_ids": datasets.Sequence(datasets.Value("int32")),
+                "labels": datasets.Sequence(datasets.Value("int32")),
+                "source": datasets.Value("string"),
+                "target": datasets.Value("string"),
+                "lang": datasets.Value("string"),
+                "origin": datasets.Value("string"),
+            }
+        ),
+    )
+    ds.info.description = json.dumps({"skipped": skipped})
+    return ds
+
+
+def language_dataset(
+    settings: DataSettings, code: str, name: str, split: str, tokenizer, cache_dir: str | Path
+) -> datasets.Dataset:
+    """Cached tokenized split of one language; built once, then loaded (memory-mapped Arrow)."""
+    key = cache_key(settings, code, name, split, tokenizer)
+    target = Path(cache_dir) / "tokenized" / code / f"{split}-{key}"
+    if not (target / "dataset_info.json").exists():
+        ds = tokenize_language(settings, code, name, split, tokenizer)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
+        ds.save_to_disk(str(tmp))
+        try:
+            os.rename(tmp, target)  # atomic: a concurrent builder either wins or finds ours
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
+
+
+def node_dataset(
+    settings: DataSettings, languages: list[tuple[str, str]], split: str, tokenizer, cache_dir: str | Path
+) -> datasets.Dataset:
+    """Union of the languages' datasets for one split (languages = [(code, display name), ...])."""
+    parts = [language_dataset(settings, code, name, split, tokenizer, cache_dir) for code, name in languages]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def skipped_count(ds: datasets.Dataset) -> int:
+    try:
+        return int(json.loads(ds.info.description or "{}").get("skipped", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+# ---- batching -----------------------------------------------------------------------------------
+def example_lengths(ds: datasets.Dataset) -> list[int]:
+    """Cost of an example for padding purposes: the longer of its source and target."""
+    return [max(len(i), len(l)) for i, l in zip(ds["input_ids"], ds["labels"])]
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int = 0, megabatch_mult: int = 50, group: bool = True
+) -> list[list[int]]:
+    """Batches of similar-length examples, in random order (HF's LengthGroupedSampler idea).
+
+    Shuffle, cut into mega-batches of `batch_size * megabatch_mult`, sort each by length, cut into
+    batches, then shuffle the batches: padding stays low while every epoch sees a new order.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = max(batch_size * megabatch_mult, batch_size)
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def shard_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """This worker's batches; every worker gets the same number (DDP steps stay in lock-step)."""
+    if world_size <= 1 or not batches:
+        return batches
+    if len(batches) < world_size:  # fewer batches than workers: reuse rather than hang
+        return [batches[rank % len(batches)]]
+    return batches[rank::world_size][: len(batches) // world_size]
+
+
+def real_token_share(lengths: list[int], batches: list[list[int]]) -> float:
+    """Share of real (non-pad) tokens when each batch is padded to its longest example."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    return real / padded if padded else 1.0
+
+
+def collate(rows: list[dict], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
+    """Pad a batch: input_ids/attention_mask with pad_id/0, labels with -100 (ignored by the loss)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    target_width = max(len(r["labels"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), target_width), label_pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n, m = len(r["input_ids"]), len(r["labels"])
+        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
+        attention[i, :n] = 1
+        labels[i, :m] = torch.tensor(r["labels"], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}

@@ -1,0 +1,125 @@
+"""Config: defaults are the paper's, precedence file < flags < overrides, errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from hql_ray.cli import build_parser
+from hql_ray.commands.train import flags_to_dict, resolve_config
+from hql_ray.config import Config, apply_override, make_config
+from hql_ray.errors import ConfigError
+
+
+def test_defaults_are_the_papers():
+    cfg = Config().validate()
+    assert cfg.model.base == "google/mt5-large"
+    assert cfg.model.mode == "qlora" and cfg.model.handoff == "stack"
+    assert cfg.model.lora.r == 256 and cfg.lora_alpha == 256 and cfg.model.lora.use_rslora
+    assert cfg.model.lora.dropout == 0.05
+    assert cfg.model.lora.target_modules == ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+    assert cfg.train.learning_rate == 5e-5 and cfg.train.batch_size == 8 and cfg.train.warmup_steps == 0
+    assert cfg.data.max_train_per_language == 31000
+    assert cfg.eval.max_new_tokens == 128
+
+
+def test_round_trip_through_plain_dict():
+    cfg = make_config(overrides=["model.lora.r=8", "train.epochs=2"])
+    again = Config.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.model.lora.r == 8 and again.train.epochs == 2.0
+
+
+def test_precedence_file_flags_overrides(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  batch_size: 4\n  learning_rate: 1.0e-4\nmodel:\n  base: tiny\n")
+    cfg = make_config(path, {"train": {"batch_size": 16}}, ["train.learning_rate=2e-4"])
+    assert cfg.train.batch_size == 16
+    assert cfg.train.learning_rate == 2e-4
+    assert cfg.model.base == "tiny"
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  learnin_rate: 1\n")
+    with pytest.raises(ConfigError) as err:
+        make_config(path)
+    assert "bad.yaml" in str(err.value) and "train.learnin_rate" in str(err.value)
+
+
+def test_bad_yaml_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  batch_size: 4\n   oops: [\n")
+    with pytest.raises(ConfigError) as err:
+        make_config(path)
+    assert "broken.yaml:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.mode=int8", "model.mode must be one of qlora, lora, fft"),
+        ("model.handoff=graft", "model.handoff must be one of stack, merge, continue"),
+        ("train.batch_size=0", "train.batch_size must be >= 1"),
+        ("train.batch_size=abc", "train.batch_size must be an integer"),
+        ("train.epochs=-1", "train.epochs (-le) must be > 0"),
+        ("nosection.key=1", "unknown key 'nosection'"),
+        ("train", "is not of the form section.key=value"),
+    ],
+)
+def test_bad_values(override, message):
+    with pytest.raises(ConfigError) as err:
+        make_config(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        make_config("nope/missing.yaml")
+
+
+def test_override_parses_yaml_values():
+    data: dict = {}
+    apply_override(data, "tree.levels=[level0, language]")
+    apply_override(data, "run.storage_path=null")
+    assert data == {"tree": {"levels": ["level0", "language"]}, "run": {"storage_path": None}}
+
+
+def parse_train(argv):
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_original_flags_with_commas():
+    # The seed README's spelling: -ln "level0", "level1", "level2", "language" reaches us with commas.
+    args = parse_train(
+        ["-bm", "google/mt5-large", "-ln", "level0,", "level1,", "level2,", "language", "-le", "1",
+         "-lf", "language_files/12langs_pthql.csv", "-sn", "12langs_pthql", "-tm", "qlora",
+         "-ls", "64", "-bs", "4", "-ts", "1000", "-sv", "50", "-ge", "false"]
+    )
+    cfg = resolve_config(args)
+    assert cfg.tree.levels == ["level0", "level1", "level2", "language"]
+    assert cfg.model.base == "google/mt5-large" and cfg.model.mode == "qlora"
+    assert cfg.run_name == "12langs_pthql"
+    assert cfg.model.lora.r == 64 and cfg.lora_alpha == 64
+    assert cfg.train.batch_size == 4 and cfg.data.max_train_per_language == 1000
+    assert cfg.data.max_validation_per_language == 50 and cfg.eval.generate is False
+
+
+def test_run_name_defaults_to_tree_stem():
+    cfg = resolve_config(parse_train(["-lf", "language_files/ast.csv", "-ln", "language"]))
+    assert cfg.run_name == "ast"
+
+
+def test_no_flags_runs_the_demo_config():
+    cfg = resolve_config(parse_train([]))
+    assert cfg.model.base == "tiny" and cfg.data.dir == "data/sample" and cfg.run_name == "demo"
+
+
+def test_bad_flag_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_train(["-tm", "int4"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_flags_only_include_given_values():
+    assert flags_to_dict(parse_train(["--num-gpus", "2"])) == {"resources": {"num_gpus": 2}}

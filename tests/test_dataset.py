@@ -1,0 +1,115 @@
+"""Prompts, the per-language Arrow cache (built once, reused by parent and child), batching."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from transformers import ByT5Tokenizer
+
+from hql_ray import dataset as D
+
+
+@pytest.fixture()
+def corpus_dir(tmp_path):
+    """Two corpora, two languages, in the original's layout."""
+    lines = {
+        "deu_Latn": ["(s / see-01 :ARG0 (b / boy) :ARG1 (c / cat))\tDer Junge sieht die Katze.",
+                     "(r / run-02 :ARG0 (g / girl))\tDas Mädchen rennt.",
+                     "(e / eat-01 :ARG0 (d / dog))\tDer Hund isst."],
+        "nld_Latn": ["(s / see-01 :ARG0 (b / boy) :ARG1 (c / cat))\tDe jongen ziet de kat.",
+                     "(r / run-02 :ARG0 (g / girl))\tHet meisje rent."],
+    }
+    for corpus in ("amr3", "flores"):
+        for code, rows in lines.items():
+            for split in ("train", "validation", "test"):
+                d = tmp_path / corpus / code
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"{corpus}_{code}_{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def settings(data_dir, **kw):
+    return D.DataSettings(data_dir=str(data_dir), **kw)
+
+
+def test_prompt_format_is_the_originals():
+    src, tgt = D.make_pair("amr2text", "Tok_Pisin", "(b / boy)", "boi")
+    assert (src, tgt) == ("Translate to Tok_Pisin: (b / boy)", "boi")
+    src, tgt = D.make_pair("text2amr", "German", "(b / boy)", "Junge")
+    assert (src, tgt) == ("Parse from German: Junge", "(b / boy)")
+
+
+def test_language_dataset_tokenizes_union_of_corpora(corpus_dir, tmp_path):
+    tok = ByT5Tokenizer()
+    ds = D.language_dataset(settings(corpus_dir), "deu_Latn", "German", "train", tok, tmp_path / "cache")
+    assert len(ds) == 6  # 3 lines x 2 corpora
+    assert ds[0]["source"].startswith("Translate to German: (")
+    assert ds[0]["input_ids"] == tok(ds[0]["source"])["input_ids"]
+    assert ds[0]["labels"][-1] == tok.eos_token_id
+    assert set(ds["lang"]) == {"deu_Latn"}
+    assert ds[0]["origin"].endswith(":1")
+
+
+def test_cache_is_reused_and_invalidated(corpus_dir, tmp_path, monkeypatch):
+    tok = ByT5Tokenizer()
+    s = settings(corpus_dir)
+    cache = tmp_path / "cache"
+    calls = []
+    real = D.tokenize_language
+    monkeypatch.setattr(D, "tokenize_language", lambda *a, **k: calls.append(a[1:4]) or real(*a, **k))
+    D.node_dataset(s, [("deu_Latn", "German"), ("nld_Latn", "Dutch")], "train", tok, cache)  # parent
+    D.node_dataset(s, [("deu_Latn", "German")], "train", tok, cache)  # child: cache hit
+    assert calls == [("deu_Latn", "German", "train"), ("nld_Latn", "Dutch", "train")]
+    # A changed source file (new size/mtime) must not reuse the stale cache.
+    f = corpus_dir / "amr3" / "deu_Latn" / "amr3_deu_Latn_train.tsv"
+    f.write_text(f.read_text() + "(x / xylophone)\tXylophon.\n")
+    os.utime(f, ns=(1, 1))
+    ds = D.node_dataset(s, [("deu_Latn", "German")], "train", tok, cache)
+    assert len(ds) == 7 and calls[-1] == ("deu_Latn", "German", "train")
+    # Other settings (direction, max lengths) get their own entry.
+    D.language_dataset(settings(corpus_dir, direction="text2amr"), "deu_Latn", "German", "train", tok, cache)
+    assert len(calls) == 4
+
+
+def test_node_union_and_cap(corpus_dir, tmp_path):
+    tok = ByT5Tokenizer()
+    s = settings(corpus_dir, caps={"train": 4})
+    ds = D.node_dataset(s, [("deu_Latn", "German"), ("nld_Latn", "Dutch")], "train", tok, tmp_path / "c")
+    assert sorted(ds["lang"]) == ["deu_Latn"] * 4 + ["nld_Latn"] * 4
+
+
+def test_truncation_to_max_source_length(corpus_dir, tmp_path):
+    ds = D.language_dataset(settings(corpus_dir, max_source_length=16), "deu_Latn", "German", "train",
+                            ByT5Tokenizer(), tmp_path / "c")
+    assert max(len(x) for x in ds["input_ids"]) == 16
+
+
+def test_length_grouped_batches_cover_everything_once_and_cut_padding():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 300) for _ in range(2000)]
+    grouped = D.length_grouped_batches(lengths, 8, seed=3)
+    plain = D.length_grouped_batches(lengths, 8, seed=3, group=False)
+    assert sorted(i for b in grouped for i in b) == list(range(2000))
+    assert all(len(b) <= 8 for b in grouped)
+    assert D.real_token_share(lengths, grouped) > 0.95
+    assert D.real_token_share(lengths, plain) < 0.7
+    assert grouped == D.length_grouped_batches(lengths, 8, seed=3)  # deterministic
+    assert grouped != D.length_grouped_batches(lengths, 8, seed=4)  # a new order every epoch
+
+
+def test_shard_batches_equal_counts():
+    batches = [[i] for i in range(10)]
+    shards = [D.shard_batches(batches, r, 3) for r in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]
+    assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
+    assert D.shard_batches(batches[:1], 2, 3) == [[0]]
+
+
+def test_collate_pads_inputs_and_masks_labels():
+    batch = D.collate([{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [8, 9, 1]}], 0)
+    assert batch["input_ids"].tolist() == [[5, 6, 1], [5, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[7, 1, -100], [8, 9, 1]]
