@@ -149,6 +149,25 @@ class Config:
     def lora_alpha(self) -> int:
         return self.model.lora.alpha if self.model.lora.alpha is not None else self.model.lora.r
 
+    def with_absolute_paths(self) -> "Config":
+        """Ray workers do not share the driver's working directory: send them absolute paths."""
+        cfg = Config.from_dict(self.to_dict())
+
+        def absolute(path: str | None) -> str | None:
+            if path is None or "://" in path:
+                return path
+            return str(Path(path).expanduser().absolute())
+
+        cfg.run.name = self.run_name
+        cfg.run.output_dir = absolute(cfg.run.output_dir)
+        cfg.run.storage_path = absolute(cfg.run.storage_path)
+        cfg.tree.file = absolute(cfg.tree.file)
+        cfg.data.dir = absolute(cfg.data.dir)
+        cfg.data.cache_dir = absolute(cfg.data.cache_dir)
+        if cfg.model.base != "tiny" and Path(cfg.model.base).expanduser().exists():
+            cfg.model.base = absolute(cfg.model.base)
+        return cfg
+
     def validate(self) -> "Config":
         _choice("model.mode", self.model.mode, MODES)
         _choice("model.handoff", self.model.handoff, HANDOFFS)

@@ -1,0 +1,128 @@
+"""The Ray Train side of a node: a NodeContext over ray.train, and the per-worker loop function.
+
+Only plain dicts (and ObjectRefs of the parent adapters) cross into the worker; everything it
+returns is a plain dict too. The training itself is `hql_ray.node.train_node`, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+
+from hql_ray import handoff
+from hql_ray.context import NodeContext
+
+
+def to_wire(state: dict) -> dict:
+    """Ray Train refuses torch tensors in return values: ship numpy (zero-copy in the object store)."""
+    tensors, dtypes = {}, {}
+    for key, t in state["tensors"].items():
+        dtypes[key] = str(t.dtype).replace("torch.", "")
+        t = t.detach().cpu()
+        tensors[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return {**{k: v for k, v in state.items() if k != "tensors"}, "tensors": tensors, "dtypes": dtypes}
+
+
+def from_wire(wire: dict) -> dict:
+    dtypes = wire.get("dtypes", {})
+    tensors = {}
+    for key, array in wire["tensors"].items():
+        t = torch.from_numpy(array.copy())  # the object store hands out read-only arrays
+        tensors[key] = t.to(getattr(torch, dtypes[key])) if key in dtypes else t
+    return {**{k: v for k, v in wire.items() if k not in ("tensors", "dtypes")}, "tensors": tensors}
+
+
+class RayTrainContext(NodeContext):
+    def __init__(self, board=None, node_id: str = ""):
+        tc = ray.train.get_context()
+        self.rank = tc.get_world_rank()
+        self.world_size = tc.get_world_size()
+        self._board = board
+        self._node_id = node_id
+        self._last_progress = 0.0
+        self._ckpt_tmp = None
+
+    @property
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cpu")  # CPU run, or logical GPU slots in tests
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        # Materialise locally (storage may be remote); kept until the worker exits.
+        self._ckpt_tmp = tempfile.mkdtemp(prefix="hql-resume-")
+        return Path(ckpt.to_directory(self._ckpt_tmp))
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def progress(self, update: dict) -> None:
+        # Rank 0 only, and at most a few times a second: the board is a shared actor.
+        if self._board is None or self.rank != 0:
+            return
+        now = time.time()
+        if update.get("phase") == "train" and now - self._last_progress < 0.5 and "val_loss" not in update:
+            return
+        self._last_progress = now
+        self._board.progress.remote(self._node_id, update)
+
+
+def worker_identity() -> dict:
+    return {
+        "host": socket.gethostname(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def gather_identities(ctx: RayTrainContext) -> list[dict]:
+    me = worker_identity()
+    if ctx.world_size <= 1 or not torch.distributed.is_initialized():
+        return [me]
+    out: list = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, me)
+    return out
+
+
+def node_train_loop(loop_config: dict):
+    """Entry point of every Ray Train worker of a node."""
+    from hql_ray.node import train_node
+    from hql_ray.simulate import simulated_node
+
+    node = loop_config["node"]
+    board = loop_config.get("board")
+    ctx = RayTrainContext(board=board, node_id=node["id"])
+    workers = gather_identities(ctx)
+    if ctx.rank == 0 and board is not None:
+        # One call per (re)start of the worker group: the driver counts attempts from these.
+        ray.get(board.started.remote(node["id"], {"workers": workers, "time": time.time()}))
+
+    refs = loop_config.get("parent_refs") or []
+    parent_chain = [from_wire(ray.get(ref)) for ref in refs]  # ancestors' adapters, via the object store
+    received = [handoff.state_checksum(s) for s in parent_chain]
+
+    if loop_config.get("simulate"):
+        result = simulated_node(loop_config["simulate"], node, ctx)
+    else:
+        result = train_node(loop_config["config"], node, parent_chain, ctx)
+    if ctx.rank != 0:
+        return None
+    result["adapter"] = to_wire(result["adapter"])
+    result["received_checksums"] = received
+    result["workers"] = workers
+    return result
