@@ -18,24 +18,17 @@ from typing import Callable
 
 import ray
 
-from hql_ray import handoff, preflight, results
+from hql_ray import handoff, launch, preflight, results, tune
 from hql_ray.board import RunBoard
 from hql_ray.config import Config
-from hql_ray.errors import ConfigError, HQLError
+from hql_ray.errors import ConfigError
 from hql_ray.manifest import Manifest
 from hql_ray.ray_worker import from_wire, to_wire
+from hql_ray.launch import Slots
 from hql_ray.scheduling import allocate_workers
 from hql_ray.tree import LanguageTree, load_tree
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Slots:
-    total: int
-    use_gpu: bool
-    real_cuda: bool
-    cpus_per_worker: float
 
 
 @dataclass
@@ -262,38 +255,10 @@ class Driver:
             state.running[future] = (node_id, workers)
 
     def _fit_node(self, payload, workers, refs, name, slots, storage, board) -> dict:
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from hql_ray.ray_worker import node_train_loop
-
-        per_worker = {"CPU": slots.cpus_per_worker}
-        if slots.use_gpu:
-            per_worker["GPU"] = 1
-        trainer = TorchTrainer(
-            node_train_loop,
-            train_loop_config={
-                "config": self.cfg.to_dict(),
-                "node": payload,
-                "parent_refs": refs,
-                "board": board,
-                "simulate": self.simulate,
-            },
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=slots.use_gpu, resources_per_worker=per_worker),
-            # Logical GPU slots without CUDA (tests, laptops) cannot use NCCL.
-            torch_config=TorchConfig(backend="nccl" if slots.real_cuda else "gloo"),
-            run_config=RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=FailureConfig(max_failures=self.cfg.resources.max_failures),
-            ),
-        )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        if result.return_value is None:
-            raise HQLError(f"node {payload['id']}: training returned nothing")
-        return result.return_value
+        if self.simulate is None and tune.searches_level(self.cfg, payload["level"]):
+            return tune.search_node(self.cfg, payload, workers, refs, name, slots, storage, board)
+        return launch.fit_node(self.cfg.to_dict(), payload, workers, refs, name, slots, storage, board,
+                               simulate=self.simulate, max_failures=self.cfg.resources.max_failures)
 
     def _finish(self, future: Future, node_id: str, manifest: Manifest, state: RunState, board) -> None:
         attempts = ray.get(board.attempts.remote(node_id))
@@ -329,6 +294,7 @@ class Driver:
             handed_from=self.chain_ids(node_id),
             metrics=out.get("metrics"),
             history=out.get("history"),
+            trials=out.get("trials"),
             exported=exported,
         )
         self.on_event("node_done", {"node": node_id, "metrics": out.get("metrics") or {}})

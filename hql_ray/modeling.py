@@ -80,7 +80,7 @@ def resolve_base_model(base_model: str, cache_dir: str | Path) -> str:
 
 def _build_tiny(cache_dir: Path) -> str:
     final = cache_dir / TINY_DIR_NAME
-    if (final / "config.json").exists():
+    if (final / "config.json").exists() and (final / "model.safetensors").exists():
         return str(final)
     from transformers import ByT5Tokenizer, MT5ForConditionalGeneration
 
@@ -90,7 +90,9 @@ def _build_tiny(cache_dir: Path) -> str:
         with torch.random.fork_rng(devices=[]):  # do not disturb the caller's RNG stream
             torch.manual_seed(0)
             model = MT5ForConditionalGeneration(_tiny_config())
-        model.save_pretrained(tmp, safe_serialization=True)
+        # is_main_process: inside a Ray Train worker group transformers would otherwise let only
+        # rank 0 write the weights, and another rank could publish a folder without them.
+        model.save_pretrained(tmp, safe_serialization=True, is_main_process=True)
         ByT5Tokenizer().save_pretrained(tmp)  # so load_tokenizer(<that dir>) works too
         try:
             os.rename(tmp, final)

@@ -1,0 +1,75 @@
+"""Shared fixtures: one local Ray for the whole session (a Ray start costs seconds), small corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU is skipped.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HQL_RAY_SPBLEU", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Local Ray with 2 CPUs and 4 logical GPU slots, shared by every test that needs Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """The bundled generator, small: 12 languages, amr3 + flores, a few dozen examples each."""
+    from hql_ray.sample_data import write_sample
+
+    out = tmp_path_factory.mktemp("corpus")
+    write_sample(out, n_train=24, n_validation=6, n_test=4, n_flores_train=8, n_flores_validation=2,
+                 n_flores_test=2)
+    return out
+
+
+FOUR_LANGUAGE_TREE = """code,level0,level1,language
+deu_Latn,Indo_European,Germanic,German
+nld_Latn,Indo_European,Germanic,Dutch
+ita_Latn,Indo_European,Romance,Italian
+spa_Latn,Indo_European,Romance,Spanish
+"""
+
+
+@pytest.fixture(scope="session")
+def four_language_tree(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tree") / "four.csv"
+    path.write_text(FOUR_LANGUAGE_TREE)
+    return path
+
+
+def tiny_overrides(output_dir, data_dir, tree_file, **extra) -> list[str]:
+    """key=value overrides for a fast tiny-model run (a few optimizer steps per node)."""
+    values = {
+        "run.output_dir": output_dir,
+        "data.dir": data_dir,
+        "data.cache_dir": Path(output_dir) / ".cache",
+        "tree.file": tree_file,
+        "tree.levels": "[level0, level1, language]",
+        "model.base": "tiny",
+        "model.mode": "qlora",
+        "model.lora.r": 4,
+        "train.batch_size": 8,
+        "train.max_steps": 4,
+        "train.learning_rate": 3e-3,
+        "eval.at_nodes": "leaves",
+        "eval.max_new_tokens": 8,
+        "resources.max_failures": 0,
+        "resources.min_examples_per_worker": 48,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
