@@ -116,6 +116,9 @@ class ResourcesSection:
     max_workers_per_node: int = 8
     min_examples_per_worker: int = 64  # don't split a small node over many workers
     max_failures: int = 2  # worker failures retried from the last checkpoint
+    # Baseline for benchmarks: start a depth only when the whole previous depth is done (the
+    # "one GPU per node, level by level" schedule); the default starts a child as soon as its parent is done.
+    level_barrier: bool = False
 
 
 @dataclass

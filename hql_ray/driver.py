@@ -225,10 +225,13 @@ class Driver:
 
     def _ready(self, manifest: Manifest, state: RunState) -> list[str]:
         running = {node_id for node_id, _ in state.running.values()}
+        unfinished_depths = {self.tree.nodes[n].depth for n, v in manifest.nodes.items() if v["status"] != "done"}
         ready = []
         for node_id, node in self.tree.nodes.items():
             entry = manifest.nodes[node_id]
             if entry["status"] != "pending" or node_id in running or node_id in state.failed:
+                continue
+            if self.cfg.resources.level_barrier and any(d < node.depth for d in unfinished_depths):
                 continue
             if node.parent is None or manifest.nodes[node.parent]["status"] == "done":
                 ready.append(node_id)

@@ -101,9 +101,6 @@ def gather_identities(ctx: RayTrainContext) -> list[dict]:
 
 def node_train_loop(loop_config: dict):
     """Entry point of every Ray Train worker of a node."""
-    from hql_ray.node import train_node
-    from hql_ray.simulate import simulated_node
-
     node = loop_config["node"]
     board = loop_config.get("board")
     ctx = RayTrainContext(board=board, node_id=node["id"])
@@ -117,8 +114,12 @@ def node_train_loop(loop_config: dict):
     received = [handoff.state_checksum(s) for s in parent_chain]
 
     if loop_config.get("simulate"):
+        from hql_ray.simulate import simulated_node
+
         result = simulated_node(loop_config["simulate"], node, ctx)
     else:
+        from hql_ray.node import train_node  # heavy imports (transformers, peft): only when training
+
         result = train_node(loop_config["config"], node, parent_chain, ctx)
     if ctx.rank != 0:
         return None

@@ -1,0 +1,32 @@
+"""`hql-ray report RUN_DIR [RUN_DIR ...] [--out DIR]`: score tables (Markdown + CSV) and PNG plots.
+
+    hql-ray report runs/12langs_pthql                     # into the run's folder
+    hql-ray report runs/12langs_pthql runs/multi --out cmp   # compare runs (default out: ./report)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables and plots of one run, or a comparison of several",
+        description="Per-language scores (BLEU, chrF++, spBLEU: the language's leaf node) for each run, the best "
+        "per language marked; loss curves, a timeline of nodes on their GPUs/workers and, for one run, how "
+        "scores move from root to leaf. Writes report.md, report.csv and plots/*.png, and prints the Markdown.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) holding a manifest.json")
+    p.add_argument("--out", help="output folder (default: the run's folder for one run, ./report for several)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hql_ray.report import write_report
+
+    result = write_report(args.runs, args.out, with_plots=not args.no_plots)
+    print(result["markdown"])
+    print("wrote: " + ", ".join(str(f) for f in result["files"]))
+    return 0

@@ -1,0 +1,259 @@
+"""PNG plots of runs (matplotlib, Agg backend: no display needed): scores, loss curves, node timeline.
+
+Each function takes plain data (from `hql_ray.report`) and writes one PNG; `draw_all` makes the set
+for a report. Plots never fail a report over missing data: they draw what exists and say so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+from matplotlib.patches import Patch  # noqa: E402
+
+DPI = 110
+EPS = 1e-6
+
+
+def safe_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run"
+
+
+def level_colours(levels: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {level: cmap(i % 10) for i, level in enumerate(levels)}
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---- scores: grouped bars -----------------------------------------------------------------------
+def scores_plot(rows: list[dict], run_labels: list[str], path: Path) -> str:
+    """chrF++ and BLEU per language, one bar per run (missing scores: no bar)."""
+    codes = list(dict.fromkeys(r["code"] for r in rows))
+    by = {(r["code"], r["run"]): r for r in rows}
+    n_runs = max(len(run_labels), 1)
+    width = 0.8 / n_runs
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2), 7), sharex=True)
+    cmap = plt.get_cmap("tab10")
+    for ax, metric, title in zip(axes, ("chrf++", "bleu"), ("chrF++", "BLEU")):
+        any_value = False
+        for j, label in enumerate(run_labels):
+            xs, ys = [], []
+            for i, code in enumerate(codes):
+                r = by.get((code, label))
+                if r is not None and r[metric] is not None:
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(r[metric])
+            any_value |= bool(ys)
+            ax.bar(xs, ys, width=width * 0.95, label=label, color=cmap(j % 10))
+        ax.set_ylabel(title)
+        ax.grid(axis="y", alpha=0.3)
+        if not any_value:
+            ax.text(0.5, 0.5, f"no {title} scores", ha="center", va="center", transform=ax.transAxes, color="grey")
+    axes[0].set_title("Test scores per language (leaf node)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xticks(range(len(codes)))
+    axes[-1].set_xticklabels(codes, rotation=45, ha="right")
+    return _save(fig, path)
+
+
+# ---- loss curves --------------------------------------------------------------------------------
+def loss_plot(nodes: dict[str, dict], levels: list[str], title: str, path: Path) -> str:
+    """Train and validation loss of every node against steps counted from the root.
+
+    A child's curve starts where its parent's ended (offset = the steps of its ancestors), so the
+    plot reads as the tree: branches fork at each parent's last step. Leaves are labelled at the end.
+    """
+    colours = level_colours(levels or sorted({n.get("level", "?") for n in nodes.values()}))
+    last_step = {nid: max((h.get("step", 0) for h in (n.get("history") or [])), default=0) for nid, n in nodes.items()}
+
+    def offset(nid: str) -> float:
+        total, parent = 0.0, nodes[nid].get("parent")
+        while parent is not None and parent in nodes:
+            total += last_step[parent]
+            parent = nodes[parent].get("parent")
+        return total
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
+    drawn = 0
+    for nid, node in nodes.items():
+        hist = node.get("history") or []
+        if not hist:
+            continue
+        off = offset(nid)
+        colour = colours.get(node.get("level"), "black")
+        for ax, key in zip(axes, ("train_loss", "val_loss")):
+            pts = [(h["step"] + off, h[key]) for h in hist if isinstance(h.get(key), (int, float))]
+            if not pts:
+                continue
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "-o", color=colour, markersize=2.5, linewidth=1.2)
+            if not node.get("children"):
+                ax.annotate(node.get("name", nid), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 0),
+                            textcoords="offset points", va="center", color=colour)
+        drawn += 1
+    for ax, name in zip(axes, ("train loss (mean since last validation)", "validation loss")):
+        ax.set_title(name)
+        ax.set_xlabel("optimizer steps from the root")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        for ax in axes:
+            _empty(ax, "no loss history recorded")
+    handles = [Patch(color=c, label=lv) for lv, c in colours.items()]
+    axes[1].legend(handles=handles, fontsize=8, title="level", loc="upper right")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---- timeline -----------------------------------------------------------------------------------
+def _fits(intervals: list[tuple[float, float]], start: float, end: float) -> bool:
+    return all(end <= s + EPS or start >= e - EPS for s, e in intervals)
+
+
+def timeline_lanes(nodes: dict[str, dict], slots: int | None = None, now: float | None = None) -> tuple[list[str], list[dict]]:
+    """(lane labels, bars): one lane per GPU id the manifest records, else greedy worker lanes.
+
+    Nodes with `resources.gpu_ids` go on those GPUs' lanes; the others (CPU runs, nodes that failed
+    before their GPUs were recorded) take the lowest lanes free over their time span, one lane per
+    worker, opening new lanes when none is free. Running nodes end at `now`; pending ones are not drawn.
+    """
+    now = time.time() if now is None else now
+    timed = [(nid, n) for nid, n in nodes.items() if isinstance(n.get("started_at"), (int, float))]
+    timed.sort(key=lambda item: item[1]["started_at"])
+    gpu_ids = sorted({str(g) for _, n in timed for g in ((n.get("resources") or {}).get("gpu_ids") or [])},
+                     key=lambda g: (len(g), g))
+    labels = [f"GPU {g}" for g in gpu_ids]
+    busy: list[list[tuple[float, float]]] = [[] for _ in labels]
+    if not gpu_ids:
+        labels = [f"worker {i + 1}" for i in range(slots or 0)]
+        busy = [[] for _ in labels]
+    bars = []
+    rest = []
+    for nid, n in timed:
+        start = float(n["started_at"])
+        end = float(n["finished_at"]) if isinstance(n.get("finished_at"), (int, float)) else now
+        mine = [str(g) for g in ((n.get("resources") or {}).get("gpu_ids") or [])]
+        if mine:
+            for g in mine:
+                lane = gpu_ids.index(g)
+                busy[lane].append((start, end))
+                bars.append({"node": nid, "lane": lane, "start": start, "end": end, "status": n.get("status"),
+                             "level": n.get("level"), "name": n.get("name", nid)})
+        else:
+            rest.append((nid, n, start, end))
+    for nid, n, start, end in rest:
+        want = max(1, int((n.get("resources") or {}).get("workers") or 1))
+        free = [i for i, ivs in enumerate(busy) if _fits(ivs, start, end)][:want]
+        while len(free) < want:
+            labels.append(f"{'slot' if gpu_ids else 'worker'} {len(labels) + 1}")
+            busy.append([])
+            free.append(len(busy) - 1)
+        for lane in free:
+            busy[lane].append((start, end))
+            bars.append({"node": nid, "lane": lane, "start": start, "end": end, "status": n.get("status"),
+                         "level": n.get("level"), "name": n.get("name", nid)})
+    return labels, bars
+
+
+def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: Path,
+                  slots: int | None = None, now: float | None = None) -> str:
+    """Gantt chart: a row per GPU/worker lane, a bar per node, coloured by level, labelled by node."""
+    labels, bars = timeline_lanes(nodes, slots, now)
+    colours = level_colours(levels or sorted({b["level"] or "?" for b in bars}))
+    fig, ax = plt.subplots(figsize=(13, max(2.5, 0.55 * len(labels) + 1.5)))
+    if not bars:
+        _empty(ax, "no node has started")
+        return _save(fig, path)
+    t0 = min(b["start"] for b in bars)
+    span = max(b["end"] for b in bars) - t0 or 1.0
+    for b in bars:
+        left, width = b["start"] - t0, max(b["end"] - b["start"], span * 0.002)
+        failed, running = b["status"] == "failed", b["status"] == "running"
+        ax.barh(b["lane"], width, left=left, height=0.7, color=colours.get(b["level"], "grey"),
+                edgecolor="red" if failed else "black", linewidth=1.5 if failed else 0.5,
+                hatch="//" if (failed or running) else None, alpha=0.9)
+        text = b["name"] + (" (failed)" if failed else " (running)" if running else "")
+        if width > span * 0.04:
+            ax.text(left + width / 2, b["lane"], text, ha="center", va="center", fontsize=6.5, clip_on=True,
+                    rotation=0 if width > span * 0.12 else 90 if len(labels) > 3 else 0)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first node started")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [Patch(color=c, label=lv) for lv, c in colours.items()]
+    ax.legend(handles=handles, fontsize=8, title="level", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+# ---- root to leaf -------------------------------------------------------------------------------
+def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> str:
+    """For each language, chrF++ and BLEU at each depth of its root-to-leaf path (one line each)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    cmap = plt.get_cmap("tab20")
+    depth = max((len(p["path"]) for p in paths), default=0)
+    any_value = False
+    for i, p in enumerate(paths):
+        for ax, key in zip(axes, ("chrf++", "bleu")):
+            pts = [(s["depth"], s[key]) for s in p["path"] if s[key] is not None]
+            if not pts:
+                continue
+            any_value = True
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p["code"])
+            ax.annotate(p["code"].split("_")[0], (xs[-1], ys[-1]), fontsize=6.5, xytext=(4, 0),
+                        textcoords="offset points", va="center", color=cmap(i % 20))
+    for ax, name in zip(axes, ("chrF++", "BLEU")):
+        ax.set_title(f"{name} along each language's root-to-leaf path")
+        ax.set_xticks(range(depth))
+        ax.set_xticklabels([levels[d] if d < len(levels) else f"depth {d}" for d in range(depth)])
+        ax.set_xlim(-0.3, max(depth - 1, 0) + 0.6)
+        ax.grid(alpha=0.3)
+        if not any_value:
+            ax.text(0.5, 0.5, "no per-node scores (eval.at_nodes=leaves?)", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+    if any_value:
+        axes[1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---- all of them --------------------------------------------------------------------------------
+def draw_all(runs, rows: list[dict], plot_dir: Path) -> dict[str, str]:
+    """Every plot of a report: {title: path}. Per-run plots get the run's label in their file name."""
+    from hql_ray.report import path_scores
+
+    plot_dir = Path(plot_dir)
+    out = {"Scores per language": scores_plot(rows, [r.label for r in runs], plot_dir / "scores.png")}
+    single = len(runs) == 1
+    for run in runs:
+        suffix = "" if single else f"_{safe_name(run.label)}"
+        levels = list(run.tree.levels)
+        slots = (run.manifest.data.get("slots") or {}).get("total")
+        now = run.manifest.data.get("finished_at") or run.manifest.data.get("updated_at")
+        out[f"Loss curves ({run.label})"] = loss_plot(run.nodes, levels, f"Loss per node: {run.label}",
+                                                      plot_dir / f"loss_curves{suffix}.png")
+        out[f"Timeline ({run.label})"] = timeline_plot(run.nodes, levels, f"Nodes on their slots: {run.label}",
+                                                       plot_dir / f"timeline{suffix}.png", slots=slots, now=now)
+    if single:
+        run = runs[0]
+        out["Root to leaf"] = path_plot(path_scores(run), list(run.tree.levels),
+                                        f"Scores from root to leaf: {run.label}", plot_dir / "root_to_leaf.png")
+    return out
