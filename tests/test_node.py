@@ -1,0 +1,78 @@
+"""One node without Ray: it learns, keeps its best step, resumes from a checkpoint, parses with smatch."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_overrides
+from hql_ray import handoff
+from hql_ray.config import make_config
+from hql_ray.context import LocalContext
+from hql_ray.node import train_node
+
+GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
+
+
+def node_config(tmp_path, small_corpus, four_language_tree, **extra):
+    values = {"train.epochs": 3, "train.max_steps": 12, "train.eval_every": 4, "eval.at_nodes": "all"}
+    values.update(extra)
+    return make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **values)
+                       ).with_absolute_paths().to_dict()
+
+
+def test_node_learns_and_keeps_best_step(tmp_path, small_corpus, four_language_tree):
+    cfg = node_config(tmp_path, small_corpus, four_language_tree)
+    progress = []
+    out = train_node(cfg, GERMAN, [], LocalContext(on_progress=progress.append))
+    m, history = out["metrics"], out["history"]
+    assert [h["step"] for h in history] == [0, 4, 8, 12]
+    assert m["val_loss"] == min(h["val_loss"] for h in history)
+    assert m["val_loss"] < 0.8 * m["initial_val_loss"]
+    assert m["examples"] == 32 and m["validation_examples"] == 8 and m["steps"] == 12
+    scores = m["languages"]["deu_Latn"]
+    assert scores["n"] == 6 and scores["chrf++"] is not None
+    assert out["adapter"]["config"]["r"] == 4
+    assert any(p.get("step") == 12 for p in progress) and any(p.get("phase") == "evaluate" for p in progress)
+
+
+def test_child_starts_from_parent(tmp_path, small_corpus, four_language_tree):
+    cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"train.max_steps": 8, "eval.generate": "false"})
+    parent = train_node(cfg, {**GERMAN, "id": "root"}, [], LocalContext())
+    child = train_node(cfg, GERMAN, [parent["adapter"]], LocalContext())
+    # The child's starting point is the parent's trained model, not the untrained base.
+    assert child["metrics"]["initial_val_loss"] == pytest.approx(parent["metrics"]["val_loss"], rel=1e-4)
+
+
+def test_resume_from_checkpoint(tmp_path, small_corpus, four_language_tree):
+    cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"eval.generate": "false",
+                                                                    "train.checkpoint_every": 4})
+    ctx = LocalContext(checkpoint_root=tmp_path / "ckpt")
+    first = train_node(cfg, GERMAN, [], ctx)
+    assert first["metrics"]["resumed_from_step"] is None
+    # A retry (new process, same checkpoint storage) continues from the last checkpoint (step 8).
+    again = train_node(cfg, GERMAN, [], LocalContext(checkpoint_root=tmp_path / "ckpt"))
+    assert again["metrics"]["resumed_from_step"] == 0  # history kept from the first attempt
+    assert [h["step"] for h in again["history"]] == [0, 4, 8, 12]
+    assert again["history"][:3] == first["history"][:3]
+    assert again["metrics"]["initial_val_loss"] == first["metrics"]["initial_val_loss"]
+
+
+def test_text_to_amr_is_scored_with_smatch(tmp_path, small_corpus, four_language_tree):
+    cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"data.direction": "text2amr",
+                                                                    "train.max_steps": 2})
+    out = train_node(cfg, GERMAN, [], LocalContext())
+    scores = out["metrics"]["languages"]["deu_Latn"]
+    assert {"f1", "precision", "recall", "valid_share"} <= set(scores)
+    assert 0.0 <= scores["valid_share"] <= 1.0 and 0.0 <= scores["f1"] <= 1.0
+    assert scores["samples"][0]["source"].startswith("Parse from German: ")
+
+
+# merge in 4-bit re-quantizes (lossy, as in the original): its exactness is checked in full precision.
+@pytest.mark.parametrize("handoff_mode, mode", [("merge", "lora"), ("continue", "qlora")])
+def test_other_handoff_modes(tmp_path, small_corpus, four_language_tree, handoff_mode, mode):
+    cfg = node_config(tmp_path, small_corpus, four_language_tree, **{
+        "model.handoff": handoff_mode, "model.mode": mode, "train.max_steps": 4, "eval.generate": "false"})
+    parent = train_node(cfg, {**GERMAN, "id": "root"}, [], LocalContext())
+    chain = handoff.chain_for_children(handoff_mode, [], parent["adapter"])
+    child = train_node(cfg, GERMAN, chain, LocalContext())
+    assert child["metrics"]["initial_val_loss"] == pytest.approx(parent["metrics"]["val_loss"], rel=1e-3)
