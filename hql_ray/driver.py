@@ -49,6 +49,10 @@ def init_ray(cfg: Config) -> None:
     if cfg.resources.address:
         ray.init(address=cfg.resources.address, log_to_driver=False)
     else:
+        # A local Ray on one machine: no spot preemption to watch and no dashboard to feed, so spare
+        # the extra actor processes Ray Train would start for every node.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         ray.init(num_gpus=cfg.resources.num_gpus, include_dashboard=False, log_to_driver=False)
 
 

@@ -73,3 +73,7 @@ def tiny_overrides(output_dir, data_dir, tree_file, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+# The same savings the driver makes for a local Ray (see driver.init_ray).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
