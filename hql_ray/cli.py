@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except HQLError as err:
         print(f"hql-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `hql-ray tree ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("hql-ray: interrupted; finished nodes are kept (re-run with --resume)", file=sys.stderr)
         return 130
