@@ -6,6 +6,7 @@ for a report. Plots never fail a report over missing data: they draw what exists
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 DPI = 110
 EPS = 1e-6
@@ -40,6 +42,45 @@ def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def spread_labels(ax, items: list[tuple[float, float, str, object]], fontsize: float = 6.5) -> None:
+    """Label line ends (x, y, text, colour) right of the data without overlaps: labels are pushed
+    apart vertically (a minimum gap in axis units) and joined to their point by a thin line."""
+    if not items:
+        return
+    log = ax.get_yscale() == "log"
+    tf = (lambda v: math.log10(v)) if log else (lambda v: v)
+    inv = (lambda v: 10 ** v) if log else (lambda v: v)
+    lo, hi = (tf(v) for v in ax.get_ylim())
+    gap = (hi - lo) * min(0.05, 0.9 / (len(items) + 1))
+    ordered = sorted(items, key=lambda it: tf(it[1]))
+    ys: list[float] = []
+    for _, y, _, _ in ordered:
+        ys.append(max(tf(y), ys[-1] + gap) if ys else tf(y))
+    overflow = ys[-1] - (hi - gap / 2)
+    if overflow > 0:  # pushed past the top: shift the column down, keeping the gaps
+        ys = [v - overflow for v in ys]
+        for i in range(1, len(ys)):
+            ys[i] = max(ys[i], ys[i - 1] + gap)
+    x0, x1 = ax.get_xlim()
+    right = max(it[0] for it in items)
+    text_x = right + (x1 - x0) * 0.06
+    ax.set_xlim(x0, right + (x1 - x0) * 0.22)
+    for (x, y, text, colour), ly in zip(ordered, ys):
+        ax.annotate(text, (x, y), xytext=(text_x, inv(ly)), textcoords="data", fontsize=fontsize, color=colour,
+                    va="center", arrowprops={"arrowstyle": "-", "color": colour, "lw": 0.5, "alpha": 0.6})
+    ax.set_ylim(inv(lo), inv(hi))
+
+
+def _maybe_log(ax, values: list[float]) -> None:
+    """Log scale when the values span more than 5x (an untrained model's loss dwarfs the rest)."""
+    positive = [v for v in values if v > 0]
+    if positive and len(positive) == len(values) and max(positive) / min(positive) > 5:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
 
 
 # ---- scores: grouped bars -----------------------------------------------------------------------
@@ -90,26 +131,39 @@ def loss_plot(nodes: dict[str, dict], levels: list[str], title: str, path: Path)
             parent = nodes[parent].get("parent")
         return total
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
-    drawn = 0
-    for nid, node in nodes.items():
-        hist = node.get("history") or []
-        if not hist:
-            continue
+    def points(nid: str, key: str) -> list[tuple[float, float]]:
         off = offset(nid)
+        return [(h["step"] + off, h[key]) for h in nodes[nid].get("history") or []
+                if isinstance(h.get(key), (int, float)) and isinstance(h.get("step"), (int, float))]
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    drawn = 0
+    labels: dict[int, list] = {0: [], 1: []}
+    values: dict[int, list[float]] = {0: [], 1: []}
+    for nid, node in nodes.items():
+        if not node.get("history"):
+            continue
         colour = colours.get(node.get("level"), "black")
-        for ax, key in zip(axes, ("train_loss", "val_loss")):
-            pts = [(h["step"] + off, h[key]) for h in hist if isinstance(h.get(key), (int, float))]
+        for k, (ax, key) in enumerate(zip(axes, ("train_loss", "val_loss"))):
+            pts = points(nid, key)
             if not pts:
                 continue
+            values[k] += [y for _, y in pts]
+            parent = node.get("parent")
+            before = points(parent, key) if parent in nodes else []
+            if before:  # a dotted link from where the parent ended: the tree reads left to right
+                ax.plot([before[-1][0], pts[0][0]], [before[-1][1], pts[0][1]], ":", color=colour, linewidth=0.9)
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "-o", color=colour, markersize=2.5, linewidth=1.2)
             if not node.get("children"):
-                ax.annotate(node.get("name", nid), (xs[-1], ys[-1]), fontsize=6, xytext=(3, 0),
-                            textcoords="offset points", va="center", color=colour)
+                labels[k].append((xs[-1], ys[-1], node.get("name", nid), colour))
         drawn += 1
-    for ax, name in zip(axes, ("train loss (mean since last validation)", "validation loss")):
-        ax.set_title(name)
+    for k, ax in enumerate(axes):
+        _maybe_log(ax, values[k])
+        if len(labels[k]) <= 40:
+            spread_labels(ax, labels[k])
+    for ax, name in zip(axes, ("train loss (mean since the last validation)", "validation loss")):
+        ax.set_title(name + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_xlabel("optimizer steps from the root")
         ax.grid(alpha=0.3)
     if not drawn:
@@ -176,7 +230,8 @@ def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: P
     """Gantt chart: a row per GPU/worker lane, a bar per node, coloured by level, labelled by node."""
     labels, bars = timeline_lanes(nodes, slots, now)
     colours = level_colours(levels or sorted({b["level"] or "?" for b in bars}))
-    fig, ax = plt.subplots(figsize=(13, max(2.5, 0.55 * len(labels) + 1.5)))
+    lane_h = 1.1 if len(labels) <= 4 else 0.6 if len(labels) <= 12 else 0.35
+    fig, ax = plt.subplots(figsize=(13, max(2.5, lane_h * len(labels) + 1.5)))
     if not bars:
         _empty(ax, "no node has started")
         return _save(fig, path)
@@ -185,13 +240,15 @@ def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: P
     for b in bars:
         left, width = b["start"] - t0, max(b["end"] - b["start"], span * 0.002)
         failed, running = b["status"] == "failed", b["status"] == "running"
-        ax.barh(b["lane"], width, left=left, height=0.7, color=colours.get(b["level"], "grey"),
-                edgecolor="red" if failed else "black", linewidth=1.5 if failed else 0.5,
-                hatch="//" if (failed or running) else None, alpha=0.9)
+        bar = ax.barh(b["lane"], width, left=left, height=0.8, color=colours.get(b["level"], "grey"),
+                      edgecolor="red" if failed else "black", linewidth=1.5 if failed else 0.5,
+                      hatch="//" if (failed or running) else None, alpha=0.9)[0]
         text = b["name"] + (" (failed)" if failed else " (running)" if running else "")
-        if width > span * 0.04:
-            ax.text(left + width / 2, b["lane"], text, ha="center", va="center", fontsize=6.5, clip_on=True,
-                    rotation=0 if width > span * 0.12 else 90 if len(labels) > 3 else 0)
+        if width > span * 0.008:
+            wide = width > span * max(0.1, 0.009 * len(text))
+            label = ax.text(left + width / 2, b["lane"], text, ha="center", va="center", rotation=0 if wide else 90,
+                            fontsize=6.5 if wide or len(labels) <= 12 else 5)
+            label.set_clip_path(bar)  # never spill over a neighbour: cut at the bar's edges
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels)
     ax.invert_yaxis()
@@ -210,6 +267,7 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
     cmap = plt.get_cmap("tab20")
     depth = max((len(p["path"]) for p in paths), default=0)
     any_value = False
+    ends: dict[str, list] = {"chrf++": [], "bleu": []}
     for i, p in enumerate(paths):
         for ax, key in zip(axes, ("chrf++", "bleu")):
             pts = [(s["depth"], s[key]) for s in p["path"] if s[key] is not None]
@@ -218,17 +276,19 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
             any_value = True
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p["code"])
-            ax.annotate(p["code"].split("_")[0], (xs[-1], ys[-1]), fontsize=6.5, xytext=(4, 0),
-                        textcoords="offset points", va="center", color=cmap(i % 20))
+            ends[key].append((xs[-1], ys[-1], p["code"].split("_")[0], cmap(i % 20)))
     for ax, name in zip(axes, ("chrF++", "BLEU")):
         ax.set_title(f"{name} along each language's root-to-leaf path")
         ax.set_xticks(range(depth))
         ax.set_xticklabels([levels[d] if d < len(levels) else f"depth {d}" for d in range(depth)])
-        ax.set_xlim(-0.3, max(depth - 1, 0) + 0.6)
+        ax.set_xlim(-0.3, max(depth - 1, 0) + 0.3)
         ax.grid(alpha=0.3)
         if not any_value:
             ax.text(0.5, 0.5, "no per-node scores (eval.at_nodes=leaves?)", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
+    for ax, key in zip(axes, ("chrf++", "bleu")):
+        if len(ends[key]) <= 40:
+            spread_labels(ax, ends[key])
     if any_value:
         axes[1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title)

@@ -1,32 +1,327 @@
-"""Progress of a run in the terminal: one line per event (the live tree view builds on these events)."""
+"""Progress of a run in the terminal: a live tree view on a TTY, plain lines in logs and CI.
+
+Both reporters take the driver's events (`event(kind, info)`) and poll the run's board actor in a
+background thread for each running node's step, epoch and losses. Nothing here may stop a run: every
+event, poll and redraw is guarded, a slow board is waited on with a timeout off the training thread,
+and a broken display falls back to plain lines.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
+
+STATES = ("pending", "running", "done", "failed", "skipped")
 
 
-class PlainReporter:
-    """Prints node starts and ends with the elapsed time; works in logs and CI."""
+@dataclass
+class NodeView:
+    id: str
+    name: str
+    depth: int = 0
+    parent: str | None = None
+    children: list[str] = field(default_factory=list)
+    status: str = "pending"
+    started: float | None = None
+    finished: float | None = None
+    workers: int | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    phase: str | None = None
+    error: str | None = None
 
-    def __init__(self, cfg, stream=None):
-        self.cfg = cfg
-        self.stream = stream or sys.stdout
+    def elapsed(self, now: float) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or now) - self.started
+
+
+class RunView:
+    """What the reporters show: the tree's nodes with their state, fed by events and board snapshots."""
+
+    def __init__(self, cfg=None):
+        self.lock = threading.RLock()
+        self.nodes: dict[str, NodeView] = {}
         self.t0 = time.time()
-        self.done = 0
+        self.finished: float | None = None
+        self.run_dir = ""
+        self.slots: int | None = None
+        self.gpu = False
         self.total = 0
+        self.poll_errors = 0
+        self.last_poll_error: str | None = None
+        self._load_tree(cfg)
+
+    def _load_tree(self, cfg) -> None:
+        """The whole tree up front (pending nodes shown too); without it, nodes appear as events name them."""
+        try:
+            from hql_ray.tree import load_tree
+
+            tree = load_tree(cfg.tree.file, cfg.tree.levels)
+        except Exception:  # noqa: BLE001 - the driver reports a bad tree itself
+            return
+        for node in tree.nodes.values():
+            self.nodes[node.id] = NodeView(node.id, node.name, node.depth, node.parent, list(node.children))
+        self.total = len(self.nodes)
+
+    def node(self, node_id: str) -> NodeView:
+        if node_id not in self.nodes:
+            self.nodes[node_id] = NodeView(node_id, node_id.split(".", 1)[-1])
+        return self.nodes[node_id]
+
+    def apply_event(self, kind: str, info: dict) -> None:
+        now = time.time()
+        with self.lock:
+            if kind == "run_started":
+                self.run_dir = str(info.get("run_dir", ""))
+                self.slots = info.get("slots")
+                self.gpu = bool(info.get("gpu"))
+                self.total = int(info.get("nodes") or len(self.nodes))
+            elif kind == "skipped":
+                self.node(info["node"]).status = "skipped"
+            elif kind == "node_started":
+                n = self.node(info["node"])
+                n.status, n.started, n.finished, n.error = "running", now, None, None
+                n.workers = info.get("workers")
+                n.step = n.epoch = n.loss = n.val_loss = n.phase = None
+            elif kind == "node_done":
+                n = self.node(info["node"])
+                n.status, n.finished = "done", now
+                m = info.get("metrics") or {}
+                if m.get("val_loss") is not None:
+                    n.val_loss = m["val_loss"]
+                if m.get("train_loss") is not None:
+                    n.loss = m["train_loss"]
+                if m.get("steps") is not None:
+                    n.step = n.total_steps = m["steps"]
+                n.phase = None
+            elif kind == "node_failed":
+                n = self.node(info["node"])
+                n.status, n.finished, n.error = "failed", now, str(info.get("error", ""))
+            elif kind == "run_finished":
+                self.finished = now
+                for node_id in info.get("not_done") or []:
+                    n = self.node(node_id)
+                    if n.status == "pending":
+                        n.phase = "not run"  # below a failed node, or the run was stopped
+
+    def apply_snapshot(self, snapshot: dict) -> None:
+        """Board progress of running nodes (finished ones keep their final numbers)."""
+        with self.lock:
+            for node_id, p in (snapshot or {}).items():
+                n = self.node(node_id)
+                if n.status != "running" or not isinstance(p, dict):
+                    continue
+                for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase"):
+                    if p.get(key) is not None:
+                        setattr(n, key, p[key])
+
+    def counts(self) -> dict[str, int]:
+        with self.lock:
+            out = {s: 0 for s in STATES}
+            for n in self.nodes.values():
+                out[n.status] = out.get(n.status, 0) + 1
+            return out
+
+    def ordered(self) -> list[tuple[str, NodeView]]:
+        """(tree prefix, node) in tree order, with box-drawing prefixes like `hql-ray tree`."""
+        with self.lock:
+            roots = [n for n in self.nodes.values() if n.parent is None or n.parent not in self.nodes]
+            out: list[tuple[str, NodeView]] = []
+
+            def walk(n: NodeView, prefix: str, last: bool, top: bool) -> None:
+                out.append((prefix + ("" if top else ("└── " if last else "├── ")), n))
+                inner = prefix if top else prefix + ("    " if last else "│   ")
+                kids = [self.nodes[c] for c in n.children if c in self.nodes]
+                for i, child in enumerate(kids):
+                    walk(child, inner, i == len(kids) - 1, False)
+
+            for root in roots:
+                walk(root, "", True, True)
+            return out
+
+
+# ---- formatting helpers -------------------------------------------------------------------------
+def fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_num(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
+
+
+def fmt_step(n: NodeView) -> str:
+    if n.step is None:
+        return ""
+    return f"{n.step}/{n.total_steps}" if n.total_steps else str(n.step)
+
+
+def state_text(n: NodeView) -> str:
+    if n.status == "running" and n.phase == "evaluate":
+        return "evaluating"
+    if n.status == "pending" and n.phase == "not run":
+        return "not run"
+    if n.status == "skipped":
+        return "skipped (resume)"
+    return n.status
+
+
+# ---- board polling ------------------------------------------------------------------------------
+class BoardPoller:
+    """Polls `board.snapshot` off the training thread; a slow or dead board only counts an error."""
+
+    def __init__(self, view: RunView, interval: float = 0.5, timeout: float = 2.0, on_poll=None):
+        self.view = view
+        self.interval = interval
+        self.timeout = timeout
+        self.on_poll = on_poll
+        self.board = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, board) -> None:
+        if board is None:
+            return
+        self.board = board
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="hql-progress-poll", daemon=True)
+        self._thread.start()
+
+    def fetch(self) -> dict:
+        ref = self.board.snapshot.remote()
+        ray = sys.modules.get("ray")
+        if ray is not None and isinstance(ref, ray.ObjectRef):
+            return ray.get(ref, timeout=self.timeout)
+        return ref  # a plain object standing in for the actor (tests)
+
+    def poll_once(self) -> None:
+        try:
+            self.view.apply_snapshot(self.fetch())
+            if self.on_poll is not None:
+                self.on_poll()
+        except Exception as err:  # noqa: BLE001 - progress is best effort
+            with self.view.lock:
+                self.view.poll_errors += 1
+                self.view.last_poll_error = f"{type(err).__name__}: {err}"[:200]
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1.0)  # daemon: a hung ray.get cannot hold the exit
+
+
+class _Guarded:
+    """Shared shell: events and the context never raise into the driver."""
+
+    def __init__(self, cfg, poll_interval: float = 0.5, poll_timeout: float = 2.0):
+        self.cfg = cfg
+        self.view = RunView(cfg)
+        self.poller = BoardPoller(self.view, poll_interval, poll_timeout, on_poll=self._after_poll)
+        self.errors = 0
+
+    def _after_poll(self) -> None:
+        pass
+
+    def event(self, kind: str, info: dict) -> None:
+        try:
+            info = info or {}
+            self.view.apply_event(kind, info)
+            if kind == "run_started":
+                self.poller.start(info.get("board"))
+            self._show(kind, info)
+        except Exception as err:  # noqa: BLE001 - a display bug must not kill a run
+            self._reporter_error(err)
+
+    def _reporter_error(self, err: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            try:
+                print(f"hql-ray: progress display error (ignored): {type(err).__name__}: {err}", file=sys.stderr)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _show(self, kind: str, info: dict) -> None:
+        raise NotImplementedError
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        try:
+            self.poller.stop()
+        except Exception as err:  # noqa: BLE001
+            self._reporter_error(err)
         return False
+
+
+class PlainReporter(_Guarded):
+    """One line per event with the elapsed time, plus every `progress_every` s a line per running node.
+
+    Works in logs and CI (no terminal control codes).
+    """
+
+    def __init__(self, cfg, stream=None, progress_every: float | None = 30.0, poll_interval: float = 0.5,
+                 poll_timeout: float = 2.0):
+        super().__init__(cfg, poll_interval, poll_timeout)
+        self.stream = stream or sys.stdout
+        self.t0 = time.time()
+        self.done = 0
+        self.total = 0
+        self.progress_every = progress_every
+        self._last_progress = time.time()
+        self._last_steps: dict[str, object] = {}
 
     def _print(self, text: str) -> None:
         elapsed = time.time() - self.t0
         print(f"[{elapsed:7.1f}s] {text}", file=self.stream, flush=True)
 
-    def event(self, kind: str, info: dict) -> None:
+    def _after_poll(self) -> None:
+        if not self.progress_every or time.time() - self._last_progress < self.progress_every:
+            return
+        self._last_progress = time.time()
+        for line in self.progress_lines():
+            self._print(line)
+
+    def progress_lines(self, only_changed: bool = True) -> list[str]:
+        """`node: step a/b, epoch e, loss x, val y` for running nodes whose numbers moved."""
+        lines = []
+        with self.view.lock:
+            for n in self.view.nodes.values():
+                if n.status != "running" or n.step is None:
+                    continue
+                key = (n.step, n.phase, n.val_loss)
+                if only_changed and self._last_steps.get(n.id) == key:
+                    continue
+                self._last_steps[n.id] = key
+                parts = [f"step {fmt_step(n)}"]
+                if n.epoch is not None:
+                    parts.append(f"epoch {n.epoch:.2f}")
+                if n.loss is not None:
+                    parts.append(f"loss {n.loss:.3f}")
+                if n.val_loss is not None:
+                    parts.append(f"val {n.val_loss:.3f}")
+                if n.phase == "evaluate":
+                    parts.append("evaluating")
+                lines.append(f"  {n.id}: {', '.join(parts)}")
+        return lines
+
+    def _show(self, kind: str, info: dict) -> None:
         if kind == "run_started":
             self.total = info["nodes"]
             what = "GPU" if info["gpu"] else "CPU"
@@ -40,10 +335,12 @@ class PlainReporter:
             self.done += 1
             m = info.get("metrics") or {}
             parts = []
-            if m.get("val_loss") is not None:
+            if m.get("val_loss") is not None and m.get("initial_val_loss") is not None:
                 parts.append(f"val_loss {m['initial_val_loss']:.3f} -> {m['val_loss']:.3f}")
+            elif m.get("val_loss") is not None:
+                parts.append(f"val_loss {m['val_loss']:.3f}")
             langs = m.get("languages") or {}
-            scores = [v.get("chrf++") for v in langs.values() if v.get("chrf++") is not None]
+            scores = [v.get("chrf++") for v in langs.values() if isinstance(v, dict) and v.get("chrf++") is not None]
             if scores:
                 parts.append(f"chrF++ {sum(scores) / len(scores):.1f} (mean of {len(scores)})")
             self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
@@ -54,5 +351,114 @@ class PlainReporter:
             self._print(f"run {status}")
 
 
+STYLES = {"pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan", "done": "green", "failed": "bold red",
+          "skipped (resume)": "blue"}
+ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✖", "skipped": "↷"}
+
+
+class LiveReporter(_Guarded):
+    """A rich Live table of the tree, redrawn ~2x a second; failures and the end are also printed."""
+
+    def __init__(self, cfg, console=None, refresh_per_second: float = 2.0, poll_interval: float = 0.5,
+                 poll_timeout: float = 2.0):
+        from rich.console import Console
+
+        super().__init__(cfg, poll_interval, poll_timeout)
+        self.console = console or Console()
+        self.refresh_per_second = refresh_per_second
+        self.live = None
+
+    def render(self):
+        """The current view as a rich renderable (a header line and the node table)."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        try:
+            now = time.time()
+            view = self.view
+            with view.lock:
+                c = self.view.counts()
+                end = view.finished or now
+                slot_kind = "GPU" if view.gpu else "CPU"
+                head = Text.assemble(
+                    ("hql-ray ", "bold"), (view.run_dir or "(starting)", "bold cyan"),
+                    f"  {view.slots if view.slots is not None else '?'} {slot_kind} slot(s)  ",
+                    (f"{c['done'] + c['skipped']}/{view.total or len(view.nodes)} done", "green"), "  ",
+                    (f"{c['running']} running", "yellow"), "  ",
+                    (f"{c['failed']} failed", "bold red" if c["failed"] else "dim"),
+                    f"  elapsed {fmt_time(end - view.t0)}",
+                )
+                table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+                for name, justify in (("node", "left"), ("state", "left"), ("step", "right"), ("epoch", "right"),
+                                      ("loss", "right"), ("val loss", "right"), ("time", "right"),
+                                      ("workers", "right")):
+                    table.add_column(name, justify=justify, no_wrap=True)
+                for prefix, n in view.ordered():
+                    state = state_text(n)
+                    style = STYLES.get(state, "")
+                    table.add_row(
+                        Text.assemble((prefix, "dim"), (n.name, "bold" if n.status == "running" else "")),
+                        Text(f"{ICONS.get(n.status, ' ')} {state}", style=style),
+                        fmt_step(n), fmt_num(n.epoch, 2), fmt_num(n.loss), fmt_num(n.val_loss),
+                        fmt_time(n.elapsed(end)),
+                        str(n.workers) if n.workers else "",
+                    )
+                parts = [head, table]
+                for n in view.nodes.values():
+                    if n.status == "failed" and n.error:
+                        parts.append(Text(f"✖ {n.id}: {n.error}", style="red"))
+                if view.poll_errors and view.last_poll_error and view.finished is None:
+                    parts.append(Text(f"(live numbers delayed: board poll failed {view.poll_errors}x: "
+                                      f"{view.last_poll_error})", style="dim"))
+            return Group(*parts)
+        except Exception as err:  # noqa: BLE001 - never let a redraw raise in rich's thread
+            return Text(f"(progress view unavailable: {type(err).__name__}: {err})")
+
+    def __enter__(self):
+        try:
+            from rich.live import Live
+
+            self.live = Live(get_renderable=self.render, console=self.console,
+                             refresh_per_second=self.refresh_per_second, transient=False)
+            self.live.start()
+        except Exception as err:  # noqa: BLE001 - no live view: events still print
+            self.live = None
+            self._reporter_error(err)
+        return self
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        try:
+            if self.live is not None:
+                self.live.refresh()
+                self.live.stop()
+        except Exception as err:  # noqa: BLE001
+            self._reporter_error(err)
+        return False
+
+    def _show(self, kind: str, info: dict) -> None:
+        if kind == "node_failed":
+            self.console.print(f"[bold red]✖ {info['node']} failed:[/] {info.get('error', '')}", highlight=False)
+        elif kind == "run_finished":
+            not_done = info.get("not_done") or []
+            if not_done:
+                self.console.print(f"[red]run stopped with {len(not_done)} node(s) not done[/]", highlight=False)
+            else:
+                self.console.print(f"[green]run finished in {fmt_time(time.time() - self.view.t0)}[/]", highlight=False)
+        if self.live is not None:
+            self.live.refresh()
+
+
 def make_reporter(cfg, plain: bool = False):
-    return PlainReporter(cfg)
+    """Live tree view on a terminal; plain lines with --plain, when stdout is not a TTY, or TERM=dumb."""
+    try:
+        tty = sys.stdout.isatty()
+    except Exception:  # noqa: BLE001 - odd stdout replacements
+        tty = False
+    if plain or not tty or os.environ.get("TERM") == "dumb":
+        return PlainReporter(cfg)
+    try:
+        return LiveReporter(cfg)
+    except Exception:  # noqa: BLE001 - rich missing or broken: plain lines still work
+        return PlainReporter(cfg)

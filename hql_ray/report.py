@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,13 +111,16 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
     status = manifest.data.get("status")
     if status not in ("done", None):
         record.notes.append(f"run status is {status!r}")
+    others: dict[str, list[str]] = {}
     for node_id, entry in manifest.nodes.items():
         st = entry.get("status")
         if st == "failed":
             err = str(entry.get("error") or "").strip().splitlines()
             record.notes.append(f"node {node_id} failed" + (f": {err[-1][:200]}" if err else ""))
         elif st != "done":
-            record.notes.append(f"node {node_id} is {st}")
+            others.setdefault(str(st), []).append(node_id)
+    for st, ids in others.items():
+        record.notes.append(f"{len(ids)} node(s) {st}: {', '.join(ids)}")
     return record
 
 
@@ -335,6 +339,15 @@ def summary_markdown(runs: list[RunRecord]) -> str:
 
 
 # ---- the whole report ---------------------------------------------------------------------------
+def _write(path: Path, text: str) -> Path:
+    """Atomic write, then the usual file mode (the temp file behind it is created 0600)."""
+    atomic_write_text(path, text)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+    return path
+
+
 def default_out_dir(run_dirs: list[str | Path]) -> Path:
     return Path(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
 
@@ -381,11 +394,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
 
         plots = plots_lib.draw_all(runs, score_rows(runs), out / "plots")
     markdown = build_markdown(runs, plots, out)
-    atomic_write_text(out / "report.md", markdown)
-    atomic_write_text(out / "report.csv", scores_csv(score_rows(runs)))
-    files += [out / "report.md", out / "report.csv"]
+    files.append(_write(out / "report.md", markdown))
+    files.append(_write(out / "report.csv", scores_csv(score_rows(runs))))
     if len(runs) == 1:
-        atomic_write_text(out / "path_scores.csv", path_csv(path_scores(runs[0])))
-        files.append(out / "path_scores.csv")
+        files.append(_write(out / "path_scores.csv", path_csv(path_scores(runs[0]))))
     files += [Path(p) for p in plots.values()]
     return {"markdown": markdown, "files": files, "runs": runs}

@@ -1,0 +1,91 @@
+"""`hql-ray generate RUN_DIR --lang CODE [FILE] [-o OUT]`: sentences from AMR graphs with a trained language.
+
+    hql-ray generate runs/demo --lang deu_Latn graphs.txt -o german.txt
+    echo '(w / want-01 :ARG0 (g / girl))' | hql-ray generate runs/demo --lang German
+
+FILE (or stdin) holds one single-line graph per line, or multi-line PENMAN blocks with `# ::`
+metadata. One output line per input graph. A run trained with --direction text2amr parses instead:
+one sentence per line in, one AMR per line out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate sentences from AMR graphs with a run's exported language model",
+        description="Load RUN_DIR/final/CODE (the language's leaf adapter on the run's base model) and generate "
+        "one sentence per input graph, prepared as in training (linearization, prompt, max source length). "
+        "For a text2amr run, parse one sentence per line into AMRs.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (manifest.json, final/<code>/)")
+    p.add_argument("input", nargs="?", metavar="FILE", help="AMR graphs (or sentences); default or '-': stdin")
+    p.add_argument("--lang", required=True, help="language code (deu_Latn) or name (German) of the run's tree")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    p.add_argument("--batch-size", type=int, help="inputs per generation batch (default: the run's eval.batch_size)")
+    p.add_argument("--max-new-tokens", type=int, help="output length limit (default: the run's eval.max_new_tokens)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(run=run)
+    _allow_intermixed(p)
+
+
+def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let FILE come after the options (`RUN_DIR --lang X FILE`): plain argparse would stop at RUN_DIR.
+
+    The top-level parser calls the subparser's parse_known_args; route it once through
+    parse_known_intermixed_args (which calls parse_known_args itself, hence the re-entry guard).
+    """
+    plain = parser.parse_known_args
+    state = {"inside": False}
+
+    def parse_known_args(args=None, namespace=None):
+        if state["inside"]:
+            return plain(args, namespace)
+        state["inside"] = True
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            state["inside"] = False
+
+    parser.parse_known_args = parse_known_args
+
+
+def run(args: argparse.Namespace) -> int:
+    from hql_ray.errors import InputError
+    from hql_ray.generate import load_generator, read_inputs
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    gen = load_generator(args.run_dir, args.lang, device=args.device)
+    inputs, name = read_inputs(args.input, gen.direction)
+    if gen.tree_note:
+        print(f"hql-ray generate: note: {gen.tree_note}", file=sys.stderr)
+    if not inputs:
+        print(f"hql-ray generate: warning: {name} holds no input", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rgenerated {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    texts = [x.text for x in inputs]
+    result = gen.run(texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, path=name,
+                     lines=[x.line for x in inputs], on_batch=progress if sys.stderr.isatty() and len(texts) > 1 else None)
+    for item, clipped in zip(inputs, result.clipped):
+        if clipped:
+            print(f"{name}:{item.line}: warning: input is {gen.token_count(item.text)} tokens, more than the run's "
+                  f"max source length {gen.max_source_length}; it was clipped (as in training)", file=sys.stderr)
+    text = "".join(out + "\n" for out in result.outputs)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {len(result.outputs)} line(s) to {args.output} ({gen.language.code}, "
+              f"{sum(result.clipped)} clipped)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0

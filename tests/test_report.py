@@ -1,0 +1,225 @@
+"""hql-ray report on hand-made run records: tables, best marks, CSV, PNGs, root-to-leaf, failed nodes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from hql_ray.cli import main
+from hql_ray.errors import InputError
+from hql_ray.plots import timeline_lanes
+from hql_ray.report import load_run, path_scores, score_rows, write_report
+
+TREE = """code,level0,level1,language
+deu_Latn,Indo_European,Germanic,German
+nld_Latn,Indo_European,Germanic,Dutch
+ita_Latn,Indo_European,Romance,Italian
+"""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+T0 = 1_700_000_000.0
+
+
+def scores(bleu, chrf, n=10):
+    return {"n": n, "bleu": bleu, "chrf++": chrf, "spbleu": None, "clipped": 0}
+
+
+def node(nid, name, level, depth, parent, children, langs, *, start, end, status="done", lang_scores=None,
+         gpu_ids=None, workers=1, steps=10, error=None):
+    hist = [{"step": 0, "val_loss": 5.0 - depth}, {"step": steps // 2, "train_loss": 4.5 - depth, "val_loss": 4.2 - depth},
+            {"step": steps, "train_loss": 4.0 - depth, "val_loss": 3.9 - depth}]
+    entry = {
+        "id": nid, "name": name, "level": level, "depth": depth, "parent": parent, "children": children,
+        "languages": langs, "status": status, "started_at": T0 + start if start is not None else None,
+        "finished_at": T0 + end if end is not None else None,
+        "resources": {"workers": workers, "gpu": gpu_ids is not None, "gpu_ids": gpu_ids or [], "hosts": ["10.0.0.1"]},
+        "attempts": 1, "adapter": f"nodes/{nid}/adapter" if status == "done" else None,
+        "metrics": None, "history": hist if status == "done" else None,
+    }
+    if status == "done":
+        entry["metrics"] = {"initial_val_loss": 6.0, "val_loss": 3.9 - depth, "train_loss": 4.0 - depth,
+                            "steps": steps, "train_seconds": float(end - start), "languages": lang_scores or {}}
+    if error:
+        entry["error"] = error
+    return entry
+
+
+def write_run(root: Path, name: str, tree_file: Path, s: dict, *, gpu=False, fail_dutch=False) -> Path:
+    """A 3-level run (root, 2 groups, 3 leaves); `s` = {code: (bleu, chrf) per depth 0,1,2}."""
+    gids = (lambda ids: ids) if gpu else (lambda ids: None)
+    codes = ["deu_Latn", "nld_Latn", "ita_Latn"]
+    nodes = {
+        "level0.Indo_European": node("level0.Indo_European", "Indo_European", "level0", 0, None,
+                                     ["level1.Germanic", "level1.Romance"], codes, start=0, end=100,
+                                     lang_scores={c: scores(*s[c][0]) for c in codes}, gpu_ids=gids(["0", "1"]),
+                                     workers=2),
+        "level1.Germanic": node("level1.Germanic", "Germanic", "level1", 1, "level0.Indo_European",
+                                ["language.German", "language.Dutch"], codes[:2], start=100, end=160,
+                                lang_scores={c: scores(*s[c][1]) for c in codes[:2]}, gpu_ids=gids(["0"])),
+        "level1.Romance": node("level1.Romance", "Romance", "level1", 1, "level0.Indo_European",
+                               ["language.Italian"], codes[2:], start=100, end=150,
+                               lang_scores={"ita_Latn": scores(*s["ita_Latn"][1])}, gpu_ids=gids(["1"])),
+        "language.German": node("language.German", "German", "language", 2, "level1.Germanic", [], ["deu_Latn"],
+                                start=160, end=190, lang_scores={"deu_Latn": scores(*s["deu_Latn"][2])},
+                                gpu_ids=gids(["0"])),
+        "language.Dutch": node("language.Dutch", "Dutch", "language", 2, "level1.Germanic", [], ["nld_Latn"],
+                               start=160, end=170 if fail_dutch else 200, status="failed" if fail_dutch else "done",
+                               lang_scores={"nld_Latn": scores(*s["nld_Latn"][2])},
+                               gpu_ids=None if fail_dutch else gids(["1"]),
+                               error="WorkerGroupError: ...\nRuntimeError: CUDA out of memory" if fail_dutch else None),
+        "language.Italian": node("language.Italian", "Italian", "language", 2, "level1.Romance", [], ["ita_Latn"],
+                                 start=150, end=175, lang_scores={"ita_Latn": scores(*s["ita_Latn"][2])},
+                                 gpu_ids=gids(["1"])),
+    }
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    manifest = {
+        "run": name, "created_at": T0, "updated_at": T0 + 200, "status": "failed" if fail_dutch else "done",
+        "tree": {"file": str(tree_file), "levels": ["level0", "level1", "language"]},
+        "config": {"model": {"base": "tiny", "mode": "qlora"}, "eval": {"at_nodes": "all"}},
+        "nodes": nodes, "slots": {"total": 2, "gpu": gpu, "cuda": False}, "finished_at": T0 + 200,
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return run_dir
+
+
+SCORES_A = {"deu_Latn": [(1.0, 10.0), (2.0, 20.0), (3.0, 30.0)],
+            "nld_Latn": [(1.5, 11.0), (2.5, 21.0), (4.0, 40.0)],
+            "ita_Latn": [(0.5, 9.0), (1.0, 15.0), (2.0, 25.0)]}
+SCORES_B = {"deu_Latn": [(1.0, 12.0), (2.0, 22.0), (5.0, 35.0)],   # B best for German (both metrics)
+            "nld_Latn": [(1.0, 10.0), (2.0, 20.0), (4.5, 38.0)],   # A best chrF++, B best BLEU
+            "ita_Latn": [(0.5, 9.0), (1.0, 15.0), (2.0, 25.0)]}    # a tie: both best
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    tree = tmp_path / "tree.csv"
+    tree.write_text(TREE)
+    a = write_run(tmp_path / "out", "pthql", tree, SCORES_A, gpu=True)
+    b = write_run(tmp_path / "out2", "multi", tree, SCORES_B)
+    return a, b
+
+
+def check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    width, height = struct.unpack(">II", data[16:24])  # IHDR
+    assert 300 < width < 4000 and 150 < height < 4000, (path, width, height)
+    assert len(data) > 5000, path
+
+
+def test_two_runs_table_best_marks_csv_and_plots(runs, tmp_path, capsys):
+    a, b = runs
+    out = tmp_path / "cmp"
+    assert main(["report", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert md in printed
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")]
+             for line in md.splitlines() if line.startswith("| ") and "_Latn" in line}
+    # code | language | pthql BLEU | pthql chrF++ | multi BLEU | multi chrF++  (no spBLEU anywhere: column left out)
+    assert "| code | language | pthql BLEU | pthql chrF++ | multi BLEU | multi chrF++ |" in md
+    assert table["deu_Latn"] == ["deu_Latn", "German", "3.00", "30.00", "**5.00**", "**35.00**"]
+    assert table["nld_Latn"] == ["nld_Latn", "Dutch", "4.00", "**40.00**", "**4.50**", "38.00"]
+    assert table["ita_Latn"] == ["ita_Latn", "Italian", "**2.00**", "**25.00**", "**2.00**", "**25.00**"]
+    assert "| **mean** |  | 3.00 | 31.67 | 3.83 | 32.67 |" in md
+
+    rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
+    assert list(rows[0]) == ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "n_test",
+                             "val_loss", "best", "best_metrics"]
+    by = {(r["run"], r["code"]): r for r in rows}
+    assert len(rows) == 6
+    assert by[("multi", "deu_Latn")]["best"] == "1" and by[("pthql", "deu_Latn")]["best"] == "0"
+    assert by[("pthql", "nld_Latn")]["best"] == "1" and by[("pthql", "nld_Latn")]["best_metrics"] == "chrf++"
+    assert by[("multi", "nld_Latn")]["best_metrics"] == "bleu"
+    assert by[("pthql", "deu_Latn")]["node"] == "language.German"
+    assert float(by[("multi", "deu_Latn")]["chrf++"]) == 35.0 and by[("multi", "deu_Latn")]["spbleu"] == ""
+    assert by[("pthql", "ita_Latn")]["best_metrics"] == "bleu;chrf++"  # tie: both runs best
+    assert [r["best"] for r in rows if r["code"] == "ita_Latn"].count("1") == 1  # one winner per language
+
+    for name in ("scores.png", "loss_curves_pthql.png", "loss_curves_multi.png", "timeline_pthql.png",
+                 "timeline_multi.png"):
+        check_png(out / "plots" / name)
+    assert not (out / "plots" / "root_to_leaf.png").exists()  # a single-run view
+    assert "![Timeline (multi)](plots/timeline_multi.png)" in md
+
+
+def test_single_run_root_to_leaf(runs, capsys):
+    a, _ = runs
+    assert main(["report", str(a)]) == 0  # default out: the run's own folder
+    md = (a / "report.md").read_text()
+    assert "| code | language | BLEU | chrF++ | node | n_test |" in md
+    assert "| deu_Latn | German | 3.00 | 30.00 | language.German | 10 |" in md
+    assert "| code | language | level0 | level1 | language |" in md
+    assert "| nld_Latn | Dutch | 11.0 / 1.5 (Indo_European) | 21.0 / 2.5 (Germanic) | 40.0 / 4.0 (Dutch) |" in md
+    assert "| ita_Latn | Italian | 9.0 / 0.5 (Indo_European) | 15.0 / 1.0 (Romance) | 25.0 / 2.0 (Italian) |" in md
+    rows = list(csv.DictReader(io.StringIO((a / "path_scores.csv").read_text())))
+    assert [(r["node"], float(r["chrf++"]), float(r["bleu"])) for r in rows if r["code"] == "deu_Latn"] == [
+        ("level0.Indo_European", 10.0, 1.0), ("level1.Germanic", 20.0, 2.0), ("language.German", 30.0, 3.0)]
+    for name in ("scores.png", "loss_curves.png", "timeline.png", "root_to_leaf.png"):
+        check_png(a / "plots" / name)
+    paths = path_scores(load_run(a))
+    assert [s["chrf++"] for s in paths[1]["path"]] == [11.0, 21.0, 40.0]
+
+
+def test_failed_node_reports_what_exists(tmp_path):
+    tree = tmp_path / "tree.csv"
+    tree.write_text(TREE)
+    run_dir = write_run(tmp_path, "broken", tree, SCORES_A, fail_dutch=True)
+    result = write_report([run_dir], tmp_path / "rep")
+    md = result["markdown"]
+    assert "| broken | failed | 5/6 |" in md
+    assert "| nld_Latn | Dutch | - | - | language.Dutch (failed) | - |" in md
+    assert "| deu_Latn | German | 3.00 | 30.00 | language.German | 10 |" in md
+    assert "| **mean** |  | - | - |  |  |" in md  # a mean over incomplete languages would mislead
+    assert "node language.Dutch failed: RuntimeError: CUDA out of memory" in md
+    # the failed leaf's own scores are gone, but its ancestors' remain on the path
+    assert "| nld_Latn | Dutch | 11.0 / 1.5 (Indo_European) | 21.0 / 2.5 (Germanic) | - / - (Dutch) |" in md
+    for png in (tmp_path / "rep" / "plots").iterdir():
+        check_png(png)
+    rows = {r["code"]: r for r in score_rows(result["runs"])}
+    assert rows["nld_Latn"]["node_status"] == "failed" and rows["nld_Latn"]["chrf++"] is None
+
+
+def test_timeline_lanes_gpu_ids_and_greedy_workers(runs):
+    a, b = runs
+    labels, bars = timeline_lanes(load_run(a).nodes)
+    assert labels == ["GPU 0", "GPU 1"]
+    lanes = {}
+    for bar in bars:
+        lanes.setdefault(bar["node"], []).append(bar["lane"])
+    assert lanes["level0.Indo_European"] == [0, 1] and lanes["language.Dutch"] == [1]
+    labels, bars = timeline_lanes(load_run(b).nodes, slots=2)
+    lanes = {bar["node"]: bar["lane"] for bar in bars if bar["node"] != "level0.Indo_European"}
+    # Germanic (100-160) takes lane 0, Romance (100-150) lane 1; Italian (150-175) reuses the freed lane 1;
+    # German and Dutch (both from 160) get lanes 0 and a third lane (2 is taken until 175).
+    assert lanes["level1.Germanic"] == 0 and lanes["level1.Romance"] == 1 and lanes["language.Italian"] == 1
+    assert lanes["language.German"] == 0 and lanes["language.Dutch"] == 2
+    assert labels == ["worker 1", "worker 2", "worker 3"]
+
+
+def test_missing_manifest_and_tree_fallback(tmp_path, runs):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no manifest.json") as err:
+        write_report([empty])
+    assert str(empty) in str(err.value)
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "manifest.json").write_text('{"nodes": {\n  oops')
+    with pytest.raises(InputError, match="not valid JSON") as err:
+        write_report([bad])
+    assert err.value.line == 2
+    # the tree file is gone: names come from the manifest's leaf nodes, the report still works
+    a, _ = runs
+    (tmp_path / "tree.csv").unlink()
+    run = load_run(a)
+    assert [lang.name for lang in run.tree.languages] == ["German", "Dutch", "Italian"]
+    assert any("unreadable" in note for note in run.notes)
+    md = write_report([a], tmp_path / "r2", with_plots=False)["markdown"]
+    assert "| ita_Latn | Italian | 2.00 | 25.00 | language.Italian | 10 |" in md
