@@ -56,6 +56,9 @@ class RunView:
         self.total = 0
         self.poll_errors = 0
         self.last_poll_error: str | None = None
+        # A finished node has trained exactly this many epochs (unless train.max_steps cut it short).
+        train = getattr(cfg, "train", None)
+        self.epochs = getattr(train, "epochs", None) if getattr(train, "max_steps", None) is None else None
         self._load_tree(cfg)
 
     def _load_tree(self, cfg) -> None:
@@ -100,6 +103,7 @@ class RunView:
                     n.loss = m["train_loss"]
                 if m.get("steps") is not None:
                     n.step = n.total_steps = m["steps"]
+                n.epoch = self.epochs
                 n.phase = None
             elif kind == "node_failed":
                 n = self.node(info["node"])

@@ -162,14 +162,14 @@ def score_rows(runs: list[RunRecord]) -> list[dict]:
             if lang.code not in codes:
                 codes.append(lang.code)
                 names[lang.code] = lang.name
+    per_run = {run.label: {r["code"]: r for r in language_rows(run.manifest, run.tree)} for run in runs}
     rows = []
     for code in codes:
         group = []
         for run in runs:
-            match = [r for r in language_rows(run.manifest, run.tree) if r["code"] == code]
-            if not match:
+            r = per_run[run.label].get(code)
+            if r is None:
                 continue
-            r = match[0]
             group.append({
                 "run": run.label, "code": code, "language": names[code], "node": r["node"],
                 "node_status": run.nodes[r["node"]].get("status"),
@@ -352,8 +352,7 @@ def default_out_dir(run_dirs: list[str | Path]) -> Path:
     return Path(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
 
 
-def build_markdown(runs: list[RunRecord], plots: dict[str, str], out_dir: Path) -> str:
-    rows = score_rows(runs)
+def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str], out_dir: Path) -> str:
     title = f"Report: run {runs[0].label}" if len(runs) == 1 else "Report: " + ", ".join(r.label for r in runs)
     parts = [f"# {title}", "", summary_markdown(runs), "", "## Scores per language (test split, the language's leaf node)", "",
              scores_markdown(rows, runs), ""]
@@ -389,13 +388,14 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     plots: dict[str, str] = {}
+    rows = score_rows(runs)
     if with_plots:
         from hql_ray import plots as plots_lib
 
-        plots = plots_lib.draw_all(runs, score_rows(runs), out / "plots")
-    markdown = build_markdown(runs, plots, out)
+        plots = plots_lib.draw_all(runs, rows, out / "plots")
+    markdown = build_markdown(runs, rows, plots, out)
     files.append(_write(out / "report.md", markdown))
-    files.append(_write(out / "report.csv", scores_csv(score_rows(runs))))
+    files.append(_write(out / "report.csv", scores_csv(rows)))
     if len(runs) == 1:
         files.append(_write(out / "path_scores.csv", path_csv(path_scores(runs[0]))))
     files += [Path(p) for p in plots.values()]

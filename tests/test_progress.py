@@ -123,6 +123,7 @@ def test_live_reporter_renders_tree_states_and_losses(tmp_path):
 
     assert "/runs/demo" in lines[0] and "1/6 done" in lines[0] and "2 running" in lines[0] and "1 failed" in lines[0]
     assert "✔ done" in row("Indo_European") and "20/20" in row("Indo_European") and "3.500" in row("Indo_European")
+    assert "1.00" in row("Indo_European")  # a finished node shows the epochs it trained
     germanic = row("Germanic")
     assert germanic.startswith("├── Germanic")
     assert "▶ running" in germanic and "12/40" in germanic and "0.30" in germanic

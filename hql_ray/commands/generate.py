@@ -55,6 +55,23 @@ def _allow_intermixed(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args
 
 
+MAX_CLIP_WARNINGS = 10
+
+
+def _quiet_libraries() -> None:
+    """stderr is for our warnings: no weight-loading bars or library deprecation notes."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     from hql_ray.errors import InputError
     from hql_ray.generate import load_generator, read_inputs
@@ -62,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}")
+    _quiet_libraries()
     gen = load_generator(args.run_dir, args.lang, device=args.device)
     inputs, name = read_inputs(args.input, gen.direction)
     if gen.tree_note:
@@ -75,10 +93,14 @@ def run(args: argparse.Namespace) -> int:
     texts = [x.text for x in inputs]
     result = gen.run(texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, path=name,
                      lines=[x.line for x in inputs], on_batch=progress if sys.stderr.isatty() and len(texts) > 1 else None)
-    for item, clipped in zip(inputs, result.clipped):
-        if clipped:
-            print(f"{name}:{item.line}: warning: input is {gen.token_count(item.text)} tokens, more than the run's "
-                  f"max source length {gen.max_source_length}; it was clipped (as in training)", file=sys.stderr)
+    clipped = [item for item, flag in zip(inputs, result.clipped) if flag]
+    for item in clipped[:MAX_CLIP_WARNINGS]:
+        print(f"{name}:{item.line}: warning: input is {gen.token_count(item.text)} tokens, more than the run's "
+              f"max source length {gen.max_source_length}; it was clipped (as in training)", file=sys.stderr)
+    if len(clipped) > MAX_CLIP_WARNINGS:
+        rest = ", ".join(str(item.line) for item in clipped[MAX_CLIP_WARNINGS:])
+        print(f"{name}: warning: {len(clipped) - MAX_CLIP_WARNINGS} more input(s) clipped, at line(s) {rest}",
+              file=sys.stderr)
     text = "".join(out + "\n" for out in result.outputs)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
