@@ -85,20 +85,27 @@ def _maybe_log(ax, values: list[float]) -> None:
 
 # ---- scores: grouped bars -----------------------------------------------------------------------
 def scores_plot(rows: list[dict], run_labels: list[str], path: Path) -> str:
-    """chrF++ and BLEU per language, one bar per run (missing scores: no bar)."""
+    """chrF++ and BLEU (and smatch F1 for parsing runs) per language, one bar per run (missing: no bar)."""
     codes = list(dict.fromkeys(r["code"] for r in rows))
+    metrics = [m for m in ("chrf++", "bleu", "smatch") if m != "smatch" or any(r.get(m) is not None for r in rows)]
+    if metrics == ["chrf++", "bleu", "smatch"] and not any(r.get("chrf++") is not None for r in rows):
+        metrics = ["smatch"]  # parsing runs only
     by = {(r["code"], r["run"]): r for r in rows}
     n_runs = max(len(run_labels), 1)
     width = 0.8 / n_runs
-    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2), 7), sharex=True)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2),
+                                                       3.5 * len(metrics)), sharex=True, squeeze=False)
+    axes = axes[:, 0]
     cmap = plt.get_cmap("tab10")
-    for ax, metric, title in zip(axes, ("chrf++", "bleu"), ("chrF++", "BLEU")):
+    names = {"chrf++": "chrF++", "bleu": "BLEU", "smatch": "smatch F1"}
+    for ax, metric in zip(axes, metrics):
+        title = names[metric]
         any_value = False
         for j, label in enumerate(run_labels):
             xs, ys = [], []
             for i, code in enumerate(codes):
                 r = by.get((code, label))
-                if r is not None and r[metric] is not None:
+                if r is not None and r.get(metric) is not None:
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(r[metric])
             any_value |= bool(ys)
@@ -263,13 +270,18 @@ def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: P
 # ---- root to leaf -------------------------------------------------------------------------------
 def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> str:
     """For each language, chrF++ and BLEU at each depth of its root-to-leaf path (one line each)."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    steps = [s for p in paths for s in p["path"]]
+    parsing = any(s.get("smatch") is not None for s in steps) and all(s["chrf++"] is None for s in steps)
+    keys = ("smatch",) if parsing else ("chrf++", "bleu")
+    names = {"chrf++": "chrF++", "bleu": "BLEU", "smatch": "smatch F1"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 5.5), sharex=True, squeeze=False)
+    axes = axes[0]
     cmap = plt.get_cmap("tab20")
     depth = max((len(p["path"]) for p in paths), default=0)
     any_value = False
-    ends: dict[str, list] = {"chrf++": [], "bleu": []}
+    ends: dict[str, list] = {k: [] for k in keys}
     for i, p in enumerate(paths):
-        for ax, key in zip(axes, ("chrf++", "bleu")):
+        for ax, key in zip(axes, keys):
             pts = [(s["depth"], s[key]) for s in p["path"] if s[key] is not None]
             if not pts:
                 continue
@@ -277,8 +289,8 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p["code"])
             ends[key].append((xs[-1], ys[-1], p["code"].split("_")[0], cmap(i % 20)))
-    for ax, name in zip(axes, ("chrF++", "BLEU")):
-        ax.set_title(f"{name} along each language's root-to-leaf path")
+    for ax, key in zip(axes, keys):
+        ax.set_title(f"{names[key]} along each language's root-to-leaf path")
         ax.set_xticks(range(depth))
         ax.set_xticklabels([levels[d] if d < len(levels) else f"depth {d}" for d in range(depth)])
         ax.set_xlim(-0.3, max(depth - 1, 0) + 0.3)
@@ -286,11 +298,11 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
         if not any_value:
             ax.text(0.5, 0.5, "no per-node scores (eval.at_nodes=leaves?)", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
-    for ax, key in zip(axes, ("chrf++", "bleu")):
+    for ax, key in zip(axes, keys):
         if len(ends[key]) <= 40:
             spread_labels(ax, ends[key])
     if any_value:
-        axes[1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axes[-1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title)
     return _save(fig, path)
 

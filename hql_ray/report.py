@@ -20,10 +20,9 @@ from hql_ray.manifest import Manifest, atomic_write_text
 from hql_ray.results import language_rows
 from hql_ray.tree import Language, LanguageTree, TreeNode, load_tree
 
-METRICS = ("bleu", "chrf++", "spbleu")
-METRIC_NAMES = {"bleu": "BLEU", "chrf++": "chrF++", "spbleu": "spBLEU"}
-PRIMARY = ("chrf++", "bleu")  # which run is "best" for a language: chrF++, ties broken by BLEU
-CSV_COLUMNS = ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "n_test",
+METRICS = ("bleu", "chrf++", "spbleu", "smatch")  # smatch = F1, for text2amr (parsing) runs
+METRIC_NAMES = {"bleu": "BLEU", "chrf++": "chrF++", "spbleu": "spBLEU", "smatch": "smatch F1"}
+CSV_COLUMNS = ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "smatch", "n_test",
                "val_loss", "best", "best_metrics"]
 
 
@@ -152,8 +151,8 @@ def score_rows(runs: list[RunRecord]) -> list[dict]:
     """One row per (language, run): the leaf's scores, with `best` marks across runs.
 
     `best_metrics` lists the metrics where this run has the highest score for the language (among
-    runs that have one); `best` is the run with the best chrF++ (ties: BLEU). Languages in the order
-    of the first run that has them.
+    runs that have one); `best` is the run with the best chrF++ (ties: BLEU; parsing runs: smatch).
+    Languages in the order of the first run that has them.
     """
     codes: list[str] = []
     names: dict[str, str] = {}
@@ -170,6 +169,8 @@ def score_rows(runs: list[RunRecord]) -> list[dict]:
             r = per_run[run.label].get(code)
             if r is None:
                 continue
+            leaf_scores = ((run.nodes[r["node"]].get("metrics") or {}).get("languages") or {}).get(code) or {}
+            r = {**r, "smatch": leaf_scores.get("f1")}
             group.append({
                 "run": run.label, "code": code, "language": names[code], "node": r["node"],
                 "node_status": run.nodes[r["node"]].get("status"),
@@ -183,8 +184,9 @@ def score_rows(runs: list[RunRecord]) -> list[dict]:
                 g.setdefault("_best", [])
                 if top is not None and g[m] == top:
                     g["_best"].append(m)
-        ranked = [g for g in group if g["chrf++"] is not None]
-        winner = max(ranked, key=lambda g: (g["chrf++"], g["bleu"] or -1.0)) if ranked else None
+        ranked = [g for g in group if g["chrf++"] is not None or g["smatch"] is not None]
+        winner = max(ranked, key=lambda g: tuple(-1.0 if g[m] is None else g[m] for m in ("chrf++", "smatch", "bleu")),
+                     default=None)
         for g in group:
             g["best"] = g is winner
             g["best_metrics"] = ";".join(g.pop("_best"))
@@ -197,8 +199,12 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def present_metrics(rows: list[dict]) -> list[str]:
-    """BLEU and chrF++ always; spBLEU only where some run has it (it needs the flores200 model)."""
-    return [m for m in METRICS if m != "spbleu" or any(r["spbleu"] is not None for r in rows)]
+    """The metrics some run has (spBLEU needs the flores200 model; smatch is for parsing runs);
+    BLEU and chrF++ when there is nothing at all."""
+    found = [m for m in METRICS if any(r[m] is not None for r in rows)]
+    if "bleu" in found or "chrf++" in found:
+        found = list(dict.fromkeys(["bleu", "chrf++", *found]))
+    return [m for m in METRICS if m in found] or ["bleu", "chrf++"]
 
 
 def means(rows: list[dict], runs: list[RunRecord], metrics: list[str]) -> dict[str, dict[str, float | None]]:
@@ -277,7 +283,7 @@ def path_scores(run: RunRecord) -> list[dict]:
             scores = ((entry.get("metrics") or {}).get("languages") or {}).get(lang.code) or {}
             steps.append({"node": node.id, "name": node.name, "level": node.level, "depth": node.depth,
                           "status": entry.get("status"), "chrf++": _num(scores.get("chrf++")),
-                          "bleu": _num(scores.get("bleu"))})
+                          "bleu": _num(scores.get("bleu")), "smatch": _num(scores.get("f1"))})
         out.append({"code": lang.code, "language": lang.name, "path": steps})
     return out
 
@@ -294,7 +300,10 @@ def path_markdown(paths: list[dict], levels: list[str]) -> str:
                 cells.append("")
                 continue
             s = p["path"][i]
-            cells.append(f"{_fmt(s['chrf++'], 1)} / {_fmt(s['bleu'], 1)} ({s['name']})")
+            if s["smatch"] is not None and s["chrf++"] is None:  # a parsing run
+                cells.append(f"{_fmt(s['smatch'], 1)} ({s['name']})")
+            else:
+                cells.append(f"{_fmt(s['chrf++'], 1)} / {_fmt(s['bleu'], 1)} ({s['name']})")
         lines.append(f"| {p['code']} | {p['language']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -302,12 +311,13 @@ def path_markdown(paths: list[dict], levels: list[str]) -> str:
 def path_csv(paths: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["code", "language", "depth", "level", "node", "status", "chrf++", "bleu"])
+    writer.writerow(["code", "language", "depth", "level", "node", "status", "chrf++", "bleu", "smatch"])
     for p in paths:
         for s in p["path"]:
             writer.writerow([p["code"], p["language"], s["depth"], s["level"], s["node"], s["status"],
                              "" if s["chrf++"] is None else f"{s['chrf++']:.4f}",
-                             "" if s["bleu"] is None else f"{s['bleu']:.4f}"])
+                             "" if s["bleu"] is None else f"{s['bleu']:.4f}",
+                             "" if s["smatch"] is None else f"{s['smatch']:.4f}"])
     return buf.getvalue()
 
 
@@ -361,8 +371,9 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
                   "with the best chrF++ (ties: BLEU).", ""]
     if len(runs) == 1:
         paths = path_scores(runs[0])
-        parts += ["## From root to leaf", "", "chrF++ / BLEU of each language at each node on its path "
-                  "(`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, or it did not finish).", "",
+        parts += ["## From root to leaf", "", "chrF++ / BLEU (parsing runs: smatch F1) of each language at each "
+                  "node on its path (`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, or it did not "
+                  "finish).", "",
                   path_markdown(paths, runs[0].tree.levels), ""]
     notes = [f"- {run.label}: {note}" for run in runs for note in run.notes]
     if notes:

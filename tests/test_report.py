@@ -129,8 +129,8 @@ def test_two_runs_table_best_marks_csv_and_plots(runs, tmp_path, capsys):
     assert "| **mean** |  | 3.00 | 31.67 | 3.83 | 32.67 |" in md
 
     rows = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
-    assert list(rows[0]) == ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "n_test",
-                             "val_loss", "best", "best_metrics"]
+    assert list(rows[0]) == ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "smatch",
+                             "n_test", "val_loss", "best", "best_metrics"]
     by = {(r["run"], r["code"]): r for r in rows}
     assert len(rows) == 6
     assert by[("multi", "deu_Latn")]["best"] == "1" and by[("pthql", "deu_Latn")]["best"] == "0"
@@ -223,3 +223,24 @@ def test_missing_manifest_and_tree_fallback(tmp_path, runs):
     assert any("unreadable" in note for note in run.notes)
     md = write_report([a], tmp_path / "r2", with_plots=False)["markdown"]
     assert "| ita_Latn | Italian | 2.00 | 25.00 | language.Italian | 10 |" in md
+
+
+def test_parsing_run_reports_smatch(tmp_path):
+    tree = tmp_path / "tree.csv"
+    tree.write_text(TREE)
+    run_dir = write_run(tmp_path, "parse", tree, SCORES_A)
+    data = json.loads((run_dir / "manifest.json").read_text())
+    for entry in data["nodes"].values():  # text2amr nodes score smatch (f1 in 0..1 as metrics.smatch_scores)
+        for code, sc in entry["metrics"]["languages"].items():
+            entry["metrics"]["languages"][code] = {"n": 10, "precision": 0.5, "recall": 0.5,
+                                                   "f1": sc["chrf++"] / 100, "valid_share": 1.0}
+    (run_dir / "manifest.json").write_text(json.dumps(data))
+    result = write_report([run_dir], tmp_path / "rep")
+    md = result["markdown"]
+    assert "| code | language | smatch F1 | node | n_test |" in md
+    assert "| deu_Latn | German | 0.30 | language.German | 10 |" in md
+    assert "| deu_Latn | German | 0.1 (Indo_European) | 0.2 (Germanic) | 0.3 (German) |" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "rep" / "report.csv").read_text())))
+    assert rows[0]["smatch"] == "0.3000" and rows[0]["chrf++"] == "" and rows[0]["best"] == "1"
+    for png in (tmp_path / "rep" / "plots").iterdir():
+        check_png(png)
