@@ -1,0 +1,83 @@
+"""A training worker killed mid-node: Ray Train restarts it from the node's last checkpoint, the run board
+counts the restart as a second attempt, and the node's children still run on its adapter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from conftest import tiny_overrides
+from hql_ray.config import make_config
+from hql_ray.driver import Driver
+
+TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
+
+
+def train_workers_of_this_process() -> list[psutil.Process]:
+    """Ray Train worker processes of OUR local Ray (its raylet is a child of this test process)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::RayTrainWorker"):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, small_corpus, tmp_path):
+    tree = tmp_path / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{
+        "run.name": "ft", "tree.levels": "[level0, language]", "resources.num_gpus": 4,
+        "resources.max_failures": 2, "resources.min_examples_per_worker": 1000,  # one worker per node
+        "train.epochs": 8, "train.max_steps": 60, "train.eval_every": 5, "eval.generate": "false"}))
+    events: list[tuple[str, dict]] = []
+    outcome: dict = {}
+
+    def drive():
+        try:
+            outcome["manifest"] = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            outcome["error"] = err
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    storage = tmp_path / "ft" / "storage"
+    victim = None
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.is_alive():
+        # The root has reported checkpoints (they land in storage/<launch name>/checkpoint_*; the controller
+        # registers one after its upload, so wait for the second to be sure of the first): kill its worker.
+        if len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2:
+            workers = train_workers_of_this_process()
+            if workers:
+                victim = workers[0]
+                os.kill(victim.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    assert victim is not None, f"no checkpoint or worker seen; events: {events}"
+    killed_at = time.time()
+    driver.join(timeout=600)
+    assert not driver.is_alive() and "error" not in outcome, outcome
+    manifest = outcome["manifest"]
+    nodes = manifest.nodes
+
+    root = nodes["level0.Germanic"]
+    assert root["status"] == "done", root.get("error")
+    assert root["started_at"] < killed_at < root["finished_at"]
+    assert root["attempts"] == 2  # rank 0 started twice: the first group and its replacement
+    assert root["metrics"]["resumed_from_step"] >= 5  # resumed from a checkpoint, not from scratch
+    assert root["metrics"]["resumed_from_step"] % 5 == 0 and root["metrics"]["steps"] == 60
+    assert [h["step"] for h in root["history"]] == list(range(0, 61, 5))  # every validation, once
+    for leaf_id in ("language.German", "language.Dutch"):
+        leaf = nodes[leaf_id]
+        assert leaf["status"] == "done" and leaf["attempts"] == 1
+        assert leaf["started_at"] >= root["finished_at"]
+        assert leaf["received_checksums"] == [root["checksum"]]
+    assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE

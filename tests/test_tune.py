@@ -1,0 +1,228 @@
+"""Per-level Ray Tune search: the `tune:` section, every trial recorded, ASHA stopping a bad trial,
+children stacking on whatever rank the search picked, and a search cut by a dead driver redone on --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_overrides
+from hql_ray import tune
+from hql_ray.config import make_config
+from hql_ray.driver import Driver
+from hql_ray.errors import ConfigError
+
+TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
+# The root tries lr 1e-2 then 1e-7 (a grid, one at a time): ASHA must stop the second after its first
+# validation, as it is worse than the first trial was there. The leaves are not searched (r = 4).
+ROOT_SEARCH = ("{level0: {num_samples: 1, lora_r: 2, learning_rate: {grid: [1.0e-2, 1.0e-7]}, "
+               "max_concurrent_trials: 1, scheduler: {type: asha, grace_period: 1, reduction_factor: 2}}, "
+               "language: false}")
+
+
+def search_overrides(tmp, corpus, tree, **extra) -> list[str]:
+    return tiny_overrides(tmp, corpus, tree, **{
+        "tree.levels": "[level0, language]", "resources.num_gpus": 4, "train.eval_every": 1,
+        "eval.generate": "false", "tune": ROOT_SEARCH, **extra})
+
+
+# ---- the config section (no Ray) ------------------------------------------------------------------
+def test_default_applies_to_every_level_and_levels_override_it():
+    section = {"default": {"num_samples": 3, "lora_r": [4, 8], "learning_rate": ["1e-4", 1.0e-2],
+                           "scheduler": {"grace_period": 2}},
+               "level1": {"lora_r": {"grid": [16, 32]}, "scheduler": {"reduction_factor": 3}},
+               "language": False}
+    specs = tune.parse_tune(section, ["level0", "level1", "language"])
+    d = specs["default"]
+    assert d.num_samples == 3 and d.lora_r.kind == "choice" and d.lora_r.values == [4, 8]
+    assert d.learning_rate.kind == "loguniform" and d.learning_rate.values == [1e-4, 1e-2]  # "1e-4": YAML string
+    assert (d.metric, d.mode, d.scheduler, d.grace_period, d.reduction_factor) == ("val_loss", "min", "asha", 2, 2)
+    l1 = specs["level1"]
+    assert l1.num_samples == 3 and l1.lora_r.kind == "grid" and l1.lora_r.values == [16, 32]
+    assert (l1.grace_period, l1.reduction_factor) == (2, 3)  # scheduler settings merged key by key
+    assert specs["language"] is None
+
+    cfg = make_config(overrides=["tune={default: {num_samples: 2}, language: false}", "model.lora.r=8",
+                                 "train.learning_rate=3e-3"])
+    assert tune.searches_level(cfg, "level0") and tune.searches_level(cfg, "level2")
+    assert not tune.searches_level(cfg, "language")
+    assert not tune.searches_level(make_config(), "level0")  # no tune section: nothing searched
+    space = tune.param_space(cfg, tune.level_spec(cfg, "level0"))
+    assert space == {"lora_r": 8, "lora_alpha": "r", "learning_rate": 3e-3}  # unset = the run's values
+
+
+def test_trial_values_land_in_the_node_config():
+    cfg = make_config().to_dict()
+    out = tune.trial_config(cfg, {"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
+    assert out["model"]["lora"]["r"] == 16 and out["model"]["lora"]["alpha"] == 16
+    assert out["train"]["learning_rate"] == 2e-4
+    assert cfg["model"]["lora"]["r"] == 256  # the run's config is untouched
+    assert tune.trial_config(cfg, {"lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3})["model"]["lora"]["alpha"] == 32
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"default": {"num_sample": 2}}, "unknown key 'tune.default.num_sample'"),
+    ({"default": {"learning_rate": [1e-2, 1e-4]}}, "tune.default.learning_rate: a log-uniform range"),
+    ({"default": {"lora_r": [4, 0]}}, "tune.default.lora_r values must be > 0"),
+    ({"default": {"lora_r": [4.5]}}, "tune.default.lora_r must be an integer"),
+    ({"default": {"scheduler": {"type": "pbt"}}}, "scheduler.type must be asha or fifo"),
+    ({"default": {"metric": "bleu"}}, "tune.default.metric must be one of val_loss, train_loss"),
+    ({"level9": {"num_samples": 2}}, "tune.level9: no level 'level9' in this run"),
+    ({"level0": 3}, "tune.level0 must be a mapping"),
+])
+def test_bad_tune_sections_are_named(section, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tune.parse_tune(section, ["level0", "language"])
+
+
+def test_driver_checks_the_tune_section_before_ray(tmp_path, small_corpus):
+    tree = tmp_path / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    cfg = make_config(overrides=search_overrides(tmp_path, small_corpus, tree, tune="{level1: {num_samples: 2}}"))
+    with pytest.raises(ConfigError, match="no level 'level1' in this run; its levels are level0, language"):
+        Driver(cfg)
+
+
+def test_demo_config_searches_every_level_with_two_trials():
+    cfg = make_config(REPO / "configs" / "tune_demo.yaml")
+    specs = tune.parse_tune(cfg.tune, cfg.tree.levels)
+    for level in cfg.tree.levels:
+        spec = tune.level_spec(cfg, level)
+        assert spec is not None and spec.num_samples == 2 and spec.scheduler == "asha", level
+    assert specs["default"].lora_r.values and specs["default"].learning_rate.kind == "loguniform"
+
+
+# ---- a searched run on local Ray --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def searched_run(ray_session, small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune")
+    tree = out / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    cfg = make_config(overrides=search_overrides(out, small_corpus, tree, **{"run.name": "searched"}))
+    t0 = time.time()
+    manifest = Driver(cfg).run()
+    print(f"searched run: {time.time() - t0:.1f} s")
+    return cfg, manifest, out / "searched"
+
+
+def test_every_trial_is_recorded_and_the_best_kept(searched_run):
+    _, manifest, run_dir = searched_run
+    assert {v["status"] for v in manifest.nodes.values()} == {"done"}
+    root = manifest.nodes["level0.Germanic"]
+    trials = root["trials"]
+    assert len(trials) == 2 and len({t["trial_id"] for t in trials}) == 2
+    by_lr = {t["config"]["learning_rate"]: t for t in trials}
+    good, bad = by_lr[1e-2], by_lr[1e-7]
+    assert good["config"] == {"lora_r": 2, "lora_alpha": 2, "learning_rate": 1e-2}
+    assert good["status"] == "done" and good["best"] and good["metric"] == "val_loss"
+    assert good["value"] == root["metrics"]["val_loss"]  # the node's result is the best trial's
+    assert root["metrics"]["trial"] == {"trial_id": good["trial_id"], **good["config"]}
+    for t in trials:
+        assert t["started_at"] <= t["finished_at"] and t["time"] >= 0 and t["starts"] == 1
+        assert t["run"] == f"{t['run'].split('.trial_')[0]}.trial_{t['trial_id']}"
+        assert (run_dir / "storage" / t["run"]).is_dir()  # each trial: its own Ray Train run, own name
+    assert len({t["run"] for t in trials}) == 2
+    # The node's adapter is the chosen trial's (rank 2), saved and checksummed like any node's.
+    from hql_ray import handoff
+
+    saved = handoff.load_adapter_state(run_dir / root["adapter"])
+    assert saved["config"]["r"] == 2 and handoff.state_checksum(saved) == root["checksum"]
+
+
+def test_asha_stopped_the_bad_trial_early(searched_run):
+    _, manifest, _ = searched_run
+    trials = {t["config"]["learning_rate"]: t for t in manifest.nodes["level0.Germanic"]["trials"]}
+    good, bad = trials[1e-2], trials[1e-7]
+    # 4 steps, a validation after each: 3 reported while training (the 4th is the node's final report).
+    assert good["validations"] == 3
+    assert bad["status"] == "stopped" and bad["validations"] == 1 and not bad["best"]
+    assert bad["value"] > good["value"]
+
+
+def test_children_stack_on_the_rank_the_search_chose(searched_run):
+    _, manifest, run_dir = searched_run
+    root = manifest.nodes["level0.Germanic"]
+    assert root["attempts"] == 1  # trials are not attempts: one search, no restart
+    for leaf_id, code in (("language.German", "deu_Latn"), ("language.Dutch", "nld_Latn")):
+        leaf = manifest.nodes[leaf_id]
+        assert leaf["trials"] is None  # `language: false`: a plain node
+        assert leaf["attempts"] == 1 and leaf["started_at"] >= root["finished_at"]
+        assert leaf["received_checksums"] == [root["checksum"]]
+        exported = json.loads((run_dir / "final" / code / "adapter_config.json").read_text())
+        assert exported["r"] == 2 + 4  # the root's searched rank 2 stacked under the leaf's rank 4
+
+
+def test_search_cut_by_a_dead_driver_is_redone_on_resume(ray_session, small_corpus, tmp_path):
+    """SIGKILL a real `hql-ray train` while its root search is training, then --resume: the node is searched
+    again from scratch, under new trial names (nothing resumes from the dead search's runs)."""
+    tree = tmp_path / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    overrides = search_overrides(tmp_path, small_corpus, tree, **{
+        "run.name": "cut", "tree.levels": "[level0]", "tune": ROOT_SEARCH.replace(", language: false", "")})
+    proc = subprocess.Popen([sys.executable, "-m", "hql_ray", "train", "--plain", *overrides], cwd=REPO,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    storage = tmp_path / "cut" / "storage"
+    deadline = time.time() + 400
+    old_runs: list[Path] = []
+    try:
+        while time.time() < deadline and proc.poll() is None and not old_runs:
+            old_runs = [p for p in storage.glob("*.trial_*") if p.is_dir()] if storage.exists() else []
+            time.sleep(0.2)
+        assert old_runs, "no trial started"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without a word
+        output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == -signal.SIGKILL, output
+    before = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    assert before["status"] == "running" and before["nodes"]["level0.Germanic"]["status"] == "running"
+
+    after = Driver(make_config(overrides=overrides + ["run.resume=true"])).run()
+    root = after.nodes["level0.Germanic"]
+    assert root["status"] == "done" and root["attempts"] == 1
+    old_ids = {p.name.split(".trial_")[1] for p in old_runs}
+    new_ids = {t["trial_id"] for t in root["trials"]}
+    assert len(new_ids) == 2 and not new_ids & old_ids
+    assert all(t["run"] not in {p.name for p in old_runs} for t in root["trials"])
+    assert root["metrics"]["resumed_from_step"] is None  # a fresh start, not the dead search's checkpoint
+    assert all(p.is_dir() for p in old_runs)  # the dead search's files are left alone
+
+
+def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_session):
+    """What a trial's workers report goes through TrialBoard: the run board hears the node's first start and
+    each restart (so `attempts` = 1 + restarts, however many trials), and progress tagged with the trial."""
+    import numpy as np
+    import ray
+
+    from hql_ray.board import RunBoard
+
+    board = RunBoard.options(num_cpus=0).remote()
+    state = tune._search_state_cls().remote(board, "level0.G", "val_loss", "min")
+    a, b = tune.TrialBoard(board, state, "t_a"), tune.TrialBoard(board, state, "t_b")
+    ray.get(a.started.remote("level0.G", {"workers": []}))  # the first trial starts: the node's 1st attempt
+    ray.get(b.started.remote("level0.G", {"workers": []}))  # a second trial: not an attempt
+    assert ray.get(board.attempts.remote("level0.G")) == 1
+    ray.get(b.started.remote("level0.G", {"workers": []}))  # trial b's worker group restarted
+    assert ray.get(board.attempts.remote("level0.G")) == 2
+    ray.get(a.progress.remote("level0.G", {"step": 3}))
+    assert ray.get(board.snapshot.remote())["level0.G"]["trial"] == "t_a"
+
+    def result(loss):
+        return {"adapter": {"tensors": {"w": np.full(3, loss)}}, "metrics": {"val_loss": loss}}
+
+    ray.get(state.finished.remote("t_a", result(2.0), None))
+    ray.get(state.finished.remote("t_b", result(1.5), None))
+    ray.get(state.finished.remote("t_c", None, "RuntimeError: boom"))
+    summary = ray.get(state.summary.remote())
+    assert summary["best_id"] == "t_b" and summary["trials"]["t_b"]["starts"] == 2
+    assert summary["trials"]["t_c"]["error"] == "RuntimeError: boom"
+    best = ray.get(state.best_result.remote())
+    assert best["metrics"]["val_loss"] == 1.5 and best["adapter"]["tensors"]["w"].tolist() == [1.5] * 3
