@@ -115,6 +115,7 @@ class Driver:
         self.on_event = on_event or (lambda kind, info: None)
         self.run_dir = cfg.run_dir.absolute()
         self.tree: LanguageTree = load_tree(cfg.tree.file, cfg.tree.levels)
+        tune.parse_tune(cfg.tune, self.tree.levels)  # a bad tune: section fails here, before Ray starts
         self._launches = 0
         self._lock = threading.Lock()
 

@@ -170,11 +170,13 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
     ckpt_every = cfg.train.checkpoint_every or eval_every
 
     step, best_loss, best, history = 0, math.inf, None, []
+    resumed_step = None
     resumed_from = ctx.latest_checkpoint()
     if resumed_from is not None:
         state, best = load_checkpoint(resumed_from, params, optimizer, scheduler)
         step, best_loss, history = state["step"], state["best_loss"], state["history"]
         initial_loss = state["initial_val_loss"]
+        resumed_step = step  # (history restored from the checkpoint starts at step 0)
         log.info("node %s resumes at step %d from %s", node["id"], step, resumed_from)
     else:
         initial_loss = validation_loss(model, val_data, pad_id, cfg, ctx)
@@ -208,15 +210,20 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
                 {"node": node["id"], "step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch,
                  "loss": running / running_n, "phase": "train"}
             )
-        if step % eval_every == 0 or last:
+        validated = step % eval_every == 0 or last
+        if validated:
             val = validation_loss(model, val_data, pad_id, cfg, ctx)
             history.append({"step": step, "train_loss": running / max(running_n, 1), "val_loss": val})
             running, running_n = 0.0, 0
             if val < best_loss:
                 best_loss, best = val, snapshot(params)
             ctx.progress({"node": node["id"], "step": step, "total_steps": total_steps, "val_loss": val, "phase": "train"})
+        # Every validation is reported (with the checkpoint when one is due): Tune's ASHA ranks trials on these.
         if step % ckpt_every == 0 and not last:
-            _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss)
+            _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss,
+                               {"val_loss": val} if validated else {})
+        elif validated and not last:
+            ctx.report({"step": step, "best_val_loss": best_loss, "val_loss": val}, None)
 
     if best is not None:
         restore(params, best)  # keep the best step by validation loss
@@ -232,7 +239,7 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
         "skipped_examples": ds_lib.skipped_count(train_data) + ds_lib.skipped_count(val_data),
         "train_seconds": round(train_seconds, 2),
         "world_size": ctx.world_size,
-        "resumed_from_step": history[0]["step"] if resumed_from is not None else None,
+        "resumed_from_step": resumed_step,
     }
     do_eval = cfg.eval.generate and (cfg.eval.at_nodes == "all" or node.get("is_leaf"))
     if ctx.is_main and do_eval:
@@ -243,14 +250,15 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
     return {"adapter": state if ctx.is_main else None, "metrics": metrics, "history": history}
 
 
-def _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss) -> None:
+def _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss,
+                       extra: dict | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="hql-ckpt-") as tmp:
         path = None
         if ctx.is_main:
             path = Path(tmp)
             state = {"step": step, "best_loss": best_loss, "history": history, "initial_val_loss": initial_loss}
             save_checkpoint(path, params, best, optimizer, scheduler, state)
-        ctx.report({"step": step, "best_val_loss": best_loss}, path)
+        ctx.report({"step": step, "best_val_loss": best_loss, **(extra or {})}, path)
 
 
 def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device) -> dict:

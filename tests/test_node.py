@@ -51,7 +51,7 @@ def test_resume_from_checkpoint(tmp_path, small_corpus, four_language_tree):
     assert first["metrics"]["resumed_from_step"] is None
     # A retry (new process, same checkpoint storage) continues from the last checkpoint (step 8).
     again = train_node(cfg, GERMAN, [], LocalContext(checkpoint_root=tmp_path / "ckpt"))
-    assert again["metrics"]["resumed_from_step"] == 0  # history kept from the first attempt
+    assert again["metrics"]["resumed_from_step"] == 8  # the last checkpoint (steps 4 and 8; none at the end)
     assert [h["step"] for h in again["history"]] == [0, 4, 8, 12]
     assert again["history"][:3] == first["history"][:3]
     assert again["metrics"]["initial_val_loss"] == first["metrics"]["initial_val_loss"]
