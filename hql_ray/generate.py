@@ -99,6 +99,9 @@ def read_inputs(source: str | Path | None, direction: str) -> tuple[list[TextInp
     """(inputs, name for messages) from a file, or stdin when `source` is None or '-'."""
     if source is None or str(source) == "-":
         name = "<stdin>"
+        if sys.stdin.isatty():
+            what = "AMR graphs" if direction == "amr2text" else "sentences"
+            print(f"reading {what} from the terminal; end with Ctrl-D", file=sys.stderr)
         lines = sys.stdin.read().splitlines()
     else:
         name = str(source)

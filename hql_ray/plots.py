@@ -324,7 +324,7 @@ def draw_all(runs, rows: list[dict], plot_dir: Path) -> dict[str, str]:
                                                       plot_dir / f"loss_curves{suffix}.png")
         out[f"Timeline ({run.label})"] = timeline_plot(run.nodes, levels, f"Nodes on their slots: {run.label}",
                                                        plot_dir / f"timeline{suffix}.png", slots=slots, now=now)
-    if single:
+    if single and len(runs[0].tree.levels) > 1:
         run = runs[0]
         out["Root to leaf"] = path_plot(path_scores(run), list(run.tree.levels),
                                         f"Scores from root to leaf: {run.label}", plot_dir / "root_to_leaf.png")

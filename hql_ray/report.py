@@ -369,8 +369,10 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
     if len(runs) > 1:
         parts += ["Bold: the best score for that language among the runs. The CSV's `best` column marks the run",
                   "with the best chrF++ (ties: BLEU).", ""]
-    if len(runs) == 1:
-        paths = path_scores(runs[0])
+    paths = path_scores(runs[0]) if len(runs) == 1 else []
+    if paths and max(len(p["path"]) for p in paths) == 1:
+        parts += ["One level: every language's root is its leaf (no root-to-leaf path to show).", ""]
+    elif paths:
         parts += ["## From root to leaf", "", "chrF++ / BLEU (parsing runs: smatch F1) of each language at each "
                   "node on its path (`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, or it did not "
                   "finish).", "",
