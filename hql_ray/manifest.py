@@ -20,6 +20,7 @@ STATUSES = ("pending", "running", "done", "failed")
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; the record is for everyone who reads the run
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -168,6 +168,7 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps)
     eval_every = cfg.train.eval_every or steps_per_epoch
     ckpt_every = cfg.train.checkpoint_every or eval_every
+    curve_every = max(cfg.train.log_every, total_steps // 100, 1)
 
     step, best_loss, best, history = 0, math.inf, None, []
     resumed_step = None
@@ -185,7 +186,8 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
     ctx.progress({"node": node["id"], "step": step, "total_steps": total_steps, "phase": "train"})
     epoch = step // steps_per_epoch
     batches = batches_for_epoch(lengths, cfg, epoch, ctx)
-    running, running_n = 0.0, 0
+    running, running_n = 0.0, 0  # since the last validation
+    window, window_n = 0.0, 0  # since the last loss-curve point
     while step < total_steps:
         if step // steps_per_epoch != epoch:
             epoch = step // steps_per_epoch
@@ -203,8 +205,14 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
         step += 1
         running += float(loss.detach())
         running_n += 1
+        window += float(loss.detach())
+        window_n += 1
 
         last = step == total_steps
+        if step % curve_every == 0 and not (step % eval_every == 0 or last):
+            # Loss curve points between validations, at most ~100 per node to keep the manifest small.
+            history.append({"step": step, "train_loss": window / window_n})
+            window, window_n = 0.0, 0
         if step % cfg.train.log_every == 0 or last:
             ctx.progress(
                 {"node": node["id"], "step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch,
@@ -213,8 +221,8 @@ def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx:
         validated = step % eval_every == 0 or last
         if validated:
             val = validation_loss(model, val_data, pad_id, cfg, ctx)
-            history.append({"step": step, "train_loss": running / max(running_n, 1), "val_loss": val})
-            running, running_n = 0.0, 0
+            history.append({"step": step, "train_loss": window / max(window_n, 1), "val_loss": val})
+            running, running_n, window, window_n = 0.0, 0, 0.0, 0
             if val < best_loss:
                 best_loss, best = val, snapshot(params)
             ctx.progress({"node": node["id"], "step": step, "total_steps": total_steps, "val_loss": val, "phase": "train"})
