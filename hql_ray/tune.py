@@ -10,13 +10,21 @@ Keys are level names (columns of the tree file) or `default` (every level not na
         lora_r: [4, 8]                  # a list = choices; {grid: [4, 8]} = each value; an int = fixed
         lora_alpha: r                   # "r" = the trial's rank (the original's alpha = r), an int, or choices
         learning_rate: [1.0e-4, 1.0e-2] # [low, high] = log-uniform; {choice: [...]}, {grid: [...]} or a number
-        metric: val_loss                # val_loss (default) or train_loss, reported at every validation
+        metric: val_loss                # what trials report at every validation (the only one, for now)
         mode: min
         scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
         max_concurrent_trials: null     # null = the node's allocated workers (each trial is 1 worker)
-        seed: 0                         # sampling seed (null = random)
+        seed: 0                         # sampling seed, mixed with the node id (null = random)
       level2: {num_samples: 4}          # a level's own settings, merged over default
       language: false                   # false (or null): this level is not searched
+
+Each trial runs the node with model.lora.r / model.lora.alpha / train.learning_rate overridden. The
+node's manifest entry then holds the best trial's adapter, metrics (with `trial`: its id and values)
+and history, and `trials`: one record per trial, {trial_id, config: {lora_r, lora_alpha,
+learning_rate}, metric, value (the node's best val_loss for a finished trial, the last reported one
+otherwise), status (done | stopped: ended by ASHA | error), best, validations, starts (worker-group
+starts: > 1 means restarted), run (its Ray Train run name), started_at, finished_at, time, error}.
+The node's `attempts` count the search's first start plus every worker-group restart, not trials.
 
 Why it is built this way:
 - Train V2 cannot be wrapped by `Tuner(trainer)`; a trial is a function that runs one node as a
@@ -46,7 +54,7 @@ from dataclasses import dataclass, field
 
 from hql_ray.errors import ConfigError, HQLError
 
-METRICS = ("val_loss", "train_loss")
+METRICS = ("val_loss",)  # what the node reports at every validation
 SPEC_KEYS = {"num_samples", "lora_r", "lora_alpha", "learning_rate", "metric", "mode", "scheduler",
              "max_concurrent_trials", "seed"}
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}

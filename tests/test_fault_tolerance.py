@@ -74,7 +74,8 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
     assert root["attempts"] == 2  # rank 0 started twice: the first group and its replacement
     assert root["metrics"]["resumed_from_step"] >= 5  # resumed from a checkpoint, not from scratch
     assert root["metrics"]["resumed_from_step"] % 5 == 0 and root["metrics"]["steps"] == 60
-    assert [h["step"] for h in root["history"]] == list(range(0, 61, 5))  # every validation, once
+    validations = [h["step"] for h in root["history"] if "val_loss" in h]
+    assert validations == list(range(0, 61, 5))  # every validation once: restored up to the checkpoint, then new
     for leaf_id in ("language.German", "language.Dutch"):
         leaf = nodes[leaf_id]
         assert leaf["status"] == "done" and leaf["attempts"] == 1

@@ -73,7 +73,7 @@ def test_trial_values_land_in_the_node_config():
     ({"default": {"lora_r": [4, 0]}}, "tune.default.lora_r values must be > 0"),
     ({"default": {"lora_r": [4.5]}}, "tune.default.lora_r must be an integer"),
     ({"default": {"scheduler": {"type": "pbt"}}}, "scheduler.type must be asha or fifo"),
-    ({"default": {"metric": "bleu"}}, "tune.default.metric must be one of val_loss, train_loss"),
+    ({"default": {"metric": "bleu"}}, "tune.default.metric must be one of val_loss, got 'bleu'"),
     ({"level9": {"num_samples": 2}}, "tune.level9: no level 'level9' in this run"),
     ({"level0": 3}, "tune.level0 must be a mapping"),
 ])
