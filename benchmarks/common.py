@@ -1,0 +1,167 @@
+"""Helpers shared by the Ray benchmarks: a local Ray, temp run folders, manifest timings, tables.
+
+Each benchmark measures a thing and its baseline in ONE process, one after the other on the same
+Ray, and prints their ratio; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PTHQL = ROOT / "language_files" / "12langs_pthql.csv"
+LEVELS = ["level0", "level1", "level2", "language"]
+
+
+def quiet() -> None:
+    """Benchmarks print a table; Ray's and transformers' chatter goes away."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HQL_RAY_SPBLEU", "0")  # no download of the flores200 SentencePiece model
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def start_ray(num_cpus: int, num_gpus: int = 0) -> None:
+    """A fresh local Ray owned by this process (never joins another helper's cluster)."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+
+
+@contextmanager
+def temp_dir(prefix: str, keep: bool = False):
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"(kept {path})")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def makespan(manifest) -> float:
+    """First node start to last node finish, from the run's manifest (driver wall clock)."""
+    nodes = manifest.nodes.values()
+    return max(v["finished_at"] for v in nodes) - min(v["started_at"] for v in nodes)
+
+
+def node_spans(manifest) -> dict[str, float]:
+    return {n: v["finished_at"] - v["started_at"] for n, v in manifest.nodes.items()}
+
+
+def all_done(manifest) -> None:
+    bad = {n: v["status"] for n, v in manifest.nodes.items() if v["status"] != "done"}
+    if bad:
+        errors = {n: (manifest.nodes[n].get("error") or "")[:300] for n in bad}
+        raise SystemExit(f"benchmark run did not finish: {bad}\n{errors}")
+
+
+def print_table(header: list[str], rows: list[list[str]], left: int = 1) -> None:
+    """Aligned plain-text table: the first `left` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+
+
+def machine() -> str:
+    """One line naming the host the numbers came from (cores, load at start)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} CPU cores, load average {load:.1f} at start"
+
+
+# ---- demo-tree runs (speedup.py, overhead.py) ---------------------------------------------------
+DEMO = ROOT / "configs" / "demo.yaml"
+# Quick mode: 3 levels (9 nodes), a few steps per node, generation at the leaves only.
+QUICK_OVERRIDES = [
+    "tree.levels=[level0, level1, level2]",
+    "train.max_steps=20",
+    "data.max_validation_per_language=10",
+    "eval.at_nodes=leaves",
+    "eval.max_new_tokens=16",
+]
+
+
+def demo_config(config_file: str | Path, overrides: list[str]):
+    """The demo config (paths relative to the repo root) with overrides, absolute paths for Ray."""
+    from hql_ray.config import make_config
+
+    os.chdir(ROOT)  # demo.yaml's paths are relative to the checkout
+    return make_config(config_file, None, overrides).with_absolute_paths()
+
+
+def warm_caches(cfg) -> float:
+    """Build the tiny model and every language's tokenized splits once, before anything is timed.
+
+    Both sides of a comparison then read the same caches; neither pays for tokenizing.
+    """
+    from hql_ray import dataset as ds_lib
+    from hql_ray import modeling
+    from hql_ray.node import cache_dir_for
+    from hql_ray.tree import load_tree
+
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars of the bare loop
+    watch = Stopwatch()
+    cache = cache_dir_for(cfg)
+    if cfg.model.base == "tiny":
+        modeling.resolve_base_model("tiny", cache / "models")
+    settings = ds_lib.DataSettings.from_config(cfg)
+    tokenizer = modeling.load_tokenizer(cfg.model.base)
+    for lang in load_tree(cfg.tree.file, cfg.tree.levels).languages:
+        for split in ("train", "validation", "test"):
+            ds_lib.language_dataset(settings, lang.code, lang.name, split, tokenizer, cache)
+    return watch()
+
+
+def settings_line(cfg) -> str:
+    """The settings that decide the work, for the printout and the README."""
+    return (f"tree {Path(cfg.tree.file).name} levels {' '.join(cfg.tree.levels or [])}; model {cfg.model.base} "
+            f"{cfg.model.mode} r={cfg.model.lora.r} handoff {cfg.model.handoff}; data {Path(cfg.data.dir).name} "
+            f"(train cap {cfg.data.max_train_per_language}, validation {cfg.data.max_validation_per_language}); "
+            f"epochs {cfg.train.epochs:g}, batch {cfg.train.batch_size}, max_steps {cfg.train.max_steps}; "
+            f"generate {cfg.eval.generate} at {cfg.eval.at_nodes} nodes, max_new_tokens {cfg.eval.max_new_tokens}")
+
+
+def process_tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and everything it started (the local Ray included).
+
+    Exited processes count through their parent's children_* times once reaped (the raylet reaps
+    its workers), so the difference of two readings covers processes that came and went between.
+    """
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total

@@ -1,0 +1,125 @@
+"""Orchestration overhead: the same tree through Ray (Driver, 1 slot) against the bare node function.
+
+Both sides train the same nodes with the same config (configs/demo.yaml: the tiny mT5 in 4-bit
+QLoRA on CPU, data/sample), one node at a time, parents before children:
+
+  ray    hql_ray.driver.Driver on a local Ray with one CPU slot (resources.num_gpus=0,
+         num_cpu_slots=1): every node is a Ray Train run (new worker processes), adapters go through
+         the object store, the driver persists each adapter, exports the leaves, writes results.
+  bare   a plain loop in this process: hql_ray.node.train_node(cfg, node, chain, LocalContext()),
+         each child handed its ancestors' adapter states as the driver does
+         (handoff.chain_for_children), nothing persisted.
+
+The difference over the number of nodes is the per-node cost of orchestration. The bare loop runs
+torch with as many threads as a Ray worker gets (resources.cpus_per_worker, 1 by default: Ray sets
+a worker's torch threads to its CPUs). Caches (tiny model, tokenized splits) are built before
+timing, and the bare side loads the model once untimed, so its lazy imports are not counted.
+
+Run: .venv/bin/python benchmarks/overhead.py --quick   (9 nodes, 20 steps each; ~3 min quiet)
+     .venv/bin/python benchmarks/overhead.py           (the demo as configured; ~9 min quiet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (DEMO, QUICK_OVERRIDES, Stopwatch, all_done, demo_config, machine, makespan,  # noqa: E402
+                    print_table, quiet, settings_line, start_ray, temp_dir, warm_caches)
+
+
+def through_ray(cfg) -> tuple[float, float, dict]:
+    from hql_ray.driver import Driver
+
+    watch = Stopwatch()
+    manifest = Driver(cfg).run()
+    wall = watch()
+    all_done(manifest)
+    return wall, makespan(manifest), {n: v["metrics"] for n, v in manifest.nodes.items()}
+
+
+def bare_loop(cfg) -> tuple[float, dict]:
+    """train_node for every node in tree order (parents first), chains handed on like the driver."""
+    from hql_ray import handoff, preflight
+    from hql_ray.context import LocalContext
+    from hql_ray.driver import Driver
+    from hql_ray.node import train_node
+
+    driver = Driver(cfg)  # no Ray here: only its tree and its node payloads
+    sizes = preflight.check(cfg, driver.tree)
+    cfg_dict = cfg.to_dict()
+    to_children: dict[str, list[dict]] = {}
+    metrics = {}
+    watch = Stopwatch()
+    for node_id, node in driver.tree.nodes.items():
+        chain = to_children[node.parent] if node.parent else []
+        out = train_node(cfg_dict, driver.node_payload(node_id, sizes), chain, LocalContext(device="cpu"))
+        if cfg.model.mode == "fft":
+            to_children[node_id] = [out["adapter"]]
+        else:
+            to_children[node_id] = handoff.chain_for_children(cfg.model.handoff, chain, out["adapter"])
+        metrics[node_id] = out["metrics"]
+    return watch(), metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: " + " ".join(QUICK_OVERRIDES))
+    parser.add_argument("--config", default=str(DEMO))
+    parser.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                        help="extra config overrides for both sides (after the quick ones)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folders")
+    args = parser.parse_args(argv)
+
+    quiet()
+    import torch
+
+    overrides = [*(QUICK_OVERRIDES if args.quick else []), *args.set, "resources.max_failures=0",
+                 "resources.num_gpus=0", "resources.num_cpu_slots=1"]
+    total = Stopwatch()
+    with temp_dir("hql-bench-overhead-", keep=args.keep) as out:
+        overrides += [f"data.cache_dir={out / 'cache'}", f"run.output_dir={out}", "run.name=ray"]
+        cfg = demo_config(args.config, overrides)
+        print(f"overhead benchmark ({'QUICK' if args.quick else 'full'}): {machine()}")
+        print(f"settings: {settings_line(cfg)}")
+        print(f"overrides of {Path(args.config).name}: "
+              f"{' '.join(o for o in overrides if not o.startswith(('data.cache_dir', 'run.')))}")
+        print(f"warm caches (tiny model, tokenized splits): {warm_caches(cfg):.1f} s")
+
+        threads = max(1, int(cfg.resources.cpus_per_worker))
+        torch.set_num_threads(threads)
+        from hql_ray.node import build_model
+
+        watch = Stopwatch()
+        build_model(cfg, [], torch.device("cpu"))  # untimed warm-up: lazy imports, bnb kernels
+        print(f"bare-side warm-up (one model load): {watch():.1f} s; torch threads {threads}")
+
+        print("  bare loop ...", flush=True)
+        bare_wall, bare_metrics = bare_loop(cfg)
+        print(f"  bare loop: {bare_wall:.1f} s", flush=True)
+        start_ray(num_cpus=2, num_gpus=0)
+        print("  through Ray ...", flush=True)
+        ray_wall, ray_span, ray_metrics = through_ray(cfg)
+        print(f"  through Ray: {ray_wall:.1f} s", flush=True)
+
+    n = len(bare_metrics)
+    print()
+    header = ["side", "nodes", "wall s", "sum train_node train_seconds"]
+    print_table(header, [
+        ["bare train_node loop", str(n), f"{bare_wall:.1f}", f"{sum(m['train_seconds'] for m in bare_metrics.values()):.1f}"],
+        ["Ray driver, 1 slot", str(len(ray_metrics)), f"{ray_wall:.1f}",
+         f"{sum(m['train_seconds'] for m in ray_metrics.values()):.1f}"],
+    ])
+    print(f"\nray / bare: {ray_wall / bare_wall:.2f}x; orchestration overhead {(ray_wall - bare_wall) / n:.1f} s per node "
+          f"({ray_wall - bare_wall:.1f} s over {n} nodes); Ray makespan (first start .. last finish) {ray_span:.1f} s")
+    same = all(abs(bare_metrics[k]["val_loss"] - ray_metrics[k]["val_loss"]) < 1e-4 for k in bare_metrics)
+    print(f"(same best validation loss on every node, both sides: {same}; train_seconds: inside train_node, "
+          f"data + model load + steps + validation, generation excluded)")
+    print(f"(total {total():.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

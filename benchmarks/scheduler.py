@@ -1,0 +1,234 @@
+"""Scheduler benchmark: the real driver's makespan against the lower bound, and against two baselines.
+
+The REAL driver (`hql_ray.driver.Driver`) runs the PTHQL tree on a local Ray with 8 logical GPU
+slots; every node is a real Ray Train run whose workers only sleep
+(`hql_ray.simulate`: seconds_per_example x examples x epochs / workers), 31,000 examples per
+language. Three policies, one after the other in this process, on the same Ray:
+
+  ours        the default policy: a child starts as soon as its parent is done; ready nodes share
+              the free slots by work (`scheduling.allocate_workers`, up to 8 workers per node)
+  sequential  the original: one node at a time, one worker (resources.num_gpus=1)
+  level       one GPU per node, level by level (resources.max_workers_per_node=1,
+              resources.level_barrier=true)
+
+For each: the makespan from the manifest (first start .. last finish), the lower bound
+`scheduling.lower_bound(work, parents, slots, max_per_node)` (max of the critical path and total
+work / slots), their ratio, and the same ratio for an overhead-free replay of the driver's rules
+(what the policy itself costs). A node's span minus its simulated seconds is the Ray Train per-fit
+overhead; the last-finishing chain splits the makespan into work + fit overhead + waiting.
+
+Baselines take 8x (sequential) and 3.5x (level) more work-time than ours, so the full mode runs
+them at a smaller seconds_per_example: then each run's ratio to ITS OWN lower bound is what
+compares, and the speed-up at equal work is projected as (baseline's lower bound at ours' scale +
+the baseline's measured excess seconds) / ours' makespan, next to the ideal (ratio of bounds).
+
+Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~3 min quiet)
+     .venv/bin/python benchmarks/scheduler.py            (full tree; ~11 min on a quiet machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (LEVELS, PTHQL, all_done, machine, makespan, print_table, process_tree_cpu_seconds,  # noqa: E402
+                    quiet, start_ray, temp_dir)
+
+from hql_ray.config import make_config  # noqa: E402
+from hql_ray.preflight import _simulated_sizes  # noqa: E402
+from hql_ray.scheduling import allocate_workers, lower_bound  # noqa: E402
+from hql_ray.tree import LanguageTree, load_tree  # noqa: E402
+
+POLICIES = {
+    # name: (config overrides, slots the lower bound may use, max workers per node for the bound)
+    "ours": ([], None, None),
+    "sequential": (["resources.num_gpus=1"], 1, 1),
+    "level": (["resources.max_workers_per_node=1", "resources.level_barrier=true"], None, 1),
+}
+
+
+@dataclass
+class Outcome:
+    policy: str
+    spe: float
+    makespan: float
+    bound: float
+    replay: float  # overhead-free makespan of the same rules
+    replay_overhead: float  # the same with every node's fit costing its measured overhead
+    overheads: dict[str, float]  # node -> span - simulated seconds
+    chain: list[tuple[str, float, float, float]]  # last chain: (node, wait, work, overhead)
+    cpu_seconds: float  # CPU used by this process and the local Ray during the run (workers only sleep)
+    manifest: object
+
+
+def replay(tree: LanguageTree, work: dict[str, float], slots: int, max_per_node: int, min_per_worker: int,
+           barrier: bool, sizes: dict[str, int], overhead: dict[str, float] | None = None) -> float:
+    """The driver's rules (driver._ready + allocate_workers) as an event loop without Ray.
+
+    `overhead` adds each node's fixed cost per fit (the measured one, to check that the policy plus
+    the per-fit overhead explain the measured makespan); none = the policy alone.
+    """
+    overhead = overhead or {}
+    now, done, running = 0.0, set(), {}  # node -> (end, workers)
+    while True:
+        unfinished = {tree.nodes[n].depth for n in tree.nodes if n not in done}
+        ready = [n for n, node in tree.nodes.items()
+                 if n not in done and n not in running
+                 and not (barrier and any(d < node.depth for d in unfinished))
+                 and (node.parent is None or node.parent in done)]
+        busy = sum(w for _, w in running.values())
+        for n, w in allocate_workers([(n, sizes[n]) for n in ready], slots - busy, max_per_node,
+                                     min_per_worker).items():
+            running[n] = (now + overhead.get(n, 0.0) + work[n] / w, w)
+        if not running:
+            return now
+        now = min(end for end, _ in running.values())
+        for n in [n for n, (end, _) in running.items() if end <= now + 1e-9]:
+            running.pop(n)
+            done.add(n)
+
+
+def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
+    from hql_ray.driver import Driver
+
+    extra, bound_slots, bound_max = POLICIES[policy]
+    overrides = [f"run.output_dir={out}", f"run.name={policy}", f"tree.file={args.tree}",
+                 f"tree.levels=[{', '.join(args.levels)}]", f"resources.num_gpus={args.slots}",
+                 "resources.max_failures=0", *extra]
+    cfg = make_config(overrides=overrides)
+    sim = {"seconds_per_example": spe, "epochs": 1, "examples": args.examples}
+    tree = load_tree(cfg.tree.file, cfg.tree.levels)
+    sizes = _simulated_sizes(tree, sim)
+    work = {n: spe * sizes[n] for n in tree.nodes}
+    parents = {n: node.parent for n, node in tree.nodes.items()}
+    slots = 1 if policy == "sequential" else args.slots
+    max_per = min(cfg.resources.max_workers_per_node, bound_max or cfg.resources.max_workers_per_node)
+    bound = lower_bound(work, parents, slots=bound_slots or args.slots, max_per_node=max_per)
+    ideal = replay(tree, work, slots, max_per, cfg.resources.min_examples_per_worker,
+                   cfg.resources.level_barrier, sizes)
+
+    print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
+    t0, cpu0 = time.perf_counter(), process_tree_cpu_seconds()
+    manifest = Driver(cfg, simulate=sim).run()
+    cpu = process_tree_cpu_seconds() - cpu0
+    print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
+    all_done(manifest)
+    nodes = manifest.nodes
+    overheads = {n: (v["finished_at"] - v["started_at"]) - v["metrics"]["simulated_seconds"] for n, v in nodes.items()}
+    t_first = min(v["started_at"] for v in nodes.values())
+    chain, node = [], max(nodes, key=lambda n: nodes[n]["finished_at"])
+    while node is not None:
+        v = nodes[node]
+        before = nodes[v["parent"]]["finished_at"] if v["parent"] else t_first
+        chain.insert(0, (node, v["started_at"] - before, v["metrics"]["simulated_seconds"], overheads[node]))
+        node = v["parent"]
+    modelled = replay(tree, work, slots, max_per, cfg.resources.min_examples_per_worker,
+                      cfg.resources.level_barrier, sizes, overhead=overheads)
+    return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, chain, cpu, manifest)
+
+
+def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
+    nodes = outcome.manifest.nodes
+    t0 = min(v["started_at"] for v in nodes.values())
+    print(f"\nallocation per level ({outcome.policy}): node: workers [GPU slot ids] start..finish s")
+    for level in tree.levels:
+        cells = [f"{v['name']}: {v['resources']['workers']} [{','.join(v['resources']['gpu_ids'])}] "
+                 f"{v['started_at'] - t0:.0f}..{v['finished_at'] - t0:.0f}"
+                 for v in nodes.values() if v["level"] == level]
+        print(f"  {level}: " + "; ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: levels level0 level1 level2, every policy at 2e-5 s/example")
+    parser.add_argument("--spe", type=float, help="seconds per example for ours (full: 2e-3, quick: 2e-5)")
+    parser.add_argument("--baseline-spe", type=float,
+                        help="seconds per example for the baselines (full: 2e-5, quick: same as --spe)")
+    parser.add_argument("--examples", type=int, default=31000, help="examples per language (default 31000)")
+    parser.add_argument("--slots", type=int, default=8, help="logical GPU slots (default 8)")
+    parser.add_argument("--levels", nargs="+", help=f"tree levels (full: {' '.join(LEVELS)})")
+    parser.add_argument("--tree", default=str(PTHQL))
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
+    parser.add_argument("--keep", action="store_true", help="keep the run folders (manifests)")
+    args = parser.parse_args(argv)
+    args.levels = args.levels or (LEVELS[:3] if args.quick else LEVELS)
+    args.spe = args.spe or (2e-5 if args.quick else 2e-3)
+    args.baseline_spe = args.baseline_spe or (args.spe if args.quick else 2e-5)
+
+    quiet()
+    print(f"scheduler benchmark ({'QUICK' if args.quick else 'full'}): {Path(args.tree).name}, levels "
+          f"{' '.join(args.levels)}, {args.examples} examples/language, {args.slots} logical GPU slots; "
+          f"{machine()}")
+    t_start = time.perf_counter()
+    start_ray(num_cpus=2, num_gpus=args.slots)
+    outcomes: dict[str, Outcome] = {}
+    with temp_dir("hql-bench-sched-", keep=args.keep) as out:
+        for policy in args.policies:
+            spe = args.spe if policy == "ours" else args.baseline_spe
+            outcomes[policy] = run_policy(policy, spe, args, out)
+    tree = load_tree(args.tree, args.levels)
+
+    print("\nmakespan against the lower bound (manifest: first start .. last finish)")
+    header = ["policy", "s/example", "makespan s", "lower bound s", "ratio", "replay", "replay+overhead",
+              "overhead/node s (median, max)", "CPU s/node"]
+    rows = []
+    for o in outcomes.values():
+        ov = list(o.overheads.values())
+        rows.append([o.policy, f"{o.spe:g}", f"{o.makespan:.1f}", f"{o.bound:.1f}", f"{o.makespan / o.bound:.3f}",
+                     f"{o.replay / o.bound:.3f}", f"{o.replay_overhead / o.bound:.3f}",
+                     f"{statistics.median(ov):.1f}, {max(ov):.1f}", f"{o.cpu_seconds / len(ov):.1f}"])
+    print_table(header, rows)
+    print("(ratio = makespan / lower bound; replay: the driver's rules replayed without Ray, no overhead; "
+          "replay+overhead: the same with each node's measured overhead added to its fit; "
+          "overhead/node: node span - simulated seconds; CPU s/node: CPU time of this process and the local Ray during "
+          "the run over the nodes: the workers only sleep, so this is Ray Train start-up and teardown, which "
+          f"competes for the {os.cpu_count()} cores)")
+
+    for o in outcomes.values():
+        wait = sum(c[1] for c in o.chain)
+        work = sum(c[2] for c in o.chain)
+        over = sum(c[3] for c in o.chain)
+        print(f"\n{o.policy}: last-finishing chain = work {work:.1f} s + Ray Train fit overhead {over:.1f} s "
+              f"+ waiting (driver, slots) {wait:.1f} s = {work + over + wait:.1f} s")
+        print("  " + " -> ".join(f"{n.split('.', 1)[1]} (wait {w:.1f}, work {k:.1f}, overhead {v:.1f})"
+                                 for n, w, k, v in o.chain))
+
+    if "ours" in outcomes:
+        print_allocation(outcomes["ours"], tree)
+        ours = outcomes["ours"]
+        policy_ratio = ours.replay / ours.bound
+        excess = ours.makespan - ours.replay  # what Ray adds beyond the policy itself, in seconds
+        if policy_ratio < 1.10 and excess > 0:
+            need = excess / (1.10 - policy_ratio)  # lower bound (seconds) at which the same excess is 10 %
+            print(f"\nours: Ray adds {excess:.1f} s beyond the policy's own schedule; with that excess, a ratio of "
+                  f"1.10 needs a lower bound of {need:.0f} s, i.e. --spe {ours.spe * need / ours.bound:.2g} "
+                  f"(ours' run then ~{(policy_ratio * need + excess) / 60:.0f} min)")
+        for name in ("sequential", "level"):
+            if name not in outcomes:
+                continue
+            base = outcomes[name]
+            ideal = base.bound / base.spe / (ours.bound / ours.spe)
+            if base.spe == ours.spe:
+                print(f"\nspeed-up of ours over {name}: {base.makespan / ours.makespan:.2f}x measured at the same "
+                      f"scale (ideal, ratio of lower bounds: {ideal:.2f}x)")
+            else:
+                excess = base.makespan - base.bound
+                projected = (base.bound * ours.spe / base.spe + excess) / ours.makespan
+                print(f"\nspeed-up of ours over {name}: {projected:.2f}x projected at equal work "
+                      f"({name} ran at {base.spe:g} s/example: its lower bound scaled to {ours.spe:g} s/example "
+                      f"+ its measured excess {excess:.1f} s, over ours' makespan); ideal {ideal:.2f}x; "
+                      f"ratios to own lower bound: ours {ours.makespan / ours.bound:.3f}, "
+                      f"{name} {base.makespan / base.bound:.3f}")
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
