@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from hql_ray import handoff, launch, preflight, results, tune
 from hql_ray.board import RunBoard
@@ -197,7 +198,9 @@ class Driver:
         check_storage(storage, explicit=bool(cfg.run.storage_path))
         manifest = self.open_manifest()
         manifest.set_run_status("running", slots={"total": slots.total, "gpu": slots.use_gpu, "cuda": slots.real_cuda})
-        board = RunBoard.options(num_cpus=0).remote()
+        # Pinned to the driver's node: on a cluster, losing a worker machine must not take the board with it.
+        here = ray.get_runtime_context().get_node_id()
+        board = RunBoard.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         state = RunState()
         self.restore_done(manifest, state)
         self.on_event("run_started", {"run_dir": str(self.run_dir), "slots": slots.total, "gpu": slots.use_gpu,
