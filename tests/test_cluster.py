@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,6 +39,7 @@ def dashboard_missing() -> str | None:
 
 
 NO_DASHBOARD = dashboard_missing()
+TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # the token every node and client of the cluster uses
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 
 
@@ -73,6 +75,7 @@ class LocalCluster:
         self.root = root
         self.env = env
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.killed: set[str] = set()  # nodes the test took down on purpose
         self.gcs_port = self.dashboard_port = None
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -126,10 +129,20 @@ class LocalCluster:
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    def get(self, path: str, token: bool = True) -> tuple[int, str]:
+        """GET on the dashboard; with token auth on, it answers 401 unless the request carries the token."""
+        headers = {"Authorization": f"Bearer {TOKEN_FILE.read_text().strip()}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{self.dashboard}{path}", headers=headers),
+                                        timeout=10) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+
     def _dashboard_up(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=5) as reply:
-                return reply.status == 200
+            self.get("/api/version", token=False)  # any HTTP answer: the server is up
+            return True
         except OSError:
             return False
 
@@ -146,7 +159,7 @@ class LocalCluster:
             if check():
                 return
             for name, proc in self.nodes.items():
-                if proc.poll() is not None:
+                if proc.poll() is not None and name not in self.killed:
                     raise RuntimeError(f"ray node {name} exited: {(self.root / f'{name}.log').read_text()[-3000:]}")
             time.sleep(1)
         raise TimeoutError(f"waiting for {what}")
@@ -164,14 +177,18 @@ class LocalCluster:
                 continue
         return found
 
-    def hosts_train_worker(self, name: str) -> bool:
+    def hosts(self, name: str, title: str) -> bool:
+        """Whether a process of that node has this Ray title (`ray::RayTrainWorker...`, `ray::RunBoard`)."""
         for proc in self.processes(name):
             try:
-                if " ".join(proc.cmdline()).startswith("ray::RayTrainWorker"):
+                if " ".join(proc.cmdline()).startswith(title):
                     return True
             except psutil.Error:
                 continue
         return False
+
+    def hosts_train_worker(self, name: str) -> bool:
+        return self.hosts(name, "ray::RayTrainWorker")
 
     def _kill_all(self, name: str) -> None:
         for proc in self.processes(name):
@@ -182,6 +199,7 @@ class LocalCluster:
 
     def kill(self, name: str) -> None:
         """The machine is gone: SIGKILL every process of the node at once, no goodbye to the head."""
+        self.killed.add(name)
         self._kill_all(name)
         self.nodes[name].wait(timeout=30)
 
@@ -246,6 +264,8 @@ def lose_the_training_worker_node(cluster, launch: list[str], tmp_path: Path, ru
             if len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2:  # the 1st is registered
                 killed = next((n for n in cluster.live_workers() if cluster.hosts_train_worker(n)), None)
                 if killed:
+                    # The run's board (attempt counts, progress) lives with the driver, not on a worker machine.
+                    assert cluster.hosts(killed, "ray::RunBoard") is False and cluster.hosts("head", "ray::RunBoard")
                     cluster.kill(killed)
                     killed_at = time.time()
                     break
@@ -304,8 +324,10 @@ def test_driver_on_the_head_survives_losing_the_worker_node_that_trains(cluster,
 @pytest.mark.skipif(NO_DASHBOARD is not None, reason=NO_DASHBOARD or "")
 def test_submitted_job_survives_losing_the_worker_node_that_trains(cluster, small_corpus, tmp_path):
     """`ray job submit --working-dir <repo> -- python -m hql_ray train --address auto ...`."""
-    with urllib.request.urlopen(f"{cluster.dashboard}/api/version", timeout=10) as reply:
-        assert reply.status == 200 and "ray_version" in json.loads(reply.read())
+    status, _ = cluster.get("/api/version", token=False)
+    assert status == 401  # token auth on: the job server refuses anonymous callers
+    status, body = cluster.get("/api/version")
+    assert status == 200 and json.loads(body)["ray_version"]
     launch = [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO), "--",
               "python", "-m", "hql_ray", "train", "--plain", "--address", "auto",
               *run_overrides(tmp_path, small_corpus, "job")]
