@@ -148,20 +148,54 @@ def settings_line(cfg) -> str:
             f"generate {cfg.eval.generate} at {cfg.eval.at_nodes} nodes, max_new_tokens {cfg.eval.max_new_tokens}")
 
 
-def process_tree_cpu_seconds() -> float:
-    """CPU seconds used so far by this process and everything it started (the local Ray included).
 
-    Exited processes count through their parent's children_* times once reaped (the raylet reaps
-    its workers), so the difference of two readings covers processes that came and went between.
+class CpuMeter:
+    """CPU seconds used by this process and everything it starts (the local Ray), sampled per process.
+
+    Ray's raylet does not collect its exited workers' times, so a difference of two readings would
+    miss every process that came and went. Instead a thread samples every process of the tree each
+    `interval` seconds and keeps each one's last reading: only a process's last fraction of an
+    interval goes uncounted. Processes already alive at start count from their start reading.
     """
-    import psutil
 
-    me = psutil.Process()
-    total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-        except psutil.Error:
-            pass
-    return total
+    def __init__(self, interval: float = 0.5):
+        import threading
+
+        self.interval = interval
+        self._seen: dict[tuple[int, float], list[float]] = {}  # (pid, create_time) -> [first, last]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, first: bool) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                key = (proc.pid, proc.create_time())
+                t = proc.cpu_times()
+                used = t.user + t.system
+            except psutil.Error:
+                continue
+            if key in self._seen:
+                self._seen[key][1] = used
+            else:
+                self._seen[key] = [used if first else 0.0, used]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(first=False)
+
+    def __enter__(self) -> "CpuMeter":
+        self._sample(first=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(first=False)
+
+    @property
+    def seconds(self) -> float:
+        return sum(last - first for first, last in self._seen.values())

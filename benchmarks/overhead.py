@@ -15,8 +15,8 @@ torch with as many threads as a Ray worker gets (resources.cpus_per_worker, 1 by
 a worker's torch threads to its CPUs). Caches (tiny model, tokenized splits) are built before
 timing, and the bare side loads the model once untimed, so its lazy imports are not counted.
 
-Run: .venv/bin/python benchmarks/overhead.py --quick   (9 nodes, 20 steps each; ~3 min quiet)
-     .venv/bin/python benchmarks/overhead.py           (the demo as configured; ~9 min quiet)
+Run: .venv/bin/python benchmarks/overhead.py --quick   (9 nodes, 20 steps each; ~5 min)
+     .venv/bin/python benchmarks/overhead.py           (the demo as configured, 21 nodes; ~15 min quiet)
 """
 
 from __future__ import annotations

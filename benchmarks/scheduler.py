@@ -22,8 +22,8 @@ them at a smaller seconds_per_example: then each run's ratio to ITS OWN lower bo
 compares, and the speed-up at equal work is projected as (baseline's lower bound at ours' scale +
 the baseline's measured excess seconds) / ours' makespan, next to the ideal (ratio of bounds).
 
-Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~3 min quiet)
-     .venv/bin/python benchmarks/scheduler.py            (full tree; ~11 min on a quiet machine)
+Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~5-13 min on 2 busy cores)
+     .venv/bin/python benchmarks/scheduler.py            (full tree; ~12-15 min on a quiet 2-core machine)
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (LEVELS, PTHQL, all_done, machine, makespan, print_table, process_tree_cpu_seconds,  # noqa: E402
+from common import (LEVELS, PTHQL, CpuMeter, all_done, machine, makespan, print_table,  # noqa: E402
                     quiet, start_ray, temp_dir)
 
 from hql_ray.config import make_config  # noqa: E402
@@ -114,9 +114,10 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
                    cfg.resources.level_barrier, sizes)
 
     print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
-    t0, cpu0 = time.perf_counter(), process_tree_cpu_seconds()
-    manifest = Driver(cfg, simulate=sim).run()
-    cpu = process_tree_cpu_seconds() - cpu0
+    t0 = time.perf_counter()
+    with CpuMeter() as meter:
+        manifest = Driver(cfg, simulate=sim).run()
+    cpu = meter.seconds
     print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
     all_done(manifest)
     nodes = manifest.nodes

@@ -11,7 +11,7 @@ cache, so neither run pays for them. The 2-slot run goes first, so any cold-star
 Train fit, page cache) falls on it and not on the baseline.
 
 Run: .venv/bin/python benchmarks/speedup.py --quick   (3 nodes, full epochs; ~6 min)
-     .venv/bin/python benchmarks/speedup.py           (the demo as configured; ~10 min quiet)
+     .venv/bin/python benchmarks/speedup.py           (the demo as configured, 21 nodes; ~15 min quiet)
      extra overrides: --set train.max_steps=50 eval.at_nodes=leaves
 """
 
