@@ -54,7 +54,7 @@ def init_ray(cfg: Config) -> None:
         # the extra actor processes Ray Train would start for every node.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-        ray.init(num_gpus=cfg.resources.num_gpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_gpus=cfg.resources.num_gpus, include_dashboard=False, log_to_driver=False)
 
 
 def detect_slots(cfg: Config) -> Slots:
