@@ -8,7 +8,7 @@ The original's layout, kept loadable as is: ``<data_dir>/<corpus>/<code>/<corpus
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,16 @@ def read_tsv(
     corpus: str,
     options: LinearizeOptions | None = None,
     skip_bad: bool = False,
+    on_bad: Callable[[InputError], None] | None = None,
+    amr_cache: dict[str, str | InputError] | None = None,
 ) -> tuple[list[Example], int]:
     """`<AMR>\\t<sentence>` lines -> (examples, n_skipped); blank lines pass silently.
 
     Every line is checked (a tab, both sides non-empty, a well-formed graph). The AMR never holds a
-    tab, so a line is split on its first tab and the rest is the sentence."""
+    tab, so a line is split on its first tab and the rest is the sentence. With `skip_bad`, each bad
+    line is skipped and handed to `on_bad` (if given). `amr_cache` memoizes the parse + linearization
+    by the AMR's text across calls with the same `options`: the languages of a parallel corpus share
+    their graphs, so a caller reading them all parses each graph once."""
     examples: list[Example] = []
     skipped = 0
     for i, raw in iter_text_lines(path):
@@ -101,16 +106,19 @@ def read_tsv(
                 raise raw
             if not raw.strip():
                 continue
-            examples.append(_tsv_example(raw, path, i, lang, corpus, options))
-        except InputError:
+            examples.append(_tsv_example(raw, path, i, lang, corpus, options, amr_cache))
+        except InputError as err:
             if not skip_bad:
                 raise
             skipped += 1
+            if on_bad is not None:
+                on_bad(err)
     return examples, skipped
 
 
 def _tsv_example(
-    raw: str, path: str | Path, line: int, lang: str, corpus: str, options: LinearizeOptions | None
+    raw: str, path: str | Path, line: int, lang: str, corpus: str, options: LinearizeOptions | None,
+    amr_cache: dict[str, str | InputError] | None = None,
 ) -> Example:
     amr, tab, text = raw.partition("\t")
     if not tab:
@@ -120,8 +128,19 @@ def _tsv_example(
     text = text.strip()
     if not text:
         raise InputError("empty sentence side (nothing after the tab)", path=path, line=line)
-    tree = parse_amr_tree(amr, path, line)
-    return Example(amr=linearize(tree, options), text=text, lang=lang, corpus=corpus, origin=f"{path}:{line}")
+    if amr_cache is None:
+        linear = linearize(parse_amr_tree(amr, path, line), options)
+    else:
+        linear = amr_cache.get(amr)
+        if linear is None:
+            try:
+                linear = linearize(parse_amr_tree(amr), options)
+            except InputError as err:
+                linear = err
+            amr_cache[amr] = linear
+        if isinstance(linear, InputError):  # the cached problem, placed at this file's line
+            raise InputError(linear.problem, path=path, line=line)
+    return Example(amr=linear, text=text, lang=lang, corpus=corpus, origin=f"{path}:{line}")
 
 
 def cap_sample(examples: list[Example], cap: int | None, seed: int = 0) -> list[Example]:

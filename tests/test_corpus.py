@@ -82,6 +82,24 @@ def test_skip_bad_counts_every_bad_line(tmp_path):
     assert skipped == 4 and len(examples) == 2
 
 
+def test_on_bad_and_shared_amr_cache_across_parallel_files(tmp_path):
+    """Two languages of a parallel corpus: each graph is parsed once, each bad line still reported
+    at its own file and line."""
+    eng = write(tmp_path / "eng.tsv", f"{WANT}\tThe boy wants to go.\n(a\tbroken\n{CITY}\tParis\n")
+    deu = write(tmp_path / "deu.tsv", f"{WANT}\tDer Junge will gehen.\n\n(a\tkaputt\n{CITY}\tParis\n")
+    cache: dict = {}
+    seen: list[InputError] = []
+    out = [read_tsv(p, lang, "amr3", skip_bad=True, on_bad=seen.append, amr_cache=cache)
+           for p, lang in ((eng, "eng_Latn"), (deu, "deu_Latn"))]
+    assert [skipped for _, skipped in out] == [1, 1]
+    assert [(e.path, e.line) for e in seen] == [(str(eng), 2), (str(deu), 3)]
+    assert all("malformed AMR" in e.problem for e in seen)
+    assert len(cache) == 3  # WANT, CITY and the broken graph, whatever the number of files
+    plain, _ = read_tsv(deu, "deu_Latn", "amr3", skip_bad=True)
+    assert [e.amr for e in out[1][0]] == [e.amr for e in plain]
+    assert [e.text for e in out[1][0]] == ["Der Junge will gehen.", "Paris"]
+
+
 def test_discover_and_narrow(tmp_path):
     make_corpus(tmp_path, "amr3", "deu_Latn", 3)
     make_corpus(tmp_path, "flores", "deu_Latn", 2)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hql_ray import corpus
-from hql_ray.amr import iter_text_lines, linearize, parse_amr_tree
 from hql_ray.errors import InputError
 from hql_ray.tree import Language, load_tree, parse_level_args
 
@@ -85,41 +84,18 @@ class LanguageReport:
 class LineChecker:
     """corpus.read_tsv's checks, but collecting every bad line instead of stopping at the first.
 
-    The AMR side of a parallel corpus is the same graph in every language, so its parse +
-    linearization is memoized by its text (same result, about 12x less penman work on amr3)."""
+    One checker reads every language: the AMR side of a parallel corpus is the same graph in each,
+    so its parse + linearization is memoized by its text (same result, about 12x less penman work
+    on amr3)."""
 
     def __init__(self) -> None:
         self._amr: dict[str, str | InputError] = {}
 
     def read(self, path: Path, lang: str, corpus_name: str) -> tuple[list[corpus.Example], list[str]]:
-        examples, bad = [], []
-        for i, raw in iter_text_lines(path):
-            try:
-                if isinstance(raw, InputError):
-                    raise raw
-                if not raw.strip():
-                    continue
-                examples.append(self._example(raw, path, i, lang, corpus_name))
-            except InputError as err:
-                bad.append(err.format())
+        bad: list[str] = []
+        examples, _ = corpus.read_tsv(path, lang, corpus_name, skip_bad=True,
+                                      on_bad=lambda err: bad.append(err.format()), amr_cache=self._amr)
         return examples, bad
-
-    def _example(self, raw: str, path: Path, line: int, lang: str, corpus_name: str) -> corpus.Example:
-        amr, tab, text = raw.partition("\t")
-        if not (tab and amr.strip() and text.strip()):
-            # corpus's own checks raise with its own message (no tab, empty side)
-            return corpus._tsv_example(raw, path, line, lang, corpus_name, None)
-        done = self._amr.get(amr)
-        if done is None:
-            try:
-                done = linearize(parse_amr_tree(amr))
-            except InputError as err:
-                done = err
-            self._amr[amr] = done
-        if isinstance(done, InputError):
-            raise InputError(done.problem, path=path, line=line)
-        return corpus.Example(amr=done, text=text.strip(), lang=lang, corpus=corpus_name,
-                              origin=f"{path}:{line}")
 
 
 # ---- tokenizing ---------------------------------------------------------------------------------
