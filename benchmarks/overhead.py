@@ -16,7 +16,7 @@ a worker's torch threads to its CPUs). Caches (tiny model, tokenized splits) are
 timing, and the bare side loads the model once untimed, so its lazy imports are not counted.
 
 Run: .venv/bin/python benchmarks/overhead.py --quick   (9 nodes, 20 steps each; ~5 min)
-     .venv/bin/python benchmarks/overhead.py           (the demo as configured, 21 nodes; ~15 min quiet)
+     .venv/bin/python benchmarks/overhead.py           (the demo as configured, 21 nodes; 15 min measured quiet)
 """
 
 from __future__ import annotations

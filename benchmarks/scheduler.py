@@ -23,7 +23,7 @@ compares, and the speed-up at equal work is projected as (baseline's lower bound
 the baseline's measured excess seconds) / ours' makespan, next to the ideal (ratio of bounds).
 
 Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~5-13 min on 2 busy cores)
-     .venv/bin/python benchmarks/scheduler.py            (full tree; ~12-15 min on a quiet 2-core machine)
+     .venv/bin/python benchmarks/scheduler.py            (full tree; 18 min measured on a quiet 2-core machine)
 """
 
 from __future__ import annotations
