@@ -119,6 +119,12 @@ def test_existing_run_needs_resume(finished_run):
         Driver(cfg).run()
 
 
+def _default_sigint() -> None:
+    """Ctrl-C must reach the child even when pytest itself runs as a background job (`cmd &` in a
+    script starts it with SIGINT ignored, which Python and its children then inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_resume_after_interrupt_retrains_nothing_finished(ray_session, small_corpus, tmp_path):
     """Ctrl-C a real `hql-ray train` mid-run, then --resume: finished nodes are kept, the rest trained."""
     tree = tmp_path / "two.csv"
@@ -129,7 +135,7 @@ def test_resume_after_interrupt_retrains_nothing_finished(ray_session, small_cor
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "hql_ray", "train", "--plain", *overrides], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     manifest_path = tmp_path / "cut" / "manifest.json"
     deadline = time.time() + 300
     done_before = []
