@@ -12,7 +12,7 @@ N warm-up steps then M timed steps:
   ours           modeling.load_base_model(dir, "qlora", cuda) + handoff.attach_node_adapter (a
                  root node: fresh LoRA r=256, alpha 256, rsLoRA, dropout 0.05, q,k,v,o,wi_0,wi_1,wo)
                  and the step of hql_ray.node.train_node: collate a length-grouped batch
-                 (dataset.length_grouped_batches), forward, backward, clip 1.0, Adafactor (lr 5e-5,
+                 (batching.length_grouped_batches), forward, backward, clip 1.0, Adafactor (lr 5e-5,
                  no relative step), linear schedule, loss read back every step
   hf             the original's path: Seq2SeqTrainer(optim="adafactor", lr 5e-5, linear schedule,
                  group_by_length, bf16 autocast) on the same 4-bit model (from_pretrained with the
@@ -42,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from hql_ray.batching import collate, length_grouped_batches  # noqa: E402  (torch only: fine on a bare GPU image)
 
 TARGETS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 PATHS = ("ours", "hf", "ours-autocast")
@@ -93,42 +94,6 @@ def synthetic_examples(n: int, vocab: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def batching():
-    """hql_ray.dataset's batching and padding; an identical copy where `datasets` is missing."""
-    try:
-        from hql_ray.dataset import collate, length_grouped_batches
-
-        return length_grouped_batches, collate, None
-    except ImportError as err:  # the device image may lack `datasets` (hql_ray.dataset imports it)
-        import torch
-
-        def length_grouped_batches(lengths, batch_size, seed=0, megabatch_mult=50, group=True):
-            rng = random.Random(seed)
-            order = list(range(len(lengths)))
-            rng.shuffle(order)
-            mega = max(batch_size * megabatch_mult, batch_size)
-            batches = []
-            for start in range(0, len(order), mega):
-                chunk = sorted(order[start:start + mega], key=lambda i: lengths[i], reverse=True)
-                batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-            rng.shuffle(batches)
-            return batches
-
-        def collate(rows, pad_id, label_pad=-100):
-            width = max(len(r["input_ids"]) for r in rows)
-            twidth = max(len(r["labels"]) for r in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            att = torch.zeros((len(rows), width), dtype=torch.long)
-            lab = torch.full((len(rows), twidth), label_pad, dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"])
-                att[i, :len(r["input_ids"])] = 1
-                lab[i, :len(r["labels"])] = torch.tensor(r["labels"])
-            return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
-        return length_grouped_batches, collate, f"hql_ray.dataset not importable ({err}): identical local copy used"
-
-
 def token_counts(batch) -> tuple[int, int]:
     """(real tokens, padded tokens) of a collated batch: source + target."""
     real = int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
@@ -175,7 +140,6 @@ def run_ours(model_dir: str, examples: list[dict], args, device, autocast: bool)
 
     from hql_ray import handoff, modeling
 
-    length_grouped_batches, collate, _ = batching()
     model = modeling.load_base_model(model_dir, "qlora", device, gradient_checkpointing=args.gradient_checkpointing)
     lora = modeling.LoraSettings(r=args.r, alpha=args.r, use_rslora=True, dropout=0.05, target_modules=tuple(TARGETS))
     model = handoff.attach_node_adapter(model, lora, "stack", [])
@@ -225,7 +189,6 @@ def run_hf(model_dir: str, examples: list[dict], args, device) -> dict:
                               TrainerCallback)
     from transformers.trainer_callback import PrinterCallback
 
-    _, collate, _ = batching()
     cuda = device.type == "cuda"
     cdtype = torch.bfloat16 if cuda else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -327,9 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"QLoRA throughput ({'DRY RUN, tiny shape' if args.dry_run else 'mt5-large shape'}) on {where}; "
           f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
           f"bitsandbytes {bitsandbytes.__version__}")
-    note = batching()[2]
-    if note:
-        print(f"note: {note}")
     examples = synthetic_examples(max(args.examples, (args.warmup + args.steps) * args.batch_size), config.vocab_size)
     print(f"batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps per path, LoRA r=alpha={args.r} "
           f"rsLoRA on {','.join(TARGETS)}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "

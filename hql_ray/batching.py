@@ -1,0 +1,64 @@
+"""Batching and padding: pure Python + torch, no `datasets`, no corpus code.
+
+Kept apart from `hql_ray.dataset` (which re-exports it) so that a bare GPU image with only torch
+can import it too: `benchmarks/gpu_qlora.py` times our real batching, not a copy.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int = 0, megabatch_mult: int = 50, group: bool = True
+) -> list[list[int]]:
+    """Batches of similar-length examples, in random order (HF's LengthGroupedSampler idea).
+
+    Shuffle, cut into mega-batches of `batch_size * megabatch_mult`, sort each by length, cut into
+    batches, then shuffle the batches: padding stays low while every epoch sees a new order.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = max(batch_size * megabatch_mult, batch_size)
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def shard_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
+    """This worker's batches; every worker gets the same number (DDP steps stay in lock-step)."""
+    if world_size <= 1 or not batches:
+        return batches
+    if len(batches) < world_size:  # fewer batches than workers: reuse rather than hang
+        return [batches[rank % len(batches)]]
+    return batches[rank::world_size][: len(batches) // world_size]
+
+
+def real_token_share(lengths: list[int], batches: list[list[int]]) -> float:
+    """Share of real (non-pad) tokens when each batch is padded to its longest example."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    return real / padded if padded else 1.0
+
+
+def collate(rows: list[dict], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
+    """Pad a batch: input_ids/attention_mask with pad_id/0, labels with -100 (ignored by the loss)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    target_width = max(len(r["labels"]) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), target_width), label_pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n, m = len(r["input_ids"]), len(r["labels"])
+        input_ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
+        attention[i, :n] = 1
+        labels[i, :m] = torch.tensor(r["labels"], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
