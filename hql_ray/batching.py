@@ -62,3 +62,33 @@ def collate(rows: list[dict], pad_id: int, label_pad: int = -100) -> dict[str, t
         attention[i, :n] = 1
         labels[i, :m] = torch.tensor(r["labels"], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_budget_batches(
+    src_lengths: list[int], tgt_lengths: list[int], max_tokens: int, seed: int = 0, megabatch: int = 4096
+) -> list[list[int]]:
+    """Length-grouped batches holding at most `max_tokens` PADDED tokens each (source + target).
+
+    A batch of n examples costs n * (longest source + longest target), what the GPU processes.
+    Like `length_grouped_batches`: shuffle, sort mega-batches of `megabatch` examples by length,
+    cut greedily, shuffle the batches. An example longer than the budget gets a batch of its own.
+    """
+    rng = random.Random(seed)
+    order = list(range(len(src_lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    for start in range(0, len(order), megabatch):
+        chunk = sorted(order[start : start + megabatch], key=lambda i: (src_lengths[i], tgt_lengths[i]), reverse=True)
+        batch: list[int] = []
+        src_max = tgt_max = 0
+        for i in chunk:
+            s, t = max(src_max, src_lengths[i]), max(tgt_max, tgt_lengths[i])
+            if batch and (len(batch) + 1) * (s + t) > max_tokens:
+                batches.append(batch)
+                batch, s, t = [], src_lengths[i], tgt_lengths[i]
+            batch.append(i)
+            src_max, tgt_max = s, t
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
