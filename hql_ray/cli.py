@@ -13,7 +13,7 @@ import sys
 from hql_ray.errors import HQLError
 
 # Order = order shown in --help. Kept as names so `hql-ray tree` does not import torch/ray.
-COMMANDS = ["train", "tree", "data", "report", "generate"]
+COMMANDS = ["train", "tree", "data", "report", "generate", "translate", "parse"]
 
 
 def build_parser() -> argparse.ArgumentParser:
