@@ -1,5 +1,3 @@
-import sys
+from hql_ray.cli import console_main
 
-from hql_ray.cli import main
-
-sys.exit(main())
+console_main()

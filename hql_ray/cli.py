@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hql_ray.errors import HQLError
@@ -56,5 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> None:
+    """The `hql-ray` command. After Ctrl-C, exit at once: node threads may still sit in Ray calls
+    that the driver's Ray shutdown is ending, and a normal exit would wait for them (a second
+    Ctrl-C must never be needed)."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

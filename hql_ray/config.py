@@ -119,6 +119,11 @@ class ResourcesSection:
     # Baseline for benchmarks: start a depth only when the whole previous depth is done (the
     # "one GPU per node, level by level" schedule); the default starts a child as soon as its parent is done.
     level_barrier: bool = False
+    # A node's Ray Train run that has waited this long for its workers' resources while none of ours
+    # trains is reported (what it waits for, what holds the resources); past wait_timeout_s it fails
+    # instead of hanging (0 = wait forever, e.g. for a slow autoscaler).
+    wait_warning_s: float = 60.0
+    wait_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -190,6 +195,10 @@ class Config:
             raise ConfigError(f"train.epochs (-le) must be > 0, got {self.train.epochs}")
         if self.train.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.train.learning_rate}")
+        if self.resources.wait_warning_s <= 0 or self.resources.wait_timeout_s < 0:
+            raise ConfigError("resources.wait_warning_s must be > 0 and resources.wait_timeout_s >= 0 "
+                              f"(0 = wait forever), got {self.resources.wait_warning_s} and "
+                              f"{self.resources.wait_timeout_s}")
         if self.resources.num_gpus is not None and self.resources.num_gpus < 0:
             raise ConfigError(f"resources.num_gpus must be >= 0, got {self.resources.num_gpus}")
         if "/" in self.run_name or self.run_name in ("", ".", ".."):

@@ -28,6 +28,7 @@ from hql_ray.ray_worker import from_wire, to_wire
 from hql_ray.launch import Slots
 from hql_ray.scheduling import allocate_workers
 from hql_ray.tree import LanguageTree, load_tree
+from hql_ray.watch import RunWatch
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,12 @@ class RunState:
     failed: set[str] = field(default_factory=set)
 
 
-def init_ray(cfg: Config) -> None:
+def init_ray(cfg: Config) -> bool:
+    """Connect to (or start) Ray; True if this call did, so the driver also shuts it down."""
     # Faster turn-around between nodes; the controller reads it from the driver's environment.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     if ray.is_initialized():
-        return
+        return False
     if cfg.resources.address:
         ray.init(address=cfg.resources.address, log_to_driver=False)
     else:
@@ -55,6 +57,7 @@ def init_ray(cfg: Config) -> None:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
         ray.init(address="local", num_gpus=cfg.resources.num_gpus, include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def detect_slots(cfg: Config) -> Slots:
@@ -192,7 +195,7 @@ class Driver:
             from hql_ray.node import cache_dir_for
 
             modeling.resolve_base_model("tiny", cache_dir_for(cfg) / "models")
-        init_ray(cfg)
+        owns_ray = init_ray(cfg)
         slots = detect_slots(cfg)
         storage = self.storage_path()
         check_storage(storage, explicit=bool(cfg.run.storage_path))
@@ -202,6 +205,7 @@ class Driver:
         here = ray.get_runtime_context().get_node_id()
         board = RunBoard.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         state = RunState()
+        self.watch = RunWatch(board, cfg.resources.wait_warning_s, self.on_event)
         self.restore_done(manifest, state)
         self.on_event("run_started", {"run_dir": str(self.run_dir), "slots": slots.total, "gpu": slots.use_gpu,
                                       "nodes": len(self.tree.nodes), "board": board})
@@ -216,13 +220,19 @@ class Driver:
                 for future in done:
                     node_id, _workers = state.running.pop(future)
                     self._finish(future, node_id, manifest, state, board)
+                self.watch.tick()
         except BaseException:
             # Ctrl-C or a driver error: finished nodes are already persisted; say so and get out
-            # without waiting for the nodes in flight (they are redone on --resume).
+            # without waiting for the nodes in flight (they are redone on --resume). Shutting Ray
+            # down (or disconnecting from a cluster, which ends this job) stops every run in flight
+            # and frees their resources; the node threads then return on their own.
             manifest.set_run_status("interrupted", finished_at=time.time())
             pool.shutdown(wait=False, cancel_futures=True)
+            if owns_ray:
+                ray.shutdown()
             raise
         pool.shutdown(wait=True)
+        self.watch.release_all()  # what the last stopped trials left, before the run says it is done
 
         pending = [n for n, v in manifest.nodes.items() if v["status"] != "done"]
         if not self.simulate:
@@ -279,8 +289,9 @@ class Driver:
         except Exception as err:  # noqa: BLE001 - a failed node must not stop its siblings
             state.failed.add(node_id)
             manifest.update(node_id, status="failed", finished_at=time.time(),
-                            attempts=entry["attempts"] + max(attempts, 1), error=f"{type(err).__name__}: {err}"[:2000])
-            self.on_event("node_failed", {"node": node_id, "error": last_error_line(err)})
+                            attempts=entry["attempts"] + max(attempts, 1),
+                            error=self.watch.explain(node_id, f"{type(err).__name__}: {err}")[:4000])
+            self.on_event("node_failed", {"node": node_id, "error": self.watch.explain(node_id, last_error_line(err))})
             return
         wire = out["adapter"]
         own = from_wire(wire)
@@ -292,6 +303,8 @@ class Driver:
         resources = dict(entry.get("resources") or {})
         resources["gpu_ids"] = sorted({g for w in workers for g in w.get("gpu_ids", [])}, key=str)
         resources["hosts"] = sorted({w.get("node_ip", "") for w in workers})
+        if out.get("trials"):
+            self.watch.release_all()  # the search's stopped trials free their slots before children start
         exported = [] if self.simulate else self._export_leaves(node_id, state)
         manifest.update(
             node_id,

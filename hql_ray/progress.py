@@ -35,6 +35,8 @@ class NodeView:
     val_loss: float | None = None
     phase: str | None = None
     error: str | None = None
+    waiting: str | None = None  # why its run waits for resources (cleared by the next progress)
+    waiting_at: float = 0.0
 
     def elapsed(self, now: float) -> float | None:
         if self.started is None:
@@ -104,10 +106,14 @@ class RunView:
                 if m.get("steps") is not None:
                     n.step = n.total_steps = m["steps"]
                 n.epoch = self.epochs
-                n.phase = None
+                n.phase = n.waiting = None
+            elif kind == "node_waiting":
+                n = self.node(info["node"])
+                n.waiting, n.waiting_at = str(info.get("message", "")), now
             elif kind == "node_failed":
                 n = self.node(info["node"])
                 n.status, n.finished, n.error = "failed", now, str(info.get("error", ""))
+                n.waiting = None
             elif kind == "run_finished":
                 self.finished = now
                 for node_id in info.get("not_done") or []:
@@ -122,6 +128,8 @@ class RunView:
                 n = self.node(node_id)
                 if n.status != "running" or not isinstance(p, dict):
                     continue
+                if n.waiting and (p.get("time") or 0) > n.waiting_at:
+                    n.waiting = None  # it trains again
                 for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase"):
                     if p.get(key) is not None:
                         setattr(n, key, p[key])
@@ -172,6 +180,8 @@ def fmt_step(n: NodeView) -> str:
 
 
 def state_text(n: NodeView) -> str:
+    if n.status == "running" and n.waiting:
+        return "waiting"
     if n.status == "running" and n.phase == "evaluate":
         return "evaluating"
     if n.status == "pending" and n.phase == "not run":
@@ -348,6 +358,8 @@ class PlainReporter(_Guarded):
             if scores:
                 parts.append(f"chrF++ {sum(scores) / len(scores):.1f} (mean of {len(scores)})")
             self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
+        elif kind == "node_waiting":
+            self._print(f"{info['node']}: WAITING for resources: {info['message']}")
         elif kind == "node_failed":
             self._print(f"{info['node']}: FAILED: {info['error']}")
         elif kind == "run_finished":
@@ -355,7 +367,7 @@ class PlainReporter(_Guarded):
             self._print(f"run {status}")
 
 
-STYLES = {"pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan", "done": "green", "failed": "bold red",
+STYLES = {"waiting": "bold yellow", "pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan", "done": "green", "failed": "bold red",
           "skipped (resume)": "blue"}
 ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✖", "skipped": "↷"}
 
@@ -412,6 +424,8 @@ class LiveReporter(_Guarded):
                 for n in view.nodes.values():
                     if n.status == "failed" and n.error:
                         parts.append(Text(f"✖ {n.id}: {n.error}", style="red"))
+                    elif n.status == "running" and n.waiting:
+                        parts.append(Text(f"⏳ {n.waiting}", style="yellow"))
                 if view.poll_errors and view.last_poll_error and view.finished is None:
                     parts.append(Text(f"(live numbers delayed: board poll failed {view.poll_errors}x: "
                                       f"{view.last_poll_error})", style="dim"))

@@ -108,6 +108,8 @@ def node_train_loop(loop_config: dict):
     if ctx.rank == 0 and board is not None:
         # One call per (re)start of the worker group: the driver counts attempts from these.
         ray.get(board.started.remote(node["id"], {"workers": workers, "time": time.time()}))
+        # The placement group this run holds: released by the driver if the run's caller is killed.
+        board.run_started.remote(loop_config.get("run"), ray.util.get_current_placement_group())
 
     refs = loop_config.get("parent_refs") or []
     parent_chain = [from_wire(ray.get(ref)) for ref in refs]  # ancestors' adapters, via the object store

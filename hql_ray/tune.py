@@ -320,6 +320,13 @@ class TrialBoard:
 
         return _Call(send)
 
+    @property
+    def run_started(self):
+        def send(run, pg):
+            return None if self._board is None else self._board.run_started.remote(run, pg)
+
+        return _Call(send)
+
 
 def _report_callback(metric: str):
     """TuneReportCallback, adapted: the node's final {"done": True} must not end the trial early
@@ -400,9 +407,13 @@ def search_node(cfg, payload, workers, refs, name, slots, storage, board) -> dic
         trainer = launch.make_trainer(
             trial_config(cfg_dict, params), payload, 1, refs, run_name, slots, storage,
             TrialBoard(board, state, trial_id), max_failures=max_failures, callbacks=[_report_callback(spec.metric)])
+        wants = {"workers": 1, "per_worker": launch.per_worker_resources(slots)}
         result, error = None, None
         try:
-            fit = trainer.fit()
+            # This trial's actor owns the run: when ASHA stops the trial, the actor is killed and the
+            # board releases the run's placement group (see RunBoard.reap).
+            fit = launch.run_fit(trainer, board, run_name, node_id, wants, trial=trial_id,
+                                 owner=ray.get_runtime_context().current_actor)
             if fit.error is not None:
                 raise fit.error
             result = fit.return_value

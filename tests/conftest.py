@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,23 @@ def tiny_overrides(output_dir, data_dir, tree_file, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def unreleased_resources(timeout_s: float = 30.0) -> dict:
+    """CPUs/GPUs still reserved and placement groups still alive, once Ray has had `timeout_s` to settle
+    ({} when everything came back)."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    deadline = time.time() + timeout_s
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        held = {k: total[k] - free.get(k, 0.0) for k in ("CPU", "GPU") if abs(total.get(k, 0.0) - free.get(k, 0.0)) > 1e-6}
+        live = [(pg["bundles"], pg["state"]) for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+        if (not held and not live) or time.time() > deadline:
+            return {"held": held, "placement_groups": live} if held or live else {}
+        time.sleep(0.5)
+
 
 # The same savings the driver makes for a local Ray (see driver.init_ray).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, tiny_overrides, unreleased_resources
 from hql_ray import tune
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
@@ -109,6 +109,7 @@ def searched_run(ray_session, small_corpus, tmp_path_factory):
     t0 = time.time()
     manifest = Driver(cfg).run()
     print(f"searched run: {time.time() - t0:.1f} s")
+    assert unreleased_resources() == {}  # on logical GPU slots: the stopped trial's GPU came back
     return cfg, manifest, out / "searched"
 
 
@@ -226,3 +227,32 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     assert summary["trials"]["t_c"]["error"] == "RuntimeError: boom"
     best = ray.get(state.best_result.remote())
     assert best["metrics"]["val_loss"] == 1.5 and best["adapter"]["tensors"]["w"].tolist() == [1.5] * 3
+
+
+CHAIN = "code,level0,level1,language\ndeu_Latn,Germanic,West,German\nnld_Latn,Germanic,West,Dutch\n"
+
+
+def test_stopped_trials_give_their_cpu_slots_back(ray_session, small_corpus, tmp_path):
+    """The README's search on CPU slots, as a laptop runs it: ASHA stops a trial of the root, then the next
+    node needs both CPU slots at once. The stopped trial's Ray Train run used to keep its CPU for good and
+    that node waited forever (resources.wait_timeout_s turns a regression into a failure, not a hang)."""
+    tree = tmp_path / "chain.csv"
+    tree.write_text(CHAIN)
+    cfg = make_config(overrides=search_overrides(tmp_path, small_corpus, tree, **{
+        "run.name": "cpu_slots", "tree.levels": "[level0, level1]", "resources.num_gpus": 0,
+        "resources.cpus_per_worker": 1, "resources.min_examples_per_worker": 16, "resources.wait_timeout_s": 120,
+        "tune": ROOT_SEARCH.replace("language: false", "level1: false")}))
+    after_node = {}
+
+    def on_event(kind, info):
+        if kind == "node_done":  # nothing else runs in this chain: every slot must be free again
+            after_node[info["node"]] = unreleased_resources(timeout_s=5)
+
+    manifest = Driver(cfg, on_event=on_event).run()
+    trials = manifest.nodes["level0.Germanic"]["trials"]
+    assert sorted(t["status"] for t in trials) == ["done", "stopped"]
+    assert {v["status"] for v in manifest.nodes.values()} == {"done"}, manifest.nodes
+    assert manifest.nodes["level1.West"]["resources"]["workers"] == 2  # every CPU slot
+    assert manifest.data["slots"] == {"total": 2, "gpu": False, "cuda": False}
+    assert after_node == {"level0.Germanic": {}, "level1.West": {}}
+    assert unreleased_resources() == {}
