@@ -67,17 +67,17 @@ class Stopwatch:
 def makespan(manifest) -> float:
     """First node start to last node finish, from the run's manifest (driver wall clock)."""
     nodes = manifest.nodes.values()
-    return max(v["finished_at"] for v in nodes) - min(v["started_at"] for v in nodes)
+    return max(v.finished_at for v in nodes) - min(v.started_at for v in nodes)
 
 
 def node_spans(manifest) -> dict[str, float]:
-    return {n: v["finished_at"] - v["started_at"] for n, v in manifest.nodes.items()}
+    return {n: v.finished_at - v.started_at for n, v in manifest.nodes.items()}
 
 
 def all_done(manifest) -> None:
-    bad = {n: v["status"] for n, v in manifest.nodes.items() if v["status"] != "done"}
+    bad = {n: v.status for n, v in manifest.nodes.items() if v.status != "done"}
     if bad:
-        errors = {n: (manifest.nodes[n].get("error") or "")[:300] for n in bad}
+        errors = {n: (manifest.nodes[n].error or "")[:300] for n in bad}
         raise SystemExit(f"benchmark run did not finish: {bad}\n{errors}")
 
 
@@ -121,16 +121,15 @@ def warm_caches(cfg) -> float:
     """
     from hql_ray import dataset as ds_lib
     from hql_ray import modeling
-    from hql_ray.node import cache_dir_for
     from hql_ray.tree import load_tree
 
     import transformers
 
     transformers.logging.disable_progress_bar()  # "Loading weights" bars of the bare loop
     watch = Stopwatch()
-    cache = cache_dir_for(cfg)
+    cache = cfg.cache_dir
     if cfg.model.base == "tiny":
-        modeling.resolve_base_model("tiny", cache / "models")
+        modeling.base_model_path(cfg)
     settings = ds_lib.DataSettings.from_config(cfg)
     tokenizer = modeling.load_tokenizer(cfg.model.base)
     for lang in load_tree(cfg.tree.file, cfg.tree.levels).languages:

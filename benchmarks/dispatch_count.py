@@ -54,10 +54,11 @@ def make_optimizer(kind: str, params, lr: float):
 def tiny_model(cache: Path, r: int):
     """The demo's tiny mT5 in 4-bit with a fresh node adapter, as hql_ray.node.build_model makes it."""
     from hql_ray import handoff, modeling
+    from hql_ray.config import LoraShape
 
     path = modeling.resolve_base_model("tiny", cache)
     model = modeling.load_base_model(path, "qlora", torch.device("cpu"))
-    lora = modeling.LoraSettings(r=r, alpha=r)
+    lora = LoraShape(r=r, alpha=r)
     model = handoff.attach_node_adapter(model, lora, "stack", [])
     model.train()
     return model

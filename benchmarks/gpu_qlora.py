@@ -139,9 +139,10 @@ def run_ours(model_dir: str, examples: list[dict], args, device, autocast: bool)
     from transformers.optimization import Adafactor, get_linear_schedule_with_warmup
 
     from hql_ray import handoff, modeling
+    from hql_ray.config import LoraShape
 
     model = modeling.load_base_model(model_dir, "qlora", device, gradient_checkpointing=args.gradient_checkpointing)
-    lora = modeling.LoraSettings(r=args.r, alpha=args.r, use_rslora=True, dropout=0.05, target_modules=tuple(TARGETS))
+    lora = LoraShape(r=args.r, alpha=args.r, use_rslora=True, dropout=0.05, target_modules=list(TARGETS))
     model = handoff.attach_node_adapter(model, lora, "stack", [])
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

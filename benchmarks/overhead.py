@@ -8,7 +8,7 @@ QLoRA on CPU, data/sample), one node at a time, parents before children:
          the object store, the driver persists each adapter, exports the leaves, writes results.
   bare   a plain loop in this process: hql_ray.node.train_node(cfg, node, chain, LocalContext()),
          each child handed its ancestors' adapter states as the driver does
-         (handoff.chain_for_children), nothing persisted.
+         (handoff.handed_on), nothing persisted.
 
 The difference over the number of nodes is the per-node cost of orchestration. The bare loop runs
 torch with as many threads as a Ray worker gets (resources.cpus_per_worker, 1 by default: Ray sets
@@ -37,7 +37,7 @@ def through_ray(cfg) -> tuple[float, float, dict]:
     manifest = Driver(cfg).run()
     wall = watch()
     all_done(manifest)
-    return wall, makespan(manifest), {n: v["metrics"] for n, v in manifest.nodes.items()}
+    return wall, makespan(manifest), {n: v.metrics for n, v in manifest.nodes.items()}
 
 
 def bare_loop(cfg) -> tuple[float, dict]:
@@ -55,12 +55,9 @@ def bare_loop(cfg) -> tuple[float, dict]:
     watch = Stopwatch()
     for node_id, node in driver.tree.nodes.items():
         chain = to_children[node.parent] if node.parent else []
-        out = train_node(cfg_dict, driver.node_payload(node_id, sizes), chain, LocalContext(device="cpu"))
-        if cfg.model.mode == "fft":
-            to_children[node_id] = [out["adapter"]]
-        else:
-            to_children[node_id] = handoff.chain_for_children(cfg.model.handoff, chain, out["adapter"])
-        metrics[node_id] = out["metrics"]
+        out = train_node(cfg_dict, driver.node_spec(node_id, sizes), chain, LocalContext(device="cpu"))
+        to_children[node_id] = handoff.handed_on([*chain, out.adapter], cfg.model.handoff, cfg.model.mode)
+        metrics[node_id] = out.metrics
     return watch(), metrics
 
 

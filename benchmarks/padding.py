@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hql_ray.dataset import DataSettings, length_grouped_batches, real_token_share, tokenize_language  # noqa: E402
+from hql_ray.batching import length_grouped_batches, real_token_share  # noqa: E402
+from hql_ray.dataset import DataSettings, tokenize_language  # noqa: E402
 from hql_ray.modeling import load_tokenizer  # noqa: E402
 from hql_ray.tree import load_tree  # noqa: E402
 

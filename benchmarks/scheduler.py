@@ -121,14 +121,14 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
     all_done(manifest)
     nodes = manifest.nodes
-    overheads = {n: (v["finished_at"] - v["started_at"]) - v["metrics"]["simulated_seconds"] for n, v in nodes.items()}
-    t_first = min(v["started_at"] for v in nodes.values())
-    chain, node = [], max(nodes, key=lambda n: nodes[n]["finished_at"])
+    overheads = {n: (v.finished_at - v.started_at) - v.metrics["simulated_seconds"] for n, v in nodes.items()}
+    t_first = min(v.started_at for v in nodes.values())
+    chain, node = [], max(nodes, key=lambda n: nodes[n].finished_at)
     while node is not None:
         v = nodes[node]
-        before = nodes[v["parent"]]["finished_at"] if v["parent"] else t_first
-        chain.insert(0, (node, v["started_at"] - before, v["metrics"]["simulated_seconds"], overheads[node]))
-        node = v["parent"]
+        before = nodes[v.parent].finished_at if v.parent else t_first
+        chain.insert(0, (node, v.started_at - before, v.metrics["simulated_seconds"], overheads[node]))
+        node = v.parent
     modelled = replay(tree, work, slots, max_per, cfg.resources.min_examples_per_worker,
                       cfg.resources.level_barrier, sizes, overhead=overheads)
     return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, chain, cpu, manifest)
@@ -136,12 +136,12 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
 
 def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
     nodes = outcome.manifest.nodes
-    t0 = min(v["started_at"] for v in nodes.values())
+    t0 = min(v.started_at for v in nodes.values())
     print(f"\nallocation per level ({outcome.policy}): node: workers [GPU slot ids] start..finish s")
     for level in tree.levels:
-        cells = [f"{v['name']}: {v['resources']['workers']} [{','.join(v['resources']['gpu_ids'])}] "
-                 f"{v['started_at'] - t0:.0f}..{v['finished_at'] - t0:.0f}"
-                 for v in nodes.values() if v["level"] == level]
+        cells = [f"{v.name}: {v.resources['workers']} [{','.join(v.resources['gpu_ids'])}] "
+                 f"{v.started_at - t0:.0f}..{v.finished_at - t0:.0f}"
+                 for v in nodes.values() if v.level == level]
         print(f"  {level}: " + "; ".join(cells))
 
 

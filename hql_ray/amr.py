@@ -133,17 +133,6 @@ def to_graph(tree: Tree, path: str | Path | None = None, line: int | None = None
         raise InputError(f"malformed AMR: {e}", path=path, line=line) from None
 
 
-def is_valid_amr(text: str) -> bool:
-    """True if `text` is exactly one well-formed PENMAN graph (smatch crashes on anything else)."""
-    try:
-        parse_tree(text)
-        return True
-    except AMRSyntaxError:
-        return False
-    except Exception:  # noqa: BLE001 - a validity probe must never raise on model output
-        return False
-
-
 def parse_metadata(comment_lines: list[str]) -> dict[str, str]:
     """`# ::id x ::date y` / `# ::snt A sentence.` -> {"id": "x", "date": "y", "snt": "A sentence."}."""
     meta: dict[str, str] = {}

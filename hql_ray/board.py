@@ -20,7 +20,9 @@ class RunBoard:
     def __init__(self):
         self._starts: dict[str, list[dict]] = defaultdict(list)
         self._progress: dict[str, dict] = {}
-        # Ray Train run name -> {node, trial, wants, since, phase: waiting|running|over, owner, pgs, ping}
+        # Ray Train run name -> {node, trial, wants, since, phase: waiting|running|over, owner, pgs, ping}.
+        # Its callers (the driver or a trial, rank 0, the driver again) are different processes, so
+        # their calls may arrive in any order: a run's phase only ever moves forward.
         self._runs: dict[str, dict] = {}
 
     # ---- nodes: attempts and live progress ----------------------------------------------------------
@@ -40,28 +42,37 @@ class RunBoard:
         return dict(self._progress)
 
     # ---- Ray Train runs -----------------------------------------------------------------------------
+    def _run(self, run: str, node_id: str, trial: str | None) -> dict:
+        entry = self._runs.setdefault(run, {"node": node_id, "trial": trial, "wants": None, "since": time.time(),
+                                            "phase": "waiting", "owner": None, "pgs": [], "ping": None})
+        entry["trial"] = entry["trial"] or trial
+        return entry
+
+    def _advance(self, entry: dict, phase: str) -> None:
+        order = ("waiting", "running", "over")
+        if order.index(phase) > order.index(entry["phase"]):
+            entry["phase"] = phase
+
     def run_waiting(self, run: str, node_id: str, trial: str | None, wants: dict, owner=None) -> None:
         """Called just before `fit()`. `owner` is the actor that calls it (a Tune trial), None for the driver."""
-        self._runs[run] = {"node": node_id, "trial": trial, "wants": wants, "since": time.time(),
-                           "phase": "waiting", "owner": owner, "pgs": [], "ping": None}
+        entry = self._run(run, node_id, trial)
+        entry["wants"], entry["owner"] = wants, owner
 
-    def run_started(self, run: str, pg) -> None:
+    def run_started(self, run: str, node_id: str, trial: str | None, pg) -> None:
         """Rank 0 of a (re)started worker group: the run holds `pg` (None outside a placement group)."""
-        entry = self._runs.get(run)
-        if entry is None:
-            return
-        entry["phase"] = "running"
-        if pg is not None:
+        entry = self._run(run, node_id, trial)
+        self._advance(entry, "running")
+        if pg is not None and entry["phase"] == "running":
             entry["pgs"].append(pg)
 
     def run_over(self, run: str) -> None:
         if run in self._runs:
-            self._runs[run]["phase"] = "over"
+            self._advance(self._runs[run], "over")
 
     def waits(self) -> dict:
         """Runs still waiting for their workers, and how many of ours are running meanwhile."""
         waiting = [{"run": run, "node": e["node"], "trial": e["trial"], "wants": e["wants"], "since": e["since"]}
-                   for run, e in self._runs.items() if e["phase"] == "waiting"]
+                   for run, e in self._runs.items() if e["phase"] == "waiting" and e["wants"] is not None]
         running = sum(1 for e in self._runs.values() if e["phase"] == "running")
         return {"waiting": waiting, "running": running}
 

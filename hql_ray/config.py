@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from hql_ray.amr import LinearizeOptions
 from hql_ray.errors import ConfigError
 
 MODES = ("qlora", "lora", "fft")
 HANDOFFS = ("stack", "merge", "continue")
 DIRECTIONS = ("amr2text", "text2amr")
+OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 
 
@@ -43,13 +46,6 @@ class TreeSection:
 
 
 @dataclass
-class LinearizeSection:
-    keep_wiki: bool = True
-    keep_variables: bool = True
-    keep_senses: bool = True
-
-
-@dataclass
 class DataSection:
     dir: str = "data"  # the original's layout: data/amr3/<code>/..., data/flores/<code>/...
     corpora: list[str] | None = None  # None = every corpus found in dir
@@ -61,16 +57,47 @@ class DataSection:
     max_target_length: int = 256
     skip_bad: bool = False  # skip (and count) malformed lines instead of stopping
     cache_dir: str | None = None  # tokenized Arrow cache; None = <output_dir>/.cache
-    linearize: LinearizeSection = field(default_factory=LinearizeSection)
+    linearize: LinearizeOptions = field(default_factory=LinearizeOptions)  # what a linearized graph keeps
 
 
 @dataclass
-class LoraSection:
+class LoraShape:
+    """LoRA's settings, one type for all: the config's model.lora, what a node's adapter was trained with
+    (its state's "config", see `to_state`), a Tune trial's values. The original's defaults: r = alpha =
+    256, rsLoRA, every linear layer."""
+
     r: int = 256  # -ls
     alpha: int | None = None  # None = r (the original: alpha = r)
     use_rslora: bool = True
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: list(TARGET_MODULES))
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.r if self.alpha is None else self.alpha
+
+    @property
+    def scaling(self) -> float:
+        """PEFT's LoRA scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def to_peft(self, **extra):
+        """The PEFT LoraConfig (`extra`: e.g. base_model_name_or_path, inference_mode)."""
+        from peft import LoraConfig, TaskType  # only where a model is built
+
+        return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=self.r, lora_alpha=self.lora_alpha,
+                          use_rslora=self.use_rslora, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none", **extra)
+
+    def to_state(self) -> dict:
+        """As an adapter state's "config" (the keys PEFT names them by, as saved in state.json)."""
+        return {"r": self.r, "lora_alpha": self.lora_alpha, "use_rslora": self.use_rslora,
+                "lora_dropout": self.dropout, "target_modules": sorted(self.target_modules)}
+
+    @classmethod
+    def from_state(cls, config: dict) -> "LoraShape":
+        return cls(config["r"], config["lora_alpha"], config["use_rslora"], config["lora_dropout"],
+                   list(config["target_modules"]))
 
 
 @dataclass
@@ -81,7 +108,7 @@ class ModelSection:
     double_quant: bool = True
     quant_type: str = "nf4"
     gradient_checkpointing: bool = False
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraShape = field(default_factory=LoraShape)
 
 
 @dataclass
@@ -97,6 +124,9 @@ class TrainSection:
     checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
     log_every: int = 10
+    # Same update rule either way: adafactor_foreach (hql_ray.adafactor) stacks same-shaped tensors
+    # into a few ops per step; adafactor_hf is transformers' per-tensor loop.
+    optimizer: str = "adafactor_foreach"
 
 
 @dataclass
@@ -135,7 +165,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
-    tune: dict = field(default_factory=dict)  # per-level search (see hql_ray/tune.py)
+    tune: dict = field(default_factory=dict)  # per-level search, as written (see hql_ray/search_space.py)
 
     # ---- conversion -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -154,8 +184,22 @@ class Config:
         return Path(self.run.output_dir) / self.run_name
 
     @property
-    def lora_alpha(self) -> int:
-        return self.model.lora.alpha if self.model.lora.alpha is not None else self.model.lora.r
+    def cache_dir(self) -> Path:
+        """Tokenized data and built models: data.cache_dir, else <output_dir>/.cache (absolute)."""
+        return Path(self.data.cache_dir or Path(self.run.output_dir) / ".cache").absolute()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def search_specs(self) -> dict:
+        """The `tune:` section parsed once: {level or "default": LevelSpec, or None where not searched}."""
+        if "_search_specs" not in self.__dict__:
+            from hql_ray.search_space import parse_tune
+
+            self.__dict__["_search_specs"] = parse_tune(self.tune)
+        return self.__dict__["_search_specs"]
 
     def with_absolute_paths(self) -> "Config":
         """Ray workers do not share the driver's working directory: send them absolute paths."""
@@ -182,6 +226,7 @@ class Config:
         _choice("data.direction", self.data.direction, DIRECTIONS)
         _choice("eval.at_nodes", self.eval.at_nodes, ("all", "leaves"))
         _choice("model.quant_type", self.model.quant_type, ("nf4", "fp4"))
+        _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         for key, value in [
             ("train.batch_size", self.train.batch_size),
             ("model.lora.r", self.model.lora.r),
@@ -201,6 +246,7 @@ class Config:
                               f"{self.resources.wait_timeout_s}")
         if self.resources.num_gpus is not None and self.resources.num_gpus < 0:
             raise ConfigError(f"resources.num_gpus must be >= 0, got {self.resources.num_gpus}")
+        self.search_specs  # a bad tune: section fails here, with the key named
         if "/" in self.run_name or self.run_name in ("", ".", ".."):
             raise ConfigError(f"run.name (-sn) must be a plain folder name, got {self.run_name!r}")
         return self

@@ -1,4 +1,6 @@
-"""From corpus examples to batches: prompts, a per-language tokenization cache, length-grouped batching.
+"""From corpus examples to tokenized datasets: prompts and a per-language tokenization cache.
+
+Batches are made from these by `hql_ray.batching`.
 
 A node trains on the union of its languages' data, and every language appears at every level of the
 tree, so each (language, split) is tokenized once and cached as Arrow (`datasets.save_to_disk`);
@@ -20,9 +22,6 @@ import datasets
 
 from hql_ray import corpus
 from hql_ray.amr import LinearizeOptions
-from hql_ray.batching import (  # noqa: F401  (re-exported: callers use hql_ray.dataset)
-    collate, length_grouped_batches, real_token_share, shard_batches,
-)
 
 CACHE_VERSION = 1
 
@@ -66,7 +65,7 @@ class DataSettings:
             },
             seed=cfg.run.seed,
             skip_bad=d.skip_bad,
-            linearize=LinearizeOptions(**asdict(d.linearize)),
+            linearize=d.linearize,
         )
 
 
@@ -184,7 +183,7 @@ def skipped_count(ds: datasets.Dataset) -> int:
         return 0
 
 
-# ---- batching -----------------------------------------------------------------------------------
+# ---- sizes for batching ----------------------------------------------------------------------------
 def example_lengths(ds: datasets.Dataset) -> list[int]:
     """Cost of an example for padding purposes: the longer of its source and target."""
     return [max(len(i), len(l)) for i, l in zip(ds["input_ids"], ds["labels"])]

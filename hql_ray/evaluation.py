@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from hql_ray.config import DIRECTIONS
 from hql_ray.metrics import smatch_scores, text_scores
 
-DIRECTIONS = ("amr2text", "text2amr")
 N_SAMPLES = 3
 
 

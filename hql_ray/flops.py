@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+from hql_ray.config import TARGET_MODULES
+
+LORA_TARGETS = tuple(TARGET_MODULES)  # every linear layer but the head, as the runs train
 # google/mt5-large's config.json, written out (nothing is downloaded).
 MT5_LARGE = dict(vocab_size=250112, d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_decoder_layers=24,
                  num_heads=16, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,

@@ -12,15 +12,15 @@ and the run's max source length (longer inputs are clipped, as they were in trai
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hql_ray.amr import AMRSyntaxError, LinearizeOptions, linearize, parse_tree, read_text_lines
+from hql_ray.amr import AMRSyntaxError, linearize, parse_tree, read_text_lines
 from hql_ray.dataset import make_pair
 from hql_ray.errors import InputError
 from hql_ray.evaluation import GenerationResult
-from hql_ray.report import read_manifest, run_tree
+from hql_ray.manifest import read_manifest, run_tree
 from hql_ray.tree import Language
 
 
@@ -139,12 +139,12 @@ class Generator:
         except Exception as err:  # noqa: BLE001 - an old or edited manifest
             raise InputError(f"the run's config cannot be read: {err}", path=manifest.path) from None
         self.direction = self.cfg.data.direction
-        self.options = LinearizeOptions(**asdict(self.cfg.data.linearize))
+        self.options = self.cfg.data.linearize
         self.max_source_length = self.cfg.data.max_source_length
         self.model_dir = self.run_dir / "final" / self.language.code
         if not self.model_dir.is_dir():
             leaf = tree.leaf_for(self.language.code)
-            status = manifest.nodes.get(leaf.id, {}).get("status")
+            status = manifest.nodes[leaf.id].status if leaf.id in manifest.nodes else None
             raise InputError(f"no exported model for {self.language.code}: its leaf node {leaf.id} is {status}",
                              path=self.model_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -169,7 +169,6 @@ class Generator:
 
     def _load(self):
         from hql_ray import modeling
-        from hql_ray.node import cache_dir_for
 
         cfg = self.cfg
         if cfg.model.mode == "fft":
@@ -178,8 +177,8 @@ class Generator:
             return AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir)).to(self.device).eval()
         from peft import PeftModel
 
-        base = modeling.resolve_base_model(cfg.model.base, cache_dir_for(cfg) / "models")
-        model = modeling.load_base_model(base, cfg.model.mode, self.device, double_quant=cfg.model.double_quant,
+        model = modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
+                                         double_quant=cfg.model.double_quant,
                                          quant_type=cfg.model.quant_type)
         return PeftModel.from_pretrained(model, str(self.model_dir)).eval()
 

@@ -1,9 +1,8 @@
-"""Parent -> child hand-off of LoRA adapters (stack / merge / continue), rank re-projection, export.
+"""Parent -> child hand-off of LoRA adapters (stack / merge / continue), rank re-projection, persistence.
 
-An ``AdapterState`` is a plain dict that crosses Ray boundaries and the object store:
-``{"config": {"r", "lora_alpha", "use_rslora", "lora_dropout", "target_modules"},
-"tensors": {peft_key_without_adapter_name: cpu tensor}}`` with PEFT's saved-key format
-(``base_model.model.<module>.lora_A.weight``), so it loads with ``set_peft_model_state_dict``.
+Adapters move as `records.AdapterState` (its LoRA shape as PEFT names it, plus the factors in PEFT's
+saved-key format ``base_model.model.<module>.lora_A.weight``, so they load with
+``set_peft_model_state_dict``).
 
 Inside a node model the node's own adapter is always named ``"node"`` and is the only trainable
 thing; in stack mode the frozen ancestors live in one adapter ``"ancestors"``.
@@ -11,6 +10,7 @@ thing; in stack mode the frozen ancestors live in one adapter ``"ancestors"``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 
+from hql_ray.config import HANDOFFS
 from hql_ray.errors import InputError
-from hql_ray.modeling import LoraSettings, is_4bit, make_4bit_cpu_exact
+from hql_ray.config import LoraShape
+from hql_ray.modeling import is_4bit, make_4bit_cpu_exact
+from hql_ray.records import AdapterState
 
 NODE = "node"
 ANCESTORS = "ancestors"
-HANDOFFS = ("stack", "merge", "continue")
 STATE_FILE, TENSOR_FILE = "state.json", "adapter.safetensors"
 
 
@@ -37,30 +39,17 @@ class AdapterLoadError(ValueError):
 
 # ----------------------------------------------------------------------------- config helpers
 def _scaling(cfg: dict) -> float:
-    """PEFT's LoRA scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    r = cfg["r"]
-    return cfg["lora_alpha"] / (math.sqrt(r) if cfg["use_rslora"] else r)
+    return LoraShape.from_state(cfg).scaling
 
 
-def settings_config(lora: LoraSettings) -> dict:
-    """The AdapterState config an adapter trained with ``lora`` carries."""
-    return {"r": lora.r, "lora_alpha": lora.alpha, "use_rslora": lora.use_rslora,
-            "lora_dropout": lora.dropout, "target_modules": sorted(lora.target_modules)}
+def frozen_shape(state: AdapterState) -> LoraShape:
+    """The LoRA shape of an adapter state loaded to be used, not trained (no dropout)."""
+    return dataclasses.replace(LoraShape.from_state(state.config), dropout=0.0)
 
 
-def _peft_config(cfg: dict, dropout: float | None = None, **extra):
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM, r=cfg["r"], lora_alpha=cfg["lora_alpha"],
-        use_rslora=cfg["use_rslora"], target_modules=list(cfg["target_modules"]), bias="none",
-        lora_dropout=cfg["lora_dropout"] if dropout is None else dropout, **extra,
-    )
-
-
-def _modules(state: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _modules(state: AdapterState) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{module prefix: (A [r x in], B [out x r])}; raises if a module lacks one of the two."""
-    tensors, out = state["tensors"], {}
+    tensors, out = state.tensors, {}
     for key in tensors:
         if key.endswith(".lora_A.weight"):
             prefix = key[: -len(".lora_A.weight")]
@@ -75,17 +64,17 @@ def _modules(state: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _state(cfg: dict, mods: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def _state(cfg: dict, mods: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> AdapterState:
     tensors = {}
     for prefix in sorted(mods):
         a, b = mods[prefix]
         tensors[prefix + ".lora_A.weight"] = a.contiguous()
         tensors[prefix + ".lora_B.weight"] = b.contiguous()
-    return {"config": cfg, "tensors": tensors}
+    return AdapterState(cfg, tensors)
 
 
 # ----------------------------------------------------------------------------- algebra
-def concat_adapters(chain: list[dict]) -> dict:
+def concat_adapters(chain: list[AdapterState]) -> AdapterState:
     """The sum of the chain's LoRA deltas as ONE LoRA of rank sum(r_i), exactly.
 
     sum_i s_i B_i A_i = [s_1 B_1 ... s_n B_n] @ [A_1; ...; A_n]: A stacked, B side by side with
@@ -94,34 +83,34 @@ def concat_adapters(chain: list[dict]) -> dict:
     """
     if not chain:
         raise ValueError("concat_adapters needs at least one adapter")
-    targets = sorted(chain[0]["config"]["target_modules"])
+    targets = sorted(chain[0].config["target_modules"])
     for state in chain[1:]:
-        if sorted(state["config"]["target_modules"]) != targets:
+        if sorted(state.config["target_modules"]) != targets:
             raise ValueError(f"adapters target different modules: {targets} vs "
                              f"{sorted(state['config']['target_modules'])}")
     per = [_modules(state) for state in chain]
     if any(set(p) != set(per[0]) for p in per[1:]):
         raise ValueError("adapters in the chain cover different modules")
-    total = sum(state["config"]["r"] for state in chain)
+    total = sum(state.config["r"] for state in chain)
     mods = {}
     for prefix in per[0]:
         dtype = torch.promote_types(per[0][prefix][0].dtype, torch.float32)
         a = torch.cat([p[prefix][0].to(dtype) for p in per], dim=0)
-        b = torch.cat([p[prefix][1].to(dtype) * _scaling(s["config"]) for p, s in zip(per, chain)], dim=1)
+        b = torch.cat([p[prefix][1].to(dtype) * _scaling(s.config) for p, s in zip(per, chain)], dim=1)
         mods[prefix] = (a, b)
     cfg = {"r": total, "lora_alpha": total, "use_rslora": False, "lora_dropout": 0.0,
            "target_modules": targets}
     return _state(cfg, mods)
 
 
-def delta_weights(state: dict) -> dict[str, torch.Tensor]:
+def delta_weights(state: AdapterState) -> dict[str, torch.Tensor]:
     """Dense per-module deltas scale * B @ A (for checks and debugging; large for big models)."""
-    s = _scaling(state["config"])
+    s = _scaling(state.config)
     return {p: s * (b.double() @ a.double()) for p, (a, b) in _modules(state).items()}
 
 
-def reproject(state: dict, new_r: int, *, lora_alpha: float | None = None,
-              use_rslora: bool | None = None, seed: int = 0) -> dict:
+def reproject(state: AdapterState, new_r: int, *, lora_alpha: float | None = None,
+              use_rslora: bool | None = None, seed: int = 0) -> AdapterState:
     """The same delta as an adapter of rank ``new_r`` under the target scaling convention.
 
     The result's config is r=new_r with ``lora_alpha``/``use_rslora`` of the target settings (the
@@ -134,7 +123,7 @@ def reproject(state: dict, new_r: int, *, lora_alpha: float | None = None,
     """
     if new_r < 1:
         raise ValueError(f"rank must be >= 1, got {new_r}")
-    cfg = dict(state["config"])
+    cfg = dict(state.config)
     s_old = _scaling(cfg)
     cfg.update(r=new_r, lora_alpha=cfg["lora_alpha"] if lora_alpha is None else lora_alpha,
                use_rslora=cfg["use_rslora"] if use_rslora is None else use_rslora)
@@ -164,13 +153,13 @@ def reproject(state: dict, new_r: int, *, lora_alpha: float | None = None,
 
 
 # ----------------------------------------------------------------------------- model side
-def _load_into(model, state: dict, adapter_name: str) -> None:
+def _load_into(model, state: AdapterState, adapter_name: str) -> None:
     """Load ``state`` into adapter ``adapter_name`` and insist that every tensor landed."""
     from peft import set_peft_model_state_dict
 
     expected = {k for k, _ in model.named_parameters() if f".{adapter_name}." in k and "lora_" in k}
     try:
-        result = set_peft_model_state_dict(model, state["tensors"], adapter_name=adapter_name)
+        result = set_peft_model_state_dict(model, state.tensors, adapter_name=adapter_name)
     except RuntimeError as exc:  # size mismatch: another rank or another model
         raise AdapterLoadError(f"adapter {adapter_name!r} does not fit the model: {exc}") from exc
     missing = sorted(k for k in result.missing_keys if k in expected)
@@ -181,13 +170,13 @@ def _load_into(model, state: dict, adapter_name: str) -> None:
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
-def _merge_chain(model, chain: list[dict]):
+def _merge_chain(model, chain: list[AdapterState]):
     """The original's hand-off: merge each ancestor into the base in turn (4-bit: re-quantizes)."""
     from peft import get_peft_model
 
     for i, state in enumerate(chain):
         name = f"ancestor{i}"
-        peft_model = get_peft_model(model, _peft_config(state["config"], dropout=0.0), adapter_name=name)
+        peft_model = get_peft_model(model, frozen_shape(state).to_peft(), adapter_name=name)
         _load_into(peft_model, state, name)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Merge lora module to 4-bit linear")
@@ -196,7 +185,7 @@ def _merge_chain(model, chain: list[dict]):
     return model
 
 
-def attach_node_adapter(model, lora: LoraSettings, handoff: str, parent_chain: list[dict]):
+def attach_node_adapter(model, lora: LoraShape, handoff: str, parent_chain: list[AdapterState]):
     """Wrap the base ``model`` as a PeftModel whose only trainable parameters are adapter "node".
 
     - stack: frozen "ancestors" = concat_adapters(chain) plus a fresh "node", both active. Exact:
@@ -221,23 +210,23 @@ def attach_node_adapter(model, lora: LoraSettings, handoff: str, parent_chain: l
     peft_model = get_peft_model(model, lora.to_peft(), adapter_name=NODE)
     if chain and handoff == "stack":
         ancestors = concat_adapters(chain)
-        peft_model.add_adapter(ANCESTORS, _peft_config(ancestors["config"], dropout=0.0, inference_mode=True))
+        peft_model.add_adapter(ANCESTORS, frozen_shape(ancestors).to_peft(inference_mode=True))
         _load_into(peft_model, ancestors, ANCESTORS)
         peft_model.base_model.set_adapter([ANCESTORS, NODE])
     elif chain and handoff == "continue":
-        parent, target = chain[0], settings_config(lora)
-        if sorted(parent["config"]["target_modules"]) != target["target_modules"]:
+        parent, target = chain[0], lora.to_state()
+        if sorted(parent.config["target_modules"]) != target["target_modules"]:
             raise AdapterLoadError(f"parent adapter targets {parent['config']['target_modules']}, "
                                    f"this node targets {target['target_modules']}")
-        if any(parent["config"][k] != target[k] for k in ("r", "lora_alpha", "use_rslora")):
-            parent = reproject(parent, lora.r, lora_alpha=lora.alpha, use_rslora=lora.use_rslora)
+        if any(parent.config[k] != target[k] for k in ("r", "lora_alpha", "use_rslora")):
+            parent = reproject(parent, lora.r, lora_alpha=lora.lora_alpha, use_rslora=lora.use_rslora)
         _load_into(peft_model, parent, NODE)
     for name, param in peft_model.named_parameters():
         param.requires_grad = "lora_" in name and f".{NODE}." in name
     return peft_model
 
 
-def node_adapter_state(model) -> dict:
+def node_adapter_state(model) -> AdapterState:
     """The trainable "node" adapter as an AdapterState (detached CPU clones, PEFT key format)."""
     from peft import get_peft_model_state_dict
 
@@ -245,22 +234,21 @@ def node_adapter_state(model) -> dict:
     params = {k: v for k, v in model.named_parameters() if f".{NODE}." in k and "lora_" in k}
     tensors = get_peft_model_state_dict(model, state_dict=params, adapter_name=NODE)
     cfg = model.peft_config[NODE]
-    return {
-        "config": {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "use_rslora": cfg.use_rslora,
-                   "lora_dropout": cfg.lora_dropout, "target_modules": sorted(cfg.target_modules)},
-        "tensors": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()},
-    }
+    shape = LoraShape(cfg.r, cfg.lora_alpha, cfg.use_rslora, cfg.lora_dropout, list(cfg.target_modules))
+    return AdapterState(shape.to_state(), {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()})
 
 
-def chain_for_children(handoff: str, parent_chain: list[dict], node_state: dict) -> list[dict]:
-    """What a child receives: the whole chain (stack, merge) or the node's adapter (continue)."""
+def handed_on(chain: list, handoff: str, mode: str = "qlora") -> list:
+    """The hand-off chain rule, the one place it lives: of a node's chain (its ancestors, root first,
+    then itself; ids or adapter states alike), what a child starts from: all of it (stack, merge),
+    or only the last (continue; and fft, whose state is the whole model)."""
     if handoff not in HANDOFFS:
         raise ValueError(f"unknown hand-off {handoff!r}; valid: {', '.join(HANDOFFS)}")
-    return [node_state] if handoff == "continue" else [*parent_chain, node_state]
+    return list(chain[-1:]) if handoff == "continue" or mode == "fft" else list(chain)
 
 
 # ----------------------------------------------------------------------------- fft hand-off
-def full_state(model) -> dict:
+def full_state(model) -> AdapterState:
     """All weights of a fully fine-tuned model (fft has no adapters) as an AdapterState-shaped dict.
 
     Tied tensors (mT5's shared / encoder / decoder embeddings) are stored once and listed under
@@ -276,19 +264,19 @@ def full_state(model) -> dict:
             continue
         seen[ident] = key
         tensors[key] = value.detach().to("cpu", copy=True).contiguous()
-    return {"config": {"kind": "full", "aliases": aliases}, "tensors": tensors}
+    return AdapterState({"kind": "full", "aliases": aliases}, tensors)
 
 
-def load_full_state(model, state: dict) -> None:
+def load_full_state(model, state: AdapterState) -> None:
     """Load a ``full_state`` into ``model`` strictly (every key, no extras)."""
-    tensors = dict(state["tensors"])
-    for alias, source in state["config"].get("aliases", {}).items():
+    tensors = dict(state.tensors)
+    for alias, source in state.config.get("aliases", {}).items():
         tensors[alias] = tensors[source]
     model.load_state_dict(tensors, strict=True)
 
 
 # ----------------------------------------------------------------------------- files
-def _atomic_dir(out_dir: str | Path, write) -> Path:
+def atomic_dir(out_dir: str | Path, write) -> Path:
     """Write a directory via a temp sibling + rename, so readers never see half of it."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -307,53 +295,36 @@ def _atomic_dir(out_dir: str | Path, write) -> Path:
     return out
 
 
-def _save_tensors(tensors: dict, path: Path) -> None:
+def save_tensors(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
               metadata={"format": "pt"})
 
 
-def export_adapter(chain: list[dict], out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write ONE standard PEFT adapter dir (= concat_adapters(chain)) for ``PeftModel.from_pretrained``.
-
-    Used for every mode with adapters. For merge mode this is the exact sum of the chain, without
-    the original's 4-bit re-quantization rounding, so it can differ slightly from the in-run model.
-    """
-    state = concat_adapters(chain)
-    config = _peft_config(state["config"], dropout=0.0, base_model_name_or_path=base_model_name_or_path,
-                          inference_mode=True)
-
-    def write(tmp: Path) -> None:
-        config.save_pretrained(str(tmp))
-        _save_tensors(state["tensors"], tmp / "adapter_model.safetensors")
-
-    return _atomic_dir(out_dir, write)
-
-
-def state_checksum(state: dict) -> str:
+def state_checksum(state: AdapterState) -> str:
     """sha256 over the config (canonical JSON) and every tensor (sorted keys, dtype, shape, bytes)."""
-    h = hashlib.sha256(json.dumps(state["config"], sort_keys=True).encode())
-    for key in sorted(state["tensors"]):
-        t = state["tensors"][key].detach().cpu().contiguous()
+    h = hashlib.sha256(json.dumps(state.config, sort_keys=True).encode())
+    for key in sorted(state.tensors):
+        t = state.tensors[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def save_adapter_state(state: dict, out_dir: str | Path) -> Path:
+def save_adapter_state(state: AdapterState, out_dir: str | Path) -> Path:
     """Persist an AdapterState (safetensors + JSON with its checksum), atomically; no pickles."""
-    meta = {"format": "hql-ray-adapter-state-v1", "config": state["config"],
+    meta = {"format": "hql-ray-adapter-state-v1", "config": state.config,
             "checksum": state_checksum(state)}
 
     def write(tmp: Path) -> None:
-        _save_tensors(state["tensors"], tmp / TENSOR_FILE)
+        save_tensors(state.tensors, tmp / TENSOR_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
-    return _atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
-def load_adapter_state(in_dir: str | Path) -> dict:
+def load_adapter_state(in_dir: str | Path) -> AdapterState:
     """Read what ``save_adapter_state`` wrote; InputError if files are missing or do not verify."""
     from safetensors.torch import load_file
 
@@ -365,7 +336,7 @@ def load_adapter_state(in_dir: str | Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"unreadable adapter state: {exc.msg}", path=meta_path, line=exc.lineno) from exc
-    state = {"config": meta["config"], "tensors": load_file(str(tensor_path))}
+    state = AdapterState(meta["config"], load_file(str(tensor_path)))
     if state_checksum(state) != meta.get("checksum"):
         raise InputError("adapter state does not match its checksum (damaged or edited)", path=d)
     return state

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from hql_ray.errors import HQLError
+from hql_ray.records import NodeResult, NodeSpec
 
 
 @dataclass
@@ -42,63 +44,78 @@ def wait_limits(wait_timeout_s: float, max_failures: int) -> dict:
     return {"timeout_s": wait_timeout_s / attempts, "controller_failure_limit": max_failures}
 
 
-def make_trainer(cfg_dict: dict, payload: dict, workers: int, refs: list, name: str, slots: Slots,
-                 storage: str, board, *, simulate: dict | None = None, max_failures: int = 0,
-                 callbacks: list | None = None):
+@dataclass
+class NodeJob:
+    """One Ray Train run of a node (or of one of its Tune trials): everything `make_trainer` needs."""
+
+    cfg: dict  # the run config as plain data (a trial's own values already in it)
+    node: NodeSpec  # the node to train
+    workers: int
+    parent_refs: list  # ObjectRefs of the ancestors' adapters; each worker ray.get()s them
+    name: str  # the Ray Train run name: unique under the storage path, or an old run would resume
+    slots: Slots
+    storage: str
+    board: Any  # the RunBoard actor (a tune.TrialBoard inside a trial)
+    simulate: dict | None = None
+    max_failures: int = 0
+
+    @property
+    def wants(self) -> dict:
+        return {"workers": self.workers, "per_worker": per_worker_resources(self.slots)}
+
+
+def make_trainer(job: NodeJob, callbacks: list | None = None):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hql_ray.ray_worker import node_train_loop
 
-    limits = wait_limits(float(cfg_dict["resources"]["wait_timeout_s"]), max_failures)
+    limits = wait_limits(float(job.cfg["resources"]["wait_timeout_s"]), job.max_failures)
     if limits["timeout_s"] is not None:
         # Read by the run's controller, which gets it from this process's environment.
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{limits['timeout_s']:g}"
-    per_worker = per_worker_resources(slots)
     return TorchTrainer(
         node_train_loop,
         train_loop_config={
-            "config": cfg_dict,
-            "node": payload,
-            "parent_refs": refs,  # ObjectRefs: each worker ray.get()s its ancestors' adapters
-            "board": board,
-            "simulate": simulate,
-            "run": name,  # rank 0 tells the board which placement group this run holds
+            "config": job.cfg,
+            "node": job.node,
+            "parent_refs": job.parent_refs,
+            "board": job.board,
+            "simulate": job.simulate,
+            "run": job.name,  # rank 0 tells the board which placement group this run holds
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=slots.use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.slots.use_gpu,
+                                     resources_per_worker=per_worker_resources(job.slots)),
         # Logical GPU slots without CUDA (tests, laptops) cannot use NCCL.
-        torch_config=TorchConfig(backend="nccl" if slots.real_cuda else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if job.slots.real_cuda else "gloo"),
         run_config=RunConfig(
-            name=name,  # unique per launch: reusing a name would silently resume an old run
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures,
+            name=job.name,
+            storage_path=job.storage,
+            failure_config=FailureConfig(max_failures=job.max_failures,
                                          controller_failure_limit=limits["controller_failure_limit"]),
             callbacks=callbacks,
         ),
     )
 
 
-def run_fit(trainer, board, run: str, node_id: str, wants: dict, *, trial: str | None = None, owner=None):
-    """`trainer.fit()`, with the board told when the run starts waiting and when it is over.
-
-    `owner` is the actor calling fit (a Tune trial); the board releases the run's placement group once
-    that actor is dead, since a killed trial never reaches the `finally` below."""
+def run_fit(trainer, job: NodeJob, *, board=None, trial: str | None = None, owner=None):
+    """`trainer.fit()`, with the run board (`board`, default the job's) told when the run starts waiting
+    and when it is over. `owner` is the actor calling fit (a Tune trial); the board releases the run's
+    placement group once that actor is dead, since a killed trial never reaches the `finally` below."""
+    board = job.board if board is None else board
     if board is not None:
-        board.run_waiting.remote(run, node_id, trial, wants, owner)
+        board.run_waiting.remote(job.name, job.node.id, trial, job.wants, owner)
     try:
         return trainer.fit()
     finally:
         if board is not None:
-            board.run_over.remote(run)
+            board.run_over.remote(job.name)
 
 
-def fit_node(cfg_dict: dict, payload: dict, workers: int, refs: list, name: str, slots: Slots, storage: str,
-             board, *, simulate: dict | None = None, max_failures: int = 0) -> dict:
-    trainer = make_trainer(cfg_dict, payload, workers, refs, name, slots, storage, board,
-                           simulate=simulate, max_failures=max_failures)
-    result = run_fit(trainer, board, name, payload["id"], {"workers": workers, "per_worker": per_worker_resources(slots)})
+def fit_node(job: NodeJob) -> NodeResult:
+    result = run_fit(make_trainer(job), job)
     if result.error is not None:
         raise result.error
     if result.return_value is None:
-        raise HQLError(f"node {payload['id']}: training returned nothing")
+        raise HQLError(f"node {job.node.id}: training returned nothing")
     return result.return_value

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
+from hql_ray.config import MODES, TARGET_MODULES
 from hql_ray.errors import InputError
 
 TINY = "tiny"
 TINY_DIR_NAME = "tiny-mt5-v1"  # bump the suffix whenever the tiny config or its seed changes
-MODES = ("qlora", "lora", "fft")
-LORA_TARGETS = ("q", "k", "v", "o", "wi_0", "wi_1", "wo")  # every linear layer but lm_head
 
 
 def load_tokenizer(base_model: str):
@@ -78,6 +77,12 @@ def resolve_base_model(base_model: str, cache_dir: str | Path) -> str:
     return base_model
 
 
+def base_model_path(cfg) -> str:
+    """What a run loads as its base model: a hub name, a local folder, or the built tiny model's folder
+    (built once under the config's models_dir)."""
+    return resolve_base_model(cfg.model.base, cfg.models_dir)
+
+
 def _build_tiny(cache_dir: Path) -> str:
     final = cache_dir / TINY_DIR_NAME
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
@@ -104,26 +109,6 @@ def _build_tiny(cache_dir: Path) -> str:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
-
-
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters (the original's defaults: r = alpha = 256, rsLoRA, all linear layers)."""
-
-    r: int = 256
-    alpha: int = 256
-    use_rslora: bool = True
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = LORA_TARGETS
-
-    def to_peft(self):
-        from peft import LoraConfig, TaskType
-
-        return LoraConfig(
-            task_type=TaskType.SEQ_2_SEQ_LM, r=self.r, lora_alpha=self.alpha,
-            use_rslora=self.use_rslora, lora_dropout=self.dropout,
-            target_modules=list(self.target_modules), bias="none",
-        )
 
 
 def _check_mode(mode: str) -> None:

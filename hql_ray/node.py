@@ -1,8 +1,10 @@
 """One node of the tree: train on the union of its languages, keep the best step, evaluate. No Ray here.
 
-`train_node(cfg, node, parent_chain, ctx)` takes plain dicts (the run config, the node, the parent's
-adapters) and returns a plain dict (the node's adapter and metrics), so it runs the same in a test,
-in a loop, or inside a Ray Train worker (`hql_ray.ray_worker`).
+`train_node(cfg, node, parent_chain, ctx)` reads like a recipe: `setup` (data, model, optimizer,
+schedule -> a TrainState), `resume_or_start`, the loop (`train_step`, then `when_due`: loss-curve
+point, progress, validation, report, checkpoint), `finish` (best step restored, metrics, evaluation,
+the node's adapter as a NodeResult). It runs the same in a test, a loop, or a Ray Train worker
+(`hql_ray.ray_worker`): everything Ray-specific is behind `ctx` (`hql_ray.context`).
 """
 
 from __future__ import annotations
@@ -12,29 +14,28 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers.optimization import Adafactor, get_linear_schedule_with_warmup
+from transformers.optimization import get_linear_schedule_with_warmup
 
+from hql_ray import adafactor, batching
 from hql_ray import dataset as ds_lib
 from hql_ray import evaluation, handoff, modeling
 from hql_ray.config import Config
 from hql_ray.context import LocalContext, NodeContext
+from hql_ray.records import AdapterState, NodeResult, NodeSpec
 
 log = logging.getLogger(__name__)
 
 
-def cache_dir_for(cfg: Config) -> Path:
-    return Path(cfg.data.cache_dir or Path(cfg.run.output_dir) / ".cache").absolute()
-
-
-def build_model(cfg: Config, parent_chain: list[dict], device: torch.device):
+def build_model(cfg: Config, parent_chain: list[AdapterState], device: torch.device):
     """Base model + the node's trainable part, started from the parent's adapters."""
-    base_path = modeling.resolve_base_model(cfg.model.base, cache_dir_for(cfg) / "models")
     model = modeling.load_base_model(
-        base_path,
+        modeling.base_model_path(cfg),
         cfg.model.mode,
         device,
         double_quant=cfg.model.double_quant,
@@ -45,14 +46,7 @@ def build_model(cfg: Config, parent_chain: list[dict], device: torch.device):
         if parent_chain:
             handoff.load_full_state(model, parent_chain[-1])
         return model
-    lora = modeling.LoraSettings(
-        r=cfg.model.lora.r,
-        alpha=cfg.lora_alpha,
-        use_rslora=cfg.model.lora.use_rslora,
-        dropout=cfg.model.lora.dropout,
-        target_modules=tuple(cfg.model.lora.target_modules),
-    )
-    return handoff.attach_node_adapter(model, lora, cfg.model.handoff, parent_chain or [])
+    return handoff.attach_node_adapter(model, cfg.model.lora, cfg.model.handoff, parent_chain or [])
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -70,10 +64,10 @@ def restore(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor
 
 
 def batches_for_epoch(lengths, cfg: Config, epoch: int, ctx: NodeContext) -> list[list[int]]:
-    batches = ds_lib.length_grouped_batches(
+    batches = batching.length_grouped_batches(
         lengths, cfg.train.batch_size, seed=cfg.run.seed * 1000 + epoch, group=cfg.train.group_by_length
     )
-    return ds_lib.shard_batches(batches, ctx.rank, ctx.world_size)
+    return batching.shard_batches(batches, ctx.rank, ctx.world_size)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -91,7 +85,7 @@ def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> 
     total = torch.zeros(2, dtype=torch.float64)
     for start in range(0, len(mine), cfg.eval.batch_size):
         rows = data.select(mine[start : start + cfg.eval.batch_size])
-        batch = to_device(ds_lib.collate(list(rows), pad_id), ctx.device)
+        batch = to_device(batching.collate(list(rows), pad_id), ctx.device)
         loss = model(**batch).loss.float()
         n_tokens = int((batch["labels"] != -100).sum())
         total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64)
@@ -115,6 +109,16 @@ def sync_gradients(params: list[torch.nn.Parameter], ctx: NodeContext) -> None:
         offset += n
 
 
+def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adafactor with the paper's settings (lr from the schedule, no relative step or scaling)."""
+    if cfg.train.optimizer == "adafactor_hf":
+        from transformers.optimization import Adafactor
+    else:  # the same update rule over stacked tensors (hql_ray/adafactor.py): ~100 ops per step, not ~26 per tensor
+        Adafactor = adafactor.Adafactor
+    return Adafactor(params, lr=cfg.train.learning_rate, scale_parameter=False, relative_step=False,
+                     warmup_init=False, weight_decay=cfg.train.weight_decay)
+
+
 # ---- checkpoints (for retry after a worker failure) ----------------------------------------------
 def save_checkpoint(path: Path, params, best, optimizer, scheduler, state: dict) -> None:
     save_file(snapshot(params), str(path / "trainable.safetensors"))
@@ -133,140 +137,212 @@ def load_checkpoint(path: Path, params, optimizer, scheduler) -> tuple[dict, dic
     return json.loads((path / "state.json").read_text()), best
 
 
-# ---- the node -----------------------------------------------------------------------------------
-def train_node(cfg_dict: dict, node: dict, parent_chain: list[dict] | None, ctx: NodeContext | None = None) -> dict:
-    """Train one node; returns {"adapter", "metrics", "history"} (adapter: the node's own state)."""
-    ctx = ctx or LocalContext()
-    cfg = Config.from_dict(cfg_dict)
-    torch.manual_seed(cfg.run.seed)
-    started = time.time()
-    languages = [(code, name) for code, name in node["languages"]]
+# ---- the node: set-up, loop, finish ----------------------------------------------------------------
+class LossMeter:
+    """Mean training loss since the meter was last read (`take`)."""
+
+    def __init__(self) -> None:
+        self.total, self.n = 0.0, 0
+
+    def add(self, loss: float) -> None:
+        self.total += loss
+        self.n += 1
+
+    def mean(self) -> float:
+        return self.total / max(self.n, 1)
+
+    def take(self) -> float:
+        value = self.mean()
+        self.total, self.n = 0.0, 0
+        return value
+
+
+@dataclass
+class TrainState:
+    """What the node's loop works on; `step`, `best*`, `history` and `initial_loss` are also checkpointed."""
+
+    cfg: Config
+    ctx: NodeContext
+    node: NodeSpec
+    languages: list[tuple[str, str]]
+    settings: ds_lib.DataSettings
+    tokenizer: Any
+    train_data: Any
+    val_data: Any
+    model: Any
+    params: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    ckpt_every: int
+    curve_every: int  # loss-curve points between validations: at most ~100 per node
+    started: float = 0.0
+    step: int = 0
+    best_loss: float = math.inf
+    best: dict | None = None  # the trainable tensors at the best validation
+    history: list[dict] = field(default_factory=list)
+    initial_loss: float | None = None
+    resumed_step: int | None = None
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def progress(self, **update) -> None:
+        self.ctx.progress({"node": self.node.id, "step": self.step, "total_steps": self.total_steps,
+                           "phase": "train", **update})
+
+
+def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: NodeContext) -> TrainState:
+    """Data, model, optimizer and schedule of one node."""
+    languages = list(node.languages)
     settings = ds_lib.DataSettings.from_config(cfg)
     tokenizer = modeling.load_tokenizer(cfg.model.base)
-    cache = cache_dir_for(cfg)
-    train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cache)
-    val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cache)
-    pad_id = tokenizer.pad_token_id
-
-    model = build_model(cfg, parent_chain or [], ctx.device)
+    train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir)
+    val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir)
+    model = build_model(cfg, parent_chain, ctx.device)
     model.train()
     params = trainable(model)
-    param_list = list(params.values())
-    optimizer = Adafactor(
-        param_list,
-        lr=cfg.train.learning_rate,
-        scale_parameter=False,
-        relative_step=False,
-        warmup_init=False,
-        weight_decay=cfg.train.weight_decay,
-    )
-    lengths = ds_lib.example_lengths(train_data)
-    steps_per_epoch = len(batches_for_epoch(lengths, cfg, 0, ctx))
+    optimizer = make_optimizer(cfg, list(params.values()))
+    steps_per_epoch = len(batches_for_epoch(ds_lib.example_lengths(train_data), cfg, 0, ctx))
     total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps)
     eval_every = cfg.train.eval_every or steps_per_epoch
-    ckpt_every = cfg.train.checkpoint_every or eval_every
-    curve_every = max(cfg.train.log_every, total_steps // 100, 1)
-
-    step, best_loss, best, history = 0, math.inf, None, []
-    resumed_step = None
-    resumed_from = ctx.latest_checkpoint()
-    if resumed_from is not None:
-        state, best = load_checkpoint(resumed_from, params, optimizer, scheduler)
-        step, best_loss, history = state["step"], state["best_loss"], state["history"]
-        initial_loss = state["initial_val_loss"]
-        resumed_step = step  # (history restored from the checkpoint starts at step 0)
-        log.info("node %s resumes at step %d from %s", node["id"], step, resumed_from)
-    else:
-        initial_loss = validation_loss(model, val_data, pad_id, cfg, ctx)
-        history.append({"step": 0, "val_loss": initial_loss})
-
-    ctx.progress({"node": node["id"], "step": step, "total_steps": total_steps, "phase": "train"})
-    epoch = step // steps_per_epoch
-    batches = batches_for_epoch(lengths, cfg, epoch, ctx)
-    running, running_n = 0.0, 0  # since the last validation
-    window, window_n = 0.0, 0  # since the last loss-curve point
-    while step < total_steps:
-        if step // steps_per_epoch != epoch:
-            epoch = step // steps_per_epoch
-            batches = batches_for_epoch(lengths, cfg, epoch, ctx)
-        rows = train_data.select(batches[step % steps_per_epoch])
-        batch = to_device(ds_lib.collate(list(rows), pad_id), ctx.device)
-        loss = model(**batch).loss
-        loss.backward()
-        sync_gradients(param_list, ctx)
-        if cfg.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(param_list, cfg.train.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        running += float(loss.detach())
-        running_n += 1
-        window += float(loss.detach())
-        window_n += 1
-
-        last = step == total_steps
-        if step % curve_every == 0 and not (step % eval_every == 0 or last):
-            # Loss curve points between validations, at most ~100 per node to keep the manifest small.
-            history.append({"step": step, "train_loss": window / window_n})
-            window, window_n = 0.0, 0
-        if step % cfg.train.log_every == 0 or last:
-            ctx.progress(
-                {"node": node["id"], "step": step, "total_steps": total_steps, "epoch": step / steps_per_epoch,
-                 "loss": running / running_n, "phase": "train"}
-            )
-        validated = step % eval_every == 0 or last
-        if validated:
-            val = validation_loss(model, val_data, pad_id, cfg, ctx)
-            history.append({"step": step, "train_loss": window / max(window_n, 1), "val_loss": val})
-            running, running_n, window, window_n = 0.0, 0, 0.0, 0
-            if val < best_loss:
-                best_loss, best = val, snapshot(params)
-            ctx.progress({"node": node["id"], "step": step, "total_steps": total_steps, "val_loss": val, "phase": "train"})
-        # Every validation is reported (with the checkpoint when one is due): Tune's ASHA ranks trials on these.
-        if step % ckpt_every == 0 and not last:
-            _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss,
-                               {"val_loss": val} if validated else {})
-        elif validated and not last:
-            ctx.report({"step": step, "best_val_loss": best_loss, "val_loss": val}, None)
-
-    if best is not None:
-        restore(params, best)  # keep the best step by validation loss
-    train_seconds = time.time() - started
-
-    metrics = {
-        "initial_val_loss": initial_loss,
-        "val_loss": best_loss if best is not None else history[-1].get("val_loss"),
-        "train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
-        "steps": total_steps,
-        "examples": len(train_data),
-        "validation_examples": len(val_data),
-        "skipped_examples": ds_lib.skipped_count(train_data) + ds_lib.skipped_count(val_data),
-        "train_seconds": round(train_seconds, 2),
-        "world_size": ctx.world_size,
-        "resumed_from_step": resumed_step,
-    }
-    do_eval = cfg.eval.generate and (cfg.eval.at_nodes == "all" or node.get("is_leaf"))
-    if ctx.is_main and do_eval:
-        ctx.progress({"node": node["id"], "phase": "evaluate"})
-        metrics["languages"] = evaluate_node(model, tokenizer, cfg, settings, languages, cache, ctx.device)
-    state = handoff.full_state(model) if cfg.model.mode == "fft" else handoff.node_adapter_state(model)
-    ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
-    return {"adapter": state if ctx.is_main else None, "metrics": metrics, "history": history}
+    return TrainState(
+        cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, params, optimizer,
+        get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps),
+        steps_per_epoch, total_steps, eval_every, ckpt_every=cfg.train.checkpoint_every or eval_every,
+        curve_every=max(cfg.train.log_every, total_steps // 100, 1),
+    )
 
 
-def _report_checkpoint(ctx, params, best, optimizer, scheduler, step, best_loss, history, initial_loss,
-                       extra: dict | None = None) -> None:
+def resume_or_start(st: TrainState) -> None:
+    """From the run's last checkpoint (a restarted worker group), else measure the untrained loss."""
+    resumed_from = st.ctx.latest_checkpoint()
+    if resumed_from is None:
+        st.initial_loss = validation_loss(st.model, st.val_data, st.pad_id, st.cfg, st.ctx)
+        st.history.append({"step": 0, "val_loss": st.initial_loss})
+        return
+    state, st.best = load_checkpoint(resumed_from, st.params, st.optimizer, st.scheduler)
+    st.step, st.best_loss, st.history = state["step"], state["best_loss"], state["history"]
+    st.initial_loss = state["initial_val_loss"]
+    st.resumed_step = st.step  # (history restored from the checkpoint starts at step 0)
+    log.info("node %s resumes at step %d from %s", st.node.id, st.step, resumed_from)
+
+
+def batches_from_step(st: TrainState):
+    """The batches still to train, epoch by epoch (each epoch's order from its own seed)."""
+    lengths = ds_lib.example_lengths(st.train_data)
+    epoch, batches = None, []
+    for step in range(st.step, st.total_steps):
+        if step // st.steps_per_epoch != epoch:
+            epoch = step // st.steps_per_epoch
+            batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx)
+        rows = st.train_data.select(batches[step % st.steps_per_epoch])
+        yield to_device(batching.collate(list(rows), st.pad_id), st.ctx.device)
+
+
+def train_step(st: TrainState, batch: dict) -> float:
+    params = list(st.params.values())
+    loss = st.model(**batch).loss
+    loss.backward()
+    sync_gradients(params, st.ctx)
+    if st.cfg.train.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, st.cfg.train.max_grad_norm)
+    st.optimizer.step()
+    st.scheduler.step()
+    st.optimizer.zero_grad(set_to_none=True)
+    st.step += 1
+    return float(loss.detach())
+
+
+def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter) -> None:
+    """After a step: a loss-curve point, progress, validation (best kept), report and checkpoint."""
+    step, last = st.step, st.step == st.total_steps
+    validate = step % st.eval_every == 0 or last
+    if step % st.curve_every == 0 and not validate:
+        st.history.append({"step": step, "train_loss": since_point.take()})
+    if step % st.cfg.train.log_every == 0 or last:
+        st.progress(epoch=step / st.steps_per_epoch, loss=since_validation.mean())
+    val = None
+    if validate:
+        val = validation_loss(st.model, st.val_data, st.pad_id, st.cfg, st.ctx)
+        st.history.append({"step": step, "train_loss": since_point.take(), "val_loss": val})
+        since_validation.take()
+        if val < st.best_loss:
+            st.best_loss, st.best = val, snapshot(st.params)
+        st.progress(val_loss=val)
+    # Every validation is reported (with the checkpoint when one is due): Tune's ASHA ranks trials on these.
+    if last:
+        return
+    extra = {} if val is None else {"val_loss": val}
+    if step % st.ckpt_every == 0:
+        report_checkpoint(st, extra)
+    elif val is not None:
+        st.ctx.report({"step": step, "best_val_loss": st.best_loss, **extra}, None)
+
+
+def report_checkpoint(st: TrainState, extra: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="hql-ckpt-") as tmp:
         path = None
-        if ctx.is_main:
+        if st.ctx.is_main:
             path = Path(tmp)
-            state = {"step": step, "best_loss": best_loss, "history": history, "initial_val_loss": initial_loss}
-            save_checkpoint(path, params, best, optimizer, scheduler, state)
-        ctx.report({"step": step, "best_val_loss": best_loss, **(extra or {})}, path)
+            state = {"step": st.step, "best_loss": st.best_loss, "history": st.history,
+                     "initial_val_loss": st.initial_loss}
+            save_checkpoint(path, st.params, st.best, st.optimizer, st.scheduler, state)
+        st.ctx.report({"step": st.step, "best_val_loss": st.best_loss, **extra}, path)
+
+
+def finish(st: TrainState) -> NodeResult:
+    """The best step restored, the node's metrics, its evaluation, its adapter."""
+    if st.best is not None:
+        restore(st.params, st.best)  # keep the best step by validation loss
+    history = st.history
+    metrics = {
+        "initial_val_loss": st.initial_loss,
+        "val_loss": st.best_loss if st.best is not None else history[-1].get("val_loss"),
+        "train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
+        "steps": st.total_steps,
+        "examples": len(st.train_data),
+        "validation_examples": len(st.val_data),
+        "skipped_examples": ds_lib.skipped_count(st.train_data) + ds_lib.skipped_count(st.val_data),
+        "train_seconds": round(time.time() - st.started, 2),
+        "world_size": st.ctx.world_size,
+        "resumed_from_step": st.resumed_step,
+    }
+    cfg, ctx = st.cfg, st.ctx
+    if ctx.is_main and cfg.eval.generate and (cfg.eval.at_nodes == "all" or st.node.is_leaf):
+        ctx.progress({"node": st.node.id, "phase": "evaluate"})
+        metrics["languages"] = evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages, cfg.cache_dir,
+                                             ctx.device)
+    state = handoff.full_state(st.model) if cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
+    ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
+    return NodeResult(state if ctx.is_main else None, metrics, history)
+
+
+def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[AdapterState] | None,
+               ctx: NodeContext | None = None) -> NodeResult:
+    """Train one node from its ancestors' adapters (`parent_chain`); rank 0's result holds the node's own
+    adapter. Runs the same in a test, a loop or a Ray Train worker (`ctx` is the only difference)."""
+    ctx = ctx or LocalContext()
+    node = NodeSpec.coerce(node)
+    cfg = Config.from_dict(cfg_dict)
+    torch.manual_seed(cfg.run.seed)
+    started = time.time()
+    st = setup(cfg, node, parent_chain or [], ctx)
+    st.started = started  # train_seconds counts the set-up too
+    resume_or_start(st)
+    st.progress()
+    since_validation, since_point = LossMeter(), LossMeter()
+    for batch in batches_from_step(st):
+        loss = train_step(st, batch)
+        since_validation.add(loss)
+        since_point.add(loss)
+        when_due(st, since_validation, since_point)
+    return finish(st)
 
 
 def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device) -> dict:

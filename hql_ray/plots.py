@@ -308,10 +308,9 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
 
 
 # ---- all of them --------------------------------------------------------------------------------
-def draw_all(runs, rows: list[dict], plot_dir: Path) -> dict[str, str]:
-    """Every plot of a report: {title: path}. Per-run plots get the run's label in their file name."""
-    from hql_ray.report import path_scores
-
+def draw_all(runs, rows: list[dict], plot_dir: Path, paths: list[dict] | None = None) -> dict[str, str]:
+    """Every plot of a report: {title: path}. Per-run plots get the run's label in their file name.
+    `paths` is the one run's root-to-leaf scores (results.path_scores), when there is one run."""
     plot_dir = Path(plot_dir)
     out = {"Scores per language": scores_plot(rows, [r.label for r in runs], plot_dir / "scores.png")}
     single = len(runs) == 1
@@ -320,12 +319,13 @@ def draw_all(runs, rows: list[dict], plot_dir: Path) -> dict[str, str]:
         levels = list(run.tree.levels)
         slots = (run.manifest.data.get("slots") or {}).get("total")
         now = run.manifest.data.get("finished_at") or run.manifest.data.get("updated_at")
-        out[f"Loss curves ({run.label})"] = loss_plot(run.nodes, levels, f"Loss per node: {run.label}",
+        nodes = {k: v.to_dict() for k, v in run.nodes.items()}  # plots take plain data
+        out[f"Loss curves ({run.label})"] = loss_plot(nodes, levels, f"Loss per node: {run.label}",
                                                       plot_dir / f"loss_curves{suffix}.png")
-        out[f"Timeline ({run.label})"] = timeline_plot(run.nodes, levels, f"Nodes on their slots: {run.label}",
+        out[f"Timeline ({run.label})"] = timeline_plot(nodes, levels, f"Nodes on their slots: {run.label}",
                                                        plot_dir / f"timeline{suffix}.png", slots=slots, now=now)
-    if single and len(runs[0].tree.levels) > 1:
+    if single and paths and len(runs[0].tree.levels) > 1:
         run = runs[0]
-        out["Root to leaf"] = path_plot(path_scores(run), list(run.tree.levels),
+        out["Root to leaf"] = path_plot(paths, list(run.tree.levels),
                                         f"Scores from root to leaf: {run.label}", plot_dir / "root_to_leaf.png")
     return out

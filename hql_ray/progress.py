@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from hql_ray.records import RunEvent
+
 STATES = ("pending", "running", "done", "failed", "skipped")
 
 
@@ -47,7 +49,7 @@ class NodeView:
 class RunView:
     """What the reporters show: the tree's nodes with their state, fed by events and board snapshots."""
 
-    def __init__(self, cfg=None):
+    def __init__(self, cfg=None, tree=None):
         self.lock = threading.RLock()
         self.nodes: dict[str, NodeView] = {}
         self.t0 = time.time()
@@ -61,15 +63,12 @@ class RunView:
         # A finished node has trained exactly this many epochs (unless train.max_steps cut it short).
         train = getattr(cfg, "train", None)
         self.epochs = getattr(train, "epochs", None) if getattr(train, "max_steps", None) is None else None
-        self._load_tree(cfg)
+        self._add_tree(tree)
 
-    def _load_tree(self, cfg) -> None:
-        """The whole tree up front (pending nodes shown too); without it, nodes appear as events name them."""
-        try:
-            from hql_ray.tree import load_tree
-
-            tree = load_tree(cfg.tree.file, cfg.tree.levels)
-        except Exception:  # noqa: BLE001 - the driver reports a bad tree itself
+    def _add_tree(self, tree) -> None:
+        """The driver's tree, every node shown from the start (pending ones too); without it, nodes
+        appear as events name them."""
+        if tree is None:
             return
         for node in tree.nodes.values():
             self.nodes[node.id] = NodeView(node.id, node.name, node.depth, node.parent, list(node.children))
@@ -83,19 +82,19 @@ class RunView:
     def apply_event(self, kind: str, info: dict) -> None:
         now = time.time()
         with self.lock:
-            if kind == "run_started":
+            if kind == RunEvent.RUN_STARTED:
                 self.run_dir = str(info.get("run_dir", ""))
                 self.slots = info.get("slots")
                 self.gpu = bool(info.get("gpu"))
                 self.total = int(info.get("nodes") or len(self.nodes))
-            elif kind == "skipped":
+            elif kind == RunEvent.SKIPPED:
                 self.node(info["node"]).status = "skipped"
-            elif kind == "node_started":
+            elif kind == RunEvent.NODE_STARTED:
                 n = self.node(info["node"])
                 n.status, n.started, n.finished, n.error = "running", now, None, None
                 n.workers = info.get("workers")
                 n.step = n.epoch = n.loss = n.val_loss = n.phase = None
-            elif kind == "node_done":
+            elif kind == RunEvent.NODE_DONE:
                 n = self.node(info["node"])
                 n.status, n.finished = "done", now
                 m = info.get("metrics") or {}
@@ -107,14 +106,14 @@ class RunView:
                     n.step = n.total_steps = m["steps"]
                 n.epoch = self.epochs
                 n.phase = n.waiting = None
-            elif kind == "node_waiting":
+            elif kind == RunEvent.NODE_WAITING:
                 n = self.node(info["node"])
                 n.waiting, n.waiting_at = str(info.get("message", "")), now
-            elif kind == "node_failed":
+            elif kind == RunEvent.NODE_FAILED:
                 n = self.node(info["node"])
                 n.status, n.finished, n.error = "failed", now, str(info.get("error", ""))
                 n.waiting = None
-            elif kind == "run_finished":
+            elif kind == RunEvent.RUN_FINISHED:
                 self.finished = now
                 for node_id in info.get("not_done") or []:
                     n = self.node(node_id)
@@ -243,9 +242,9 @@ class BoardPoller:
 class _Guarded:
     """Shared shell: events and the context never raise into the driver."""
 
-    def __init__(self, cfg, poll_interval: float = 0.5, poll_timeout: float = 2.0):
+    def __init__(self, cfg, poll_interval: float = 0.5, poll_timeout: float = 2.0, tree=None):
         self.cfg = cfg
-        self.view = RunView(cfg)
+        self.view = RunView(cfg, tree)
         self.poller = BoardPoller(self.view, poll_interval, poll_timeout, on_poll=self._after_poll)
         self.errors = 0
 
@@ -256,7 +255,7 @@ class _Guarded:
         try:
             info = info or {}
             self.view.apply_event(kind, info)
-            if kind == "run_started":
+            if kind == RunEvent.RUN_STARTED:
                 self.poller.start(info.get("board"))
             self._show(kind, info)
         except Exception as err:  # noqa: BLE001 - a display bug must not kill a run
@@ -291,8 +290,8 @@ class PlainReporter(_Guarded):
     """
 
     def __init__(self, cfg, stream=None, progress_every: float | None = 30.0, poll_interval: float = 0.5,
-                 poll_timeout: float = 2.0):
-        super().__init__(cfg, poll_interval, poll_timeout)
+                 poll_timeout: float = 2.0, tree=None):
+        super().__init__(cfg, poll_interval, poll_timeout, tree)
         self.stream = stream or sys.stdout
         self.t0 = time.time()
         self.done = 0
@@ -336,16 +335,16 @@ class PlainReporter(_Guarded):
         return lines
 
     def _show(self, kind: str, info: dict) -> None:
-        if kind == "run_started":
+        if kind == RunEvent.RUN_STARTED:
             self.total = info["nodes"]
             what = "GPU" if info["gpu"] else "CPU"
             self._print(f"run {info['run_dir']}: {info['nodes']} nodes on {info['slots']} {what} slot(s)")
-        elif kind == "skipped":
+        elif kind == RunEvent.SKIPPED:
             self.done += 1
             self._print(f"{info['node']}: already done (resume), skipped")
-        elif kind == "node_started":
+        elif kind == RunEvent.NODE_STARTED:
             self._print(f"{info['node']}: started on {info['workers']} worker(s)")
-        elif kind == "node_done":
+        elif kind == RunEvent.NODE_DONE:
             self.done += 1
             m = info.get("metrics") or {}
             parts = []
@@ -358,11 +357,11 @@ class PlainReporter(_Guarded):
             if scores:
                 parts.append(f"chrF++ {sum(scores) / len(scores):.1f} (mean of {len(scores)})")
             self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
-        elif kind == "node_waiting":
+        elif kind == RunEvent.NODE_WAITING:
             self._print(f"{info['node']}: WAITING for resources: {info['message']}")
-        elif kind == "node_failed":
+        elif kind == RunEvent.NODE_FAILED:
             self._print(f"{info['node']}: FAILED: {info['error']}")
-        elif kind == "run_finished":
+        elif kind == RunEvent.RUN_FINISHED:
             status = "finished" if not info["not_done"] else f"stopped with {len(info['not_done'])} node(s) not done"
             self._print(f"run {status}")
 
@@ -376,10 +375,10 @@ class LiveReporter(_Guarded):
     """A rich Live table of the tree, redrawn ~2x a second; failures and the end are also printed."""
 
     def __init__(self, cfg, console=None, refresh_per_second: float = 2.0, poll_interval: float = 0.5,
-                 poll_timeout: float = 2.0):
+                 poll_timeout: float = 2.0, tree=None):
         from rich.console import Console
 
-        super().__init__(cfg, poll_interval, poll_timeout)
+        super().__init__(cfg, poll_interval, poll_timeout, tree)
         self.console = console or Console()
         self.refresh_per_second = refresh_per_second
         self.live = None
@@ -456,9 +455,9 @@ class LiveReporter(_Guarded):
         return False
 
     def _show(self, kind: str, info: dict) -> None:
-        if kind == "node_failed":
+        if kind == RunEvent.NODE_FAILED:
             self.console.print(f"[bold red]✖ {info['node']} failed:[/] {info.get('error', '')}", highlight=False)
-        elif kind == "run_finished":
+        elif kind == RunEvent.RUN_FINISHED:
             not_done = info.get("not_done") or []
             if not_done:
                 self.console.print(f"[red]run stopped with {len(not_done)} node(s) not done[/]", highlight=False)
@@ -468,15 +467,16 @@ class LiveReporter(_Guarded):
             self.live.refresh()
 
 
-def make_reporter(cfg, plain: bool = False):
-    """Live tree view on a terminal; plain lines with --plain, when stdout is not a TTY, or TERM=dumb."""
+def make_reporter(cfg, plain: bool = False, tree=None):
+    """Live tree view on a terminal; plain lines with --plain, when stdout is not a TTY, or TERM=dumb.
+    `tree` is the driver's (its nodes are shown from the start)."""
     try:
         tty = sys.stdout.isatty()
     except Exception:  # noqa: BLE001 - odd stdout replacements
         tty = False
     if plain or not tty or os.environ.get("TERM") == "dumb":
-        return PlainReporter(cfg)
+        return PlainReporter(cfg, tree=tree)
     try:
-        return LiveReporter(cfg)
+        return LiveReporter(cfg, tree=tree)
     except Exception:  # noqa: BLE001 - rich missing or broken: plain lines still work
-        return PlainReporter(cfg)
+        return PlainReporter(cfg, tree=tree)

@@ -1,11 +1,13 @@
 """The Ray Train side of a node: a NodeContext over ray.train, and the per-worker loop function.
 
-Only plain dicts (and ObjectRefs of the parent adapters) cross into the worker; everything it
-returns is a plain dict too. The training itself is `hql_ray.node.train_node`, unchanged.
+Into the worker cross the run config (a plain dict), the `NodeSpec` and the ObjectRefs of the parent
+adapters; out comes rank 0's `NodeResult`, its adapter tensors as numpy. The training itself is
+`hql_ray.node.train_node`, which knows nothing of Ray.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import tempfile
@@ -18,25 +20,25 @@ import torch
 
 from hql_ray import handoff
 from hql_ray.context import NodeContext
+from hql_ray.records import AdapterState, NodeSpec
 
 
-def to_wire(state: dict) -> dict:
+def to_wire(state: AdapterState) -> AdapterState:
     """Ray Train refuses torch tensors in return values: ship numpy (zero-copy in the object store)."""
     tensors, dtypes = {}, {}
-    for key, t in state["tensors"].items():
+    for key, t in state.tensors.items():
         dtypes[key] = str(t.dtype).replace("torch.", "")
         t = t.detach().cpu()
         tensors[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-    return {**{k: v for k, v in state.items() if k != "tensors"}, "tensors": tensors, "dtypes": dtypes}
+    return AdapterState(state.config, tensors, dtypes)
 
 
-def from_wire(wire: dict) -> dict:
-    dtypes = wire.get("dtypes", {})
+def from_wire(wire: AdapterState) -> AdapterState:
     tensors = {}
-    for key, array in wire["tensors"].items():
+    for key, array in wire.tensors.items():
         t = torch.from_numpy(array.copy())  # the object store hands out read-only arrays
-        tensors[key] = t.to(getattr(torch, dtypes[key])) if key in dtypes else t
-    return {**{k: v for k, v in wire.items() if k not in ("tensors", "dtypes")}, "tensors": tensors}
+        tensors[key] = t.to(getattr(torch, wire.dtypes[key])) if key in wire.dtypes else t
+    return AdapterState(wire.config, tensors)
 
 
 class RayTrainContext(NodeContext):
@@ -101,15 +103,15 @@ def gather_identities(ctx: RayTrainContext) -> list[dict]:
 
 def node_train_loop(loop_config: dict):
     """Entry point of every Ray Train worker of a node."""
-    node = loop_config["node"]
+    node: NodeSpec = loop_config["node"]
     board = loop_config.get("board")
-    ctx = RayTrainContext(board=board, node_id=node["id"])
+    ctx = RayTrainContext(board=board, node_id=node.id)
     workers = gather_identities(ctx)
     if ctx.rank == 0 and board is not None:
         # One call per (re)start of the worker group: the driver counts attempts from these.
-        ray.get(board.started.remote(node["id"], {"workers": workers, "time": time.time()}))
+        ray.get(board.started.remote(node.id, {"workers": workers, "time": time.time()}))
         # The placement group this run holds: released by the driver if the run's caller is killed.
-        board.run_started.remote(loop_config.get("run"), ray.util.get_current_placement_group())
+        board.run_started.remote(loop_config.get("run"), node.id, None, ray.util.get_current_placement_group())
 
     refs = loop_config.get("parent_refs") or []
     parent_chain = [from_wire(ray.get(ref)) for ref in refs]  # ancestors' adapters, via the object store
@@ -125,7 +127,4 @@ def node_train_loop(loop_config: dict):
         result = train_node(loop_config["config"], node, parent_chain, ctx)
     if ctx.rank != 0:
         return None
-    result["adapter"] = to_wire(result["adapter"])
-    result["received_checksums"] = received
-    result["workers"] = workers
-    return result
+    return dataclasses.replace(result, adapter=to_wire(result.adapter), received_checksums=received, workers=workers)

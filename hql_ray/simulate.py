@@ -11,22 +11,18 @@ import time
 
 import torch
 
-
-def simulated_seconds(sim: dict, node: dict, world_size: int) -> float:
-    return float(sim["seconds_per_example"]) * node["examples"] * float(sim.get("epochs", 1.0)) / max(world_size, 1)
+from hql_ray.records import AdapterState, NodeResult, NodeSpec
 
 
-def simulated_node(sim: dict, node: dict, ctx) -> dict:
+def simulated_seconds(sim: dict, node: NodeSpec, world_size: int) -> float:
+    return float(sim["seconds_per_example"]) * node.examples * float(sim.get("epochs", 1.0)) / max(world_size, 1)
+
+
+def simulated_node(sim: dict, node: NodeSpec, ctx) -> NodeResult:
     seconds = simulated_seconds(sim, node, ctx.world_size)
-    ctx.progress({"node": node["id"], "phase": "train", "step": 0, "total_steps": 1})
+    ctx.progress({"node": node.id, "phase": "train", "step": 0, "total_steps": 1})
     time.sleep(seconds)
     ctx.report({"done": True}, None)
-    adapter = {
-        "config": {"r": 1, "lora_alpha": 1, "use_rslora": False, "lora_dropout": 0.0, "target_modules": ["q"]},
-        "tensors": {"simulated": torch.tensor([float(node["examples"])])},
-    }
-    return {
-        "adapter": adapter,
-        "metrics": {"simulated_seconds": seconds, "examples": node["examples"], "world_size": ctx.world_size},
-        "history": [],
-    }
+    adapter = AdapterState({"r": 1, "lora_alpha": 1, "use_rslora": False, "lora_dropout": 0.0, "target_modules": ["q"]},
+                           {"simulated": torch.tensor([float(node.examples)])})
+    return NodeResult(adapter, {"simulated_seconds": seconds, "examples": node.examples, "world_size": ctx.world_size}, [])

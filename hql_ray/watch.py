@@ -17,6 +17,7 @@ from typing import Callable
 import ray
 
 from hql_ray import placement
+from hql_ray.records import RunEvent
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class RunWatch:
             self._reported[wait["run"]] = now
             self.notes[wait["node"]] = text
             log.info("waiting for resources: %s", text)  # the reporters show the event
-            self.on_event("node_waiting", {"node": wait["node"], "trial": wait["trial"], "waited": waited,
+            self.on_event(RunEvent.NODE_WAITING, {"node": wait["node"], "trial": wait["trial"], "waited": waited,
                                            "message": text})
 
     def explain(self, node_id: str, error: str) -> str:

@@ -7,7 +7,6 @@ import pytest
 
 from hql_ray.amr import (
     LinearizeOptions,
-    is_valid_amr,
     linearize,
     parse_amr,
     parse_amr_tree,
@@ -140,13 +139,6 @@ def test_parse_amr_rejects_malformed(text, problem):
     assert err.value.path == "x.tsv" and err.value.line == 7
     assert problem in err.value.problem
     assert str(err.value).startswith("x.tsv:7: ")
-    assert not is_valid_amr(text)
-
-
-def test_is_valid_amr():
-    assert is_valid_amr(WANT)
-    assert is_valid_amr("(w / want-01\n  :ARG0 (b / boy))")
-    assert not is_valid_amr("want boy")
 
 
 def test_parse_amr_tree_reports_character():

@@ -14,7 +14,7 @@ def test_defaults_are_the_papers():
     cfg = Config().validate()
     assert cfg.model.base == "google/mt5-large"
     assert cfg.model.mode == "qlora" and cfg.model.handoff == "stack"
-    assert cfg.model.lora.r == 256 and cfg.lora_alpha == 256 and cfg.model.lora.use_rslora
+    assert cfg.model.lora.r == 256 and cfg.model.lora.lora_alpha == 256 and cfg.model.lora.use_rslora
     assert cfg.model.lora.dropout == 0.05
     assert cfg.model.lora.target_modules == ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
     assert cfg.train.learning_rate == 5e-5 and cfg.train.batch_size == 8 and cfg.train.warmup_steps == 0
@@ -99,7 +99,7 @@ def test_original_flags_with_commas():
     assert cfg.tree.levels == ["level0", "level1", "level2", "language"]
     assert cfg.model.base == "google/mt5-large" and cfg.model.mode == "qlora"
     assert cfg.run_name == "12langs_pthql"
-    assert cfg.model.lora.r == 64 and cfg.lora_alpha == 64
+    assert cfg.model.lora.r == 64 and cfg.model.lora.lora_alpha == 64
     assert cfg.train.batch_size == 4 and cfg.data.max_train_per_language == 1000
     assert cfg.data.max_validation_per_language == 50 and cfg.eval.generate is False
 

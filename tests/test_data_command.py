@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.commands.data import percentile, token_lengths
+from hql_ray.datacheck import percentile, token_lengths
 from hql_ray.corpus import SPLITS, corpus_file
 from hql_ray.modeling import load_tokenizer
 

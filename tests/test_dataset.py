@@ -7,6 +7,7 @@ import os
 import pytest
 from transformers import ByT5Tokenizer
 
+from hql_ray import batching as B
 from hql_ray import dataset as D
 
 
@@ -90,26 +91,26 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
 
     rng = random.Random(1)
     lengths = [rng.randint(5, 300) for _ in range(2000)]
-    grouped = D.length_grouped_batches(lengths, 8, seed=3)
-    plain = D.length_grouped_batches(lengths, 8, seed=3, group=False)
+    grouped = B.length_grouped_batches(lengths, 8, seed=3)
+    plain = B.length_grouped_batches(lengths, 8, seed=3, group=False)
     assert sorted(i for b in grouped for i in b) == list(range(2000))
     assert all(len(b) <= 8 for b in grouped)
-    assert D.real_token_share(lengths, grouped) > 0.95
-    assert D.real_token_share(lengths, plain) < 0.7
-    assert grouped == D.length_grouped_batches(lengths, 8, seed=3)  # deterministic
-    assert grouped != D.length_grouped_batches(lengths, 8, seed=4)  # a new order every epoch
+    assert B.real_token_share(lengths, grouped) > 0.95
+    assert B.real_token_share(lengths, plain) < 0.7
+    assert grouped == B.length_grouped_batches(lengths, 8, seed=3)  # deterministic
+    assert grouped != B.length_grouped_batches(lengths, 8, seed=4)  # a new order every epoch
 
 
 def test_shard_batches_equal_counts():
     batches = [[i] for i in range(10)]
-    shards = [D.shard_batches(batches, r, 3) for r in range(3)]
+    shards = [B.shard_batches(batches, r, 3) for r in range(3)]
     assert [len(s) for s in shards] == [3, 3, 3]
     assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
-    assert D.shard_batches(batches[:1], 2, 3) == [[0]]
+    assert B.shard_batches(batches[:1], 2, 3) == [[0]]
 
 
 def test_collate_pads_inputs_and_masks_labels():
-    batch = D.collate([{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [8, 9, 1]}], 0)
+    batch = B.collate([{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [8, 9, 1]}], 0)
     assert batch["input_ids"].tolist() == [[5, 6, 1], [5, 1, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[7, 1, -100], [8, 9, 1]]

@@ -34,7 +34,7 @@ def test_every_node_done_and_leaves_exported(finished_run):
     cfg, manifest, events, run_dir = finished_run
     nodes = manifest.nodes
     assert len(nodes) == 7
-    assert {v["status"] for v in nodes.values()} == {"done"}
+    assert {v.status for v in nodes.values()} == {"done"}
     assert manifest.data["status"] == "done"
     for code in ("deu_Latn", "nld_Latn", "ita_Latn", "spa_Latn"):
         assert (run_dir / "final" / code / "adapter_model.safetensors").is_file()
@@ -42,9 +42,9 @@ def test_every_node_done_and_leaves_exported(finished_run):
     on_disk = json.loads((run_dir / "manifest.json").read_text())
     assert on_disk["nodes"]["language.German"]["status"] == "done"
     for entry in nodes.values():
-        assert entry["attempts"] == 1
-        assert entry["finished_at"] > entry["started_at"]
-        assert entry["metrics"]["val_loss"] < entry["metrics"]["initial_val_loss"]
+        assert entry.attempts == 1
+        assert entry.finished_at > entry.started_at
+        assert entry.metrics["val_loss"] < entry.metrics["initial_val_loss"]
     results = (run_dir / "results.md").read_text()
     assert "| deu_Latn | German | language.German |" in results
     assert (run_dir / "results.csv").read_text().count("\n") == 5
@@ -53,38 +53,38 @@ def test_every_node_done_and_leaves_exported(finished_run):
 def test_siblings_overlap_on_distinct_gpu_slots(finished_run):
     _, manifest, _, _ = finished_run
     g, r = manifest.nodes["level1.Germanic"], manifest.nodes["level1.Romance"]
-    assert g["started_at"] < r["finished_at"] and r["started_at"] < g["finished_at"]  # ran at the same time
-    assert g["resources"]["gpu_ids"] and r["resources"]["gpu_ids"]
-    assert not set(g["resources"]["gpu_ids"]) & set(r["resources"]["gpu_ids"])
+    assert g.started_at < r.finished_at and r.started_at < g.finished_at  # ran at the same time
+    assert g.resources["gpu_ids"] and r.resources["gpu_ids"]
+    assert not set(g.resources["gpu_ids"]) & set(r.resources["gpu_ids"])
     # The root had the cluster to itself: it used 2 data-parallel workers (96 examples / 48 per worker).
     root = manifest.nodes["level0.Indo_European"]
-    assert root["resources"]["workers"] == 2 and len(root["resources"]["gpu_ids"]) == 2
+    assert root.resources["workers"] == 2 and len(root.resources["gpu_ids"]) == 2
 
 
 def test_children_start_after_parent_and_receive_its_adapter(finished_run):
     _, manifest, _, _ = finished_run
     nodes = manifest.nodes
     for node_id, entry in nodes.items():
-        parent = entry["parent"]
+        parent = entry.parent
         if parent is None:
-            assert entry["received_checksums"] == []
+            assert entry.received_checksums == []
             continue
-        assert entry["started_at"] >= nodes[parent]["finished_at"]
+        assert entry.started_at >= nodes[parent].finished_at
         # stack mode: the child received every ancestor's adapter, byte for byte, via the object store.
         chain = []
         p = parent
         while p:
             chain.insert(0, p)
-            p = nodes[p]["parent"]
-        assert entry["handed_from"] == chain
-        assert entry["received_checksums"] == [nodes[a]["checksum"] for a in chain]
+            p = nodes[p].parent
+        assert entry.handed_from == chain
+        assert entry.received_checksums == [nodes[a].checksum for a in chain]
 
 
 def test_exported_adapter_reproduces_the_stacked_model(finished_run):
     from peft import PeftModel
 
     cfg, manifest, _, run_dir = finished_run
-    chain = [handoff.load_adapter_state(run_dir / manifest.nodes[n]["adapter"])
+    chain = [handoff.load_adapter_state(run_dir / manifest.nodes[n].adapter)
              for n in ("level0.Indo_European", "level1.Germanic", "language.German")]
     device = torch.device("cpu")
     # In-run model of the leaf: every node's adapter stacked (the fresh top adapter adds zero).
@@ -104,11 +104,11 @@ def test_exported_adapter_reproduces_the_stacked_model(finished_run):
 
 def test_leaf_metrics_and_generation(finished_run):
     _, manifest, _, _ = finished_run
-    leaf = manifest.nodes["language.Spanish"]["metrics"]
+    leaf = manifest.nodes["language.Spanish"].metrics
     scores = leaf["languages"]["spa_Latn"]
     assert scores["n"] == 6  # 4 amr3 + 2 flores test examples
     assert 0.0 <= scores["chrf++"] <= 100.0
-    assert "languages" not in manifest.nodes["level1.Romance"]["metrics"]  # eval.at_nodes=leaves
+    assert "languages" not in manifest.nodes["level1.Romance"].metrics  # eval.at_nodes=leaves
 
 
 def test_existing_run_needs_resume(finished_run):
@@ -158,11 +158,11 @@ def test_resume_after_interrupt_retrains_nothing_finished(ray_session, small_cor
     events = []
     cfg = make_config(overrides=overrides + ["run.resume=true"])
     after = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
-    assert {v["status"] for v in after.nodes.values()} == {"done"}
+    assert {v.status for v in after.nodes.values()} == {"done"}
     skipped = {info["node"] for kind, info in events if kind == "skipped"}
     started = {info["node"] for kind, info in events if kind == "node_started"}
     assert skipped == set(finished)
     assert started == set(after.nodes) - set(finished)
     for node_id, old in finished.items():
-        assert after.nodes[node_id]["started_at"] == old["started_at"]  # untouched
-        assert after.nodes[node_id]["checksum"] == old["checksum"]
+        assert after.nodes[node_id].started_at == old["started_at"]  # untouched
+        assert after.nodes[node_id].checksum == old["checksum"]

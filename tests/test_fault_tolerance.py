@@ -69,16 +69,16 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
     nodes = manifest.nodes
 
     root = nodes["level0.Germanic"]
-    assert root["status"] == "done", root.get("error")
-    assert root["started_at"] < killed_at < root["finished_at"]
-    assert root["attempts"] == 2  # rank 0 started twice: the first group and its replacement
-    assert root["metrics"]["resumed_from_step"] >= 5  # resumed from a checkpoint, not from scratch
-    assert root["metrics"]["resumed_from_step"] % 5 == 0 and root["metrics"]["steps"] == 60
-    validations = [h["step"] for h in root["history"] if "val_loss" in h]
+    assert root.status == "done", root.error
+    assert root.started_at < killed_at < root.finished_at
+    assert root.attempts == 2  # rank 0 started twice: the first group and its replacement
+    assert root.metrics["resumed_from_step"] >= 5  # resumed from a checkpoint, not from scratch
+    assert root.metrics["resumed_from_step"] % 5 == 0 and root.metrics["steps"] == 60
+    validations = [h["step"] for h in root.history if "val_loss" in h]
     assert validations == list(range(0, 61, 5))  # every validation once: restored up to the checkpoint, then new
     for leaf_id in ("language.German", "language.Dutch"):
         leaf = nodes[leaf_id]
-        assert leaf["status"] == "done" and leaf["attempts"] == 1
-        assert leaf["started_at"] >= root["finished_at"]
-        assert leaf["received_checksums"] == [root["checksum"]]
+        assert leaf.status == "done" and leaf.attempts == 1
+        assert leaf.started_at >= root.finished_at
+        assert leaf.received_checksums == [root.checksum]
     assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE

@@ -40,12 +40,12 @@ LONG = "(a / and " + " ".join(f":op{i} (x{i} / thing-{i})" for i in range(1, 8))
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A one-leaf run: German trained 2 steps (random tiny mT5, 4-bit), exported to final/deu_Latn."""
-    from hql_ray import handoff, results
+    from hql_ray import export
     from hql_ray.config import make_config
     from hql_ray.context import LocalContext
     from hql_ray.manifest import Manifest
     from hql_ray.node import train_node
-    from hql_ray.sample_data import write_sample
+    from hql_ray.sample.generator import write_sample
     from hql_ray.tree import load_tree
 
     root = tmp_path_factory.mktemp("gen")
@@ -64,8 +64,8 @@ def run_dir(tmp_path_factory) -> Path:
     node = {"id": leaf.id, "name": leaf.name, "level": leaf.level, "depth": 0, "parent": None, "is_leaf": True,
             "languages": [["deu_Latn", "German"]]}
     out = train_node(cfg.to_dict(), node, [], LocalContext(device="cpu"))
-    handoff.export_adapter([out["adapter"]], cfg.run_dir / "final" / "deu_Latn", results.base_model_reference(cfg))
-    manifest.update(leaf.id, status="done", metrics=out["metrics"], history=out["history"],
+    export.export_adapter([out.adapter], cfg.run_dir / "final" / "deu_Latn", export.base_model_reference(cfg))
+    manifest.update(leaf.id, status="done", metrics=out.metrics, history=out.history,
                     adapter="nodes/language.German/adapter")
     return cfg.run_dir
 

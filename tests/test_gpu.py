@@ -20,10 +20,10 @@ def test_node_trains_on_cuda(tmp_path, small_corpus, four_language_tree, mode):
         "eval.at_nodes": "all"})).with_absolute_paths().to_dict()
     node = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
     parent = train_node(cfg, {**node, "id": "root"}, [], LocalContext(device="cuda"))
-    m = parent["metrics"]
+    m = parent.metrics
     assert m["val_loss"] < 0.8 * m["initial_val_loss"]
     assert m["languages"]["deu_Latn"]["n"] == 6
-    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in parent["adapter"]["tensors"].values())
-    child = train_node(cfg, node, [parent["adapter"]], LocalContext(device="cuda"))
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in parent.adapter.tensors.values())
+    child = train_node(cfg, node, [parent.adapter], LocalContext(device="cuda"))
     # bf16 compute: the child's start equals the parent's end up to bf16 rounding.
-    assert child["metrics"]["initial_val_loss"] == pytest.approx(m["val_loss"], rel=2e-2)
+    assert child.metrics["initial_val_loss"] == pytest.approx(m["val_loss"], rel=2e-2)

@@ -10,16 +10,19 @@ from peft import PeftModel
 
 from hql_ray.errors import InputError
 from hql_ray.handoff import (
-    ANCESTORS, NODE, AdapterLoadError, _load_into, attach_node_adapter, chain_for_children, concat_adapters,
-    delta_weights, export_adapter, full_state, load_adapter_state, load_full_state,
+    ANCESTORS, NODE, AdapterLoadError, _load_into, attach_node_adapter, handed_on, concat_adapters,
+    delta_weights, full_state, load_adapter_state, load_full_state,
     node_adapter_state, reproject, save_adapter_state, state_checksum,
 )
-from hql_ray.modeling import TINY, LoraSettings, load_base_model, resolve_base_model
+from hql_ray.export import export_adapter
+from hql_ray.config import LoraShape
+from hql_ray.records import AdapterState
+from hql_ray.modeling import TINY, load_base_model, resolve_base_model
 
 CPU = torch.device("cpu")
 STACK_TOL = 1e-4  # max |logit| difference, logits ~40-60; measured ~5e-5 (qlora and lora)
-SPECS = [LoraSettings(r=4, alpha=8, use_rslora=True), LoraSettings(r=6, alpha=3, use_rslora=False)]
-NODE_SPEC = LoraSettings(r=5, alpha=5, use_rslora=True)
+SPECS = [LoraShape(r=4, alpha=8, use_rslora=True), LoraShape(r=6, alpha=3, use_rslora=False)]
+NODE_SPEC = LoraShape(r=5, alpha=5, use_rslora=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def _chain(tiny, mode, specs=SPECS):
     for i, spec in enumerate(specs):
         model = attach_node_adapter(load_base_model(tiny, mode, CPU), spec, "stack", chain)
         _randomize(model, seed=i)
-        chain = chain_for_children("stack", chain, node_adapter_state(model))
+        chain = handed_on([*chain, node_adapter_state(model)], "stack")
     return chain
 
 
@@ -65,8 +68,8 @@ def _synthetic(r, alpha, rslora, seed, modules=("x.q", "x.k"), targets=("q", "k"
     for m in modules:
         tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(r, 10, generator=g)
         tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(12, r, generator=g)
-    return {"config": {"r": r, "lora_alpha": alpha, "use_rslora": rslora, "lora_dropout": 0.05,
-                       "target_modules": sorted(targets)}, "tensors": tensors}
+    return AdapterState({"r": r, "lora_alpha": alpha, "use_rslora": rslora, "lora_dropout": 0.05,
+                         "target_modules": sorted(targets)}, tensors)
 
 
 @pytest.mark.parametrize("mode", ["qlora", "lora"])
@@ -89,7 +92,7 @@ def test_stack_export_reloads_to_the_same_logits(tiny, tmp_path, mode, qchain):
 def test_concat_is_the_sum_of_deltas():
     chain = [_synthetic(3, 6, True, 0), _synthetic(5, 2, False, 1), _synthetic(2, 2, True, 2)]
     cat = concat_adapters(chain)
-    assert (cat["config"]["r"], cat["config"]["lora_alpha"], cat["config"]["use_rslora"]) == (10, 10, False)
+    assert (cat.config["r"], cat.config["lora_alpha"], cat.config["use_rslora"]) == (10, 10, False)
     want = {k: sum(delta_weights(s)[k] for s in chain) for k in delta_weights(chain[0])}
     got = delta_weights(cat)
     assert got.keys() == want.keys()
@@ -104,18 +107,18 @@ def test_concat_is_the_sum_of_deltas():
 def test_reproject_growing_is_exact_and_trainable():
     src = _synthetic(4, 8, True, 3)
     grown = reproject(src, 7, lora_alpha=16, use_rslora=False)
-    assert (grown["config"]["r"], grown["config"]["lora_alpha"], grown["config"]["use_rslora"]) == (7, 16, False)
+    assert (grown.config["r"], grown.config["lora_alpha"], grown.config["use_rslora"]) == (7, 16, False)
     for k, d in delta_weights(src).items():
         torch.testing.assert_close(delta_weights(grown)[k], d, rtol=1e-6, atol=1e-5)
-    a = grown["tensors"]["base_model.model.x.q.lora_A.weight"]
-    b = grown["tensors"]["base_model.model.x.q.lora_B.weight"]
+    a = grown.tensors["base_model.model.x.q.lora_A.weight"]
+    b = grown.tensors["base_model.model.x.q.lora_B.weight"]
     assert torch.all(b[:, 4:] == 0) and torch.all(a[4:].abs().sum(1) > 0)  # new ranks get gradients
 
 
 def test_reproject_shrinking_is_the_best_rank_k():
     src = _synthetic(8, 8, True, 4)
     small = reproject(src, 3)
-    assert small["config"]["r"] == 3 and small["config"]["lora_alpha"] == 8
+    assert small.config["r"] == 3 and small.config["lora_alpha"] == 8
     for k, d in delta_weights(src).items():
         tail = torch.linalg.svdvals(d)[3:]
         err = torch.linalg.norm(delta_weights(small)[k] - d)
@@ -124,14 +127,14 @@ def test_reproject_shrinking_is_the_best_rank_k():
 
 def test_continue_starts_from_the_parents_outputs(tiny, qchain):
     parent = attach_node_adapter(load_base_model(tiny, "qlora", CPU), SPECS[0], "stack", [])
-    parent_state = {"config": dict(qchain[0]["config"]), "tensors": qchain[0]["tensors"]}
+    parent_state = AdapterState(dict(qchain[0].config), qchain[0].tensors)
     _load_into(parent, parent_state, NODE)
     want = _logits(parent)
     same = attach_node_adapter(load_base_model(tiny, "qlora", CPU), SPECS[0], "continue", [parent_state])
     assert torch.equal(_logits(same), want)
     assert state_checksum(node_adapter_state(same)) == state_checksum(parent_state)
     grown = attach_node_adapter(load_base_model(tiny, "qlora", CPU),
-                                LoraSettings(r=7, alpha=3, use_rslora=False), "continue", [parent_state])
+                                LoraShape(r=7, alpha=3, use_rslora=False), "continue", [parent_state])
     assert (_logits(grown) - want).abs().max() < 1e-4
     with pytest.raises(ValueError, match="parent's adapter only"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "continue", qchain)
@@ -174,33 +177,35 @@ def test_root_gets_a_fresh_adapter_in_every_mode(tiny):
     for handoff in ("stack", "merge", "continue"):
         model = attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], handoff, [])
         state = node_adapter_state(model)
-        assert all(torch.all(t == 0) for k, t in state["tensors"].items() if "lora_B" in k)
+        assert all(torch.all(t == 0) for k, t in state.tensors.items() if "lora_B" in k)
     with pytest.raises(ValueError, match="stack, merge, continue"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "sum", [])
 
 
-def test_chain_for_children(qchain):
+def test_handed_on(qchain):
     node = qchain[1]
-    assert chain_for_children("stack", qchain[:1], node) == [qchain[0], node]
-    assert chain_for_children("merge", qchain[:1], node) == [qchain[0], node]
-    assert chain_for_children("continue", qchain[:1], node) == [node]
+    assert handed_on([*qchain[:1], node], "stack") == [qchain[0], node]
+    assert handed_on([*qchain[:1], node], "merge") == [qchain[0], node]
+    assert handed_on([*qchain[:1], node], "continue") == [node]
+    assert handed_on(["root", "mid", "me"], "stack", mode="fft") == ["me"]  # fft: the whole model, once
+    assert handed_on(["root", "mid"], "merge") == ["root", "mid"]  # ids follow the same rule
 
 
 def test_partial_loads_raise(tiny, qchain):
     state = qchain[0]
-    dropped = {k: v for k, v in state["tensors"].items() if ".q.lora_" not in k or "block.0.layer.0" not in k}
-    assert len(dropped) < len(state["tensors"])
-    partial = {"config": state["config"], "tensors": dropped}
+    dropped = {k: v for k, v in state.tensors.items() if ".q.lora_" not in k or "block.0.layer.0" not in k}
+    assert len(dropped) < len(state.tensors)
+    partial = AdapterState(state.config, dropped)
     with pytest.raises(AdapterLoadError, match="missing"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "continue", [partial])
     with pytest.raises(AdapterLoadError, match="missing"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "stack", [partial])
-    extra = {"config": state["config"], "tensors": dict(state["tensors"])}
-    extra["tensors"]["base_model.model.encoder.block.9.layer.0.SelfAttention.q.lora_A.weight"] = torch.zeros(4, 64)
-    extra["tensors"]["base_model.model.encoder.block.9.layer.0.SelfAttention.q.lora_B.weight"] = torch.zeros(64, 4)
+    extra = AdapterState(state.config, dict(state.tensors))
+    extra.tensors["base_model.model.encoder.block.9.layer.0.SelfAttention.q.lora_A.weight"] = torch.zeros(4, 64)
+    extra.tensors["base_model.model.encoder.block.9.layer.0.SelfAttention.q.lora_B.weight"] = torch.zeros(64, 4)
     with pytest.raises(AdapterLoadError, match="unexpected"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "continue", [extra])
-    fewer = LoraSettings(r=4, alpha=8, target_modules=("q", "v"))
+    fewer = LoraShape(r=4, alpha=8, target_modules=["q", "v"])
     with pytest.raises(AdapterLoadError, match="targets"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), fewer, "continue", [state])
 
@@ -209,15 +214,15 @@ def test_save_load_round_trip_and_checksum(tmp_path, qchain):
     state = qchain[1]
     out = save_adapter_state(state, tmp_path / "n1")
     back = load_adapter_state(out)
-    assert back["config"] == state["config"] and state_checksum(back) == state_checksum(state)
-    assert all(torch.equal(back["tensors"][k], v) for k, v in state["tensors"].items())
+    assert back.config == state.config and state_checksum(back) == state_checksum(state)
+    assert all(torch.equal(back.tensors[k], v) for k, v in state.tensors.items())
     save_adapter_state(qchain[0], tmp_path / "n1")  # overwriting replaces the whole dir
     assert state_checksum(load_adapter_state(tmp_path / "n1")) == state_checksum(qchain[0])
     assert [p.name for p in tmp_path.iterdir()] == ["n1"]
-    changed = {"config": state["config"], "tensors": dict(state["tensors"])}
-    key = next(iter(changed["tensors"]))
-    changed["tensors"][key] = changed["tensors"][key].clone()
-    changed["tensors"][key].view(-1)[0] += 1e-6
+    changed = AdapterState(state.config, dict(state.tensors))
+    key = next(iter(changed.tensors))
+    changed.tensors[key] = changed.tensors[key].clone()
+    changed.tensors[key].view(-1)[0] += 1e-6
     assert state_checksum(changed) != state_checksum(state)
     meta = json.loads((out / "state.json").read_text())
     meta["config"]["r"] = 99
@@ -234,7 +239,7 @@ def test_full_state_hand_off_for_fft(tiny, tmp_path):
         parent.shared.weight.add_(0.1)
         parent.encoder.block[0].layer[0].SelfAttention.q.weight.mul_(2)
     state = full_state(parent)
-    assert state["config"]["aliases"]  # tied embeddings stored once
+    assert state.config["aliases"]  # tied embeddings stored once
     back = load_adapter_state(save_adapter_state(state, tmp_path / "full"))
     child = load_base_model(tiny, "fft", CPU)
     load_full_state(child, back)
@@ -257,10 +262,10 @@ def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
     for i, spec in enumerate(SPECS):
         model = attach_node_adapter(load_base_model(tiny, mode, cuda), spec, "stack", chain)
         _randomize(model, seed=i)
-        chain = chain_for_children("stack", chain, node_adapter_state(model))
+        chain = handed_on([*chain, node_adapter_state(model)], "stack")
     model = attach_node_adapter(load_base_model(tiny, mode, cuda), NODE_SPEC, "stack", chain)
     _randomize(model, seed=9)
-    assert all(t.device.type == "cpu" for s in chain for t in s["tensors"].values())
+    assert all(t.device.type == "cpu" for s in chain for t in s.tensors.values())
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(2, 300, (2, 12), generator=g).to(cuda)
     dec = torch.randint(2, 300, (2, 7), generator=g).to(cuda)

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hql_ray.config import LoraShape
 from hql_ray.errors import InputError
 from hql_ray.handoff import attach_node_adapter
 from hql_ray.modeling import (
-    MODES, TINY, LoraSettings, bitsandbytes_available, is_4bit, load_base_model, load_tokenizer,
+    MODES, TINY, bitsandbytes_available, is_4bit, load_base_model, load_tokenizer,
     make_4bit_cpu_exact, resolve_base_model,
 )
 
@@ -78,7 +79,7 @@ def test_mode_and_bnb_checks(tiny):
 
 
 def test_lora_settings_defaults_match_the_original():
-    cfg = LoraSettings().to_peft()
+    cfg = LoraShape().to_peft()
     assert (cfg.r, cfg.lora_alpha, cfg.use_rslora, cfg.lora_dropout) == (256, 256, True, 0.05)
     assert set(cfg.target_modules) == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
     assert cfg.bias == "none" and cfg.task_type == "SEQ_2_SEQ_LM"
@@ -101,7 +102,7 @@ def test_one_step_changes_only_trainable_params(tiny, mode):
     if mode == "qlora":
         assert make_4bit_cpu_exact(base) == 2 * 6 + 2 * 10  # q,k,v,o(,cross),wi_0,wi_1; wo stays fp32
         assert all(not m.support_avx512bf16_for_cpu for m in base.modules() if hasattr(m, "support_avx512bf16_for_cpu"))
-    model = base if mode == "fft" else attach_node_adapter(base, LoraSettings(r=4, alpha=8), "stack", [])
+    model = base if mode == "fft" else attach_node_adapter(base, LoraShape(r=4, alpha=8), "stack", [])
     # remove_duplicate=False: tied embeddings (shared / embed_tokens / lm_head) appear under each name
     trainable = {k for k, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     if mode == "fft":
@@ -128,7 +129,7 @@ def test_gradient_checkpointing_still_reaches_the_adapter(tiny, mode):
     base = load_base_model(tiny, mode, CPU, gradient_checkpointing=True)
     flag = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
     assert getattr(base, flag)
-    model = attach_node_adapter(base, LoraSettings(r=4, alpha=8), "stack", [])
+    model = attach_node_adapter(base, LoraShape(r=4, alpha=8), "stack", [])
     model.train()
     model(**_batch()).loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]

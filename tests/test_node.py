@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import tiny_overrides
 from hql_ray import handoff
@@ -24,7 +25,7 @@ def test_node_learns_and_keeps_best_step(tmp_path, small_corpus, four_language_t
     cfg = node_config(tmp_path, small_corpus, four_language_tree)
     progress = []
     out = train_node(cfg, GERMAN, [], LocalContext(on_progress=progress.append))
-    m, history = out["metrics"], out["history"]
+    m, history = out.metrics, out.history
     assert [h["step"] for h in history if "val_loss" in h] == [0, 4, 8, 12]
     assert [h["step"] for h in history if "val_loss" not in h] == [10]  # a loss-curve point (log_every 10)
     assert m["val_loss"] == min(h["val_loss"] for h in history if "val_loss" in h)
@@ -32,16 +33,16 @@ def test_node_learns_and_keeps_best_step(tmp_path, small_corpus, four_language_t
     assert m["examples"] == 32 and m["validation_examples"] == 8 and m["steps"] == 12
     scores = m["languages"]["deu_Latn"]
     assert scores["n"] == 6 and scores["chrf++"] is not None
-    assert out["adapter"]["config"]["r"] == 4
+    assert out.adapter.config["r"] == 4
     assert any(p.get("step") == 12 for p in progress) and any(p.get("phase") == "evaluate" for p in progress)
 
 
 def test_child_starts_from_parent(tmp_path, small_corpus, four_language_tree):
     cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"train.max_steps": 8, "eval.generate": "false"})
     parent = train_node(cfg, {**GERMAN, "id": "root"}, [], LocalContext())
-    child = train_node(cfg, GERMAN, [parent["adapter"]], LocalContext())
+    child = train_node(cfg, GERMAN, [parent.adapter], LocalContext())
     # The child's starting point is the parent's trained model, not the untrained base.
-    assert child["metrics"]["initial_val_loss"] == pytest.approx(parent["metrics"]["val_loss"], rel=1e-4)
+    assert child.metrics["initial_val_loss"] == pytest.approx(parent.metrics["val_loss"], rel=1e-4)
 
 
 def test_resume_from_checkpoint(tmp_path, small_corpus, four_language_tree):
@@ -49,20 +50,20 @@ def test_resume_from_checkpoint(tmp_path, small_corpus, four_language_tree):
                                                                     "train.checkpoint_every": 4})
     ctx = LocalContext(checkpoint_root=tmp_path / "ckpt")
     first = train_node(cfg, GERMAN, [], ctx)
-    assert first["metrics"]["resumed_from_step"] is None
+    assert first.metrics["resumed_from_step"] is None
     # A retry (new process, same checkpoint storage) continues from the last checkpoint (step 8).
     again = train_node(cfg, GERMAN, [], LocalContext(checkpoint_root=tmp_path / "ckpt"))
-    assert again["metrics"]["resumed_from_step"] == 8  # the last checkpoint (steps 4 and 8; none at the end)
-    assert [h["step"] for h in again["history"] if "val_loss" in h] == [0, 4, 8, 12]
-    assert again["history"][:3] == first["history"][:3]
-    assert again["metrics"]["initial_val_loss"] == first["metrics"]["initial_val_loss"]
+    assert again.metrics["resumed_from_step"] == 8  # the last checkpoint (steps 4 and 8; none at the end)
+    assert [h["step"] for h in again.history if "val_loss" in h] == [0, 4, 8, 12]
+    assert again.history[:3] == first.history[:3]
+    assert again.metrics["initial_val_loss"] == first.metrics["initial_val_loss"]
 
 
 def test_text_to_amr_is_scored_with_smatch(tmp_path, small_corpus, four_language_tree):
     cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"data.direction": "text2amr",
                                                                     "train.max_steps": 2})
     out = train_node(cfg, GERMAN, [], LocalContext())
-    scores = out["metrics"]["languages"]["deu_Latn"]
+    scores = out.metrics["languages"]["deu_Latn"]
     assert {"f1", "precision", "recall", "valid_share"} <= set(scores)
     assert 0.0 <= scores["valid_share"] <= 1.0 and 0.0 <= scores["f1"] <= 1.0
     assert scores["samples"][0]["source"].startswith("Parse from German: ")
@@ -74,6 +75,22 @@ def test_other_handoff_modes(tmp_path, small_corpus, four_language_tree, handoff
     cfg = node_config(tmp_path, small_corpus, four_language_tree, **{
         "model.handoff": handoff_mode, "model.mode": mode, "train.max_steps": 4, "eval.generate": "false"})
     parent = train_node(cfg, {**GERMAN, "id": "root"}, [], LocalContext())
-    chain = handoff.chain_for_children(handoff_mode, [], parent["adapter"])
+    chain = handoff.handed_on([parent.adapter], handoff_mode)
     child = train_node(cfg, GERMAN, chain, LocalContext())
-    assert child["metrics"]["initial_val_loss"] == pytest.approx(parent["metrics"]["val_loss"], rel=1e-3)
+    assert child.metrics["initial_val_loss"] == pytest.approx(parent.metrics["val_loss"], rel=1e-3)
+
+
+def test_stacked_adafactor_trains_the_node_like_transformers(tmp_path, small_corpus, four_language_tree):
+    """train.optimizer picks the implementation, not the rule: both give the same node."""
+    runs = {}
+    for name in ("adafactor_foreach", "adafactor_hf"):
+        cfg = node_config(tmp_path / name, small_corpus, four_language_tree,
+                          **{"train.max_steps": 6, "eval.generate": "false", "train.optimizer": name})
+        runs[name] = train_node(cfg, GERMAN, [], LocalContext())
+    ours, theirs = runs["adafactor_foreach"], runs["adafactor_hf"]
+    assert [h["step"] for h in ours.history] == [h["step"] for h in theirs.history]
+    for a, b in zip(ours.history, theirs.history):
+        assert a.get("val_loss") == pytest.approx(b.get("val_loss"), rel=1e-5)
+    assert ours.adapter.tensors.keys() == theirs.adapter.tensors.keys()
+    for key, value in ours.adapter.tensors.items():
+        assert torch.allclose(value, theirs.adapter.tensors[key], rtol=1e-5, atol=1e-7), key

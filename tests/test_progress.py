@@ -10,6 +10,7 @@ from rich.console import Console
 
 from hql_ray.config import make_config
 from hql_ray.progress import LiveReporter, PlainReporter, make_reporter
+from hql_ray.tree import load_tree
 
 TREE = """code,level0,level1,language
 deu_Latn,Indo_European,Germanic,German
@@ -48,6 +49,10 @@ def config(tmp_path):
     return make_config(None, {}, [f"tree.file={tree}", "tree.levels=[level0, level1, language]"])
 
 
+def tree_of(cfg):
+    return load_tree(cfg.tree.file, cfg.tree.levels)
+
+
 SNAPSHOT = {"level1.Germanic": {"node": "level1.Germanic", "step": 12, "total_steps": 40, "epoch": 0.3,
                                 "loss": 2.3456, "val_loss": 3.1234, "phase": "train", "time": 0.0},
             "level1.Romance": {"step": 30, "total_steps": 30, "phase": "evaluate", "loss": 1.5}}
@@ -77,7 +82,7 @@ def plain_text(text: str) -> str:
 def test_plain_reporter_lines_and_progress(tmp_path):
     out = io.StringIO()
     board = FakeBoard(SNAPSHOT)
-    reporter = PlainReporter(config(tmp_path), stream=out, progress_every=None, poll_interval=0.01)
+    reporter = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=out, progress_every=None, poll_interval=0.01)
     with reporter:
         feed(reporter, board)
         lines = reporter.progress_lines()
@@ -94,7 +99,7 @@ def test_plain_reporter_lines_and_progress(tmp_path):
 
 def test_plain_reporter_prints_periodic_progress(tmp_path):
     out = io.StringIO()
-    reporter = PlainReporter(config(tmp_path), stream=out, progress_every=0.01, poll_interval=0.01)
+    reporter = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=out, progress_every=0.01, poll_interval=0.01)
     with reporter:
         feed(reporter, FakeBoard(SNAPSHOT), finish=False)
         time.sleep(0.1)
@@ -105,7 +110,7 @@ def test_live_reporter_renders_tree_states_and_losses(tmp_path):
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=140)
     board = FakeBoard(SNAPSHOT)
-    reporter = LiveReporter(config(tmp_path), console=console, poll_interval=0.01, refresh_per_second=20)
+    reporter = LiveReporter(config(tmp_path), tree=tree_of(config(tmp_path)), console=console, poll_interval=0.01, refresh_per_second=20)
     with reporter:
         feed(reporter, board)
         time.sleep(0.1)
@@ -138,7 +143,7 @@ def test_live_reporter_renders_tree_states_and_losses(tmp_path):
 def test_broken_board_and_bad_events_never_raise(tmp_path, capsys):
     buf = io.StringIO()
     board = FakeBoard(error=TimeoutError("board is slow"))
-    reporter = LiveReporter(config(tmp_path), console=Console(file=buf, force_terminal=True, width=120),
+    reporter = LiveReporter(config(tmp_path), tree=tree_of(config(tmp_path)), console=Console(file=buf, force_terminal=True, width=120),
                             poll_interval=0.01, poll_timeout=0.05)
     with reporter:
         feed(reporter, board, finish=False)
@@ -157,7 +162,7 @@ def test_broken_board_and_bad_events_never_raise(tmp_path, capsys):
     assert "board poll failed" in plain_text(frame.getvalue())
     assert text  # render still works
 
-    plain = PlainReporter(config(tmp_path), stream=io.StringIO(), progress_every=0.01, poll_interval=0.01)
+    plain = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=io.StringIO(), progress_every=0.01, poll_interval=0.01)
     with plain:
         feed(plain, FakeBoard(error=RuntimeError("actor died")))
         plain.event("node_started", {})
@@ -170,3 +175,28 @@ def test_make_reporter_picks_plain_off_a_terminal(tmp_path):
     assert isinstance(make_reporter(cfg), PlainReporter)  # pytest's stdout is not a TTY
     with make_reporter(cfg) as r:  # the train command's usage: a context manager with .event
         r.event("run_started", {"run_dir": "/r", "slots": 1, "gpu": True, "nodes": 6, "board": None})
+
+
+WAITING = ("level1.Romance trial t1 has waited 61 s for 1 worker(s) x {CPU: 1}; free CPU 0.98/2; "
+           "held: {CPU: 1} by level1.Germanic trial t0 (its run is over)")
+
+
+def test_a_waiting_node_is_shown_until_it_trains_again(tmp_path):
+    out = io.StringIO()
+    plain = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=out, progress_every=None)
+    plain.event("node_started", {"node": "level1.Romance", "workers": 1})
+    plain.event("node_waiting", {"node": "level1.Romance", "trial": "t1", "waited": 61.0, "message": WAITING})
+    assert f"level1.Romance: WAITING for resources: {WAITING}" in out.getvalue()
+
+    live = LiveReporter(config(tmp_path), tree=tree_of(config(tmp_path)),
+                        console=Console(file=io.StringIO(), force_terminal=True, width=300))
+    live.event("node_started", {"node": "level1.Romance", "workers": 1})
+    live.event("node_waiting", {"node": "level1.Romance", "trial": "t1", "waited": 61.0, "message": WAITING})
+    frame = io.StringIO()
+    Console(file=frame, force_terminal=True, width=300).print(live.render())
+    text = plain_text(frame.getvalue())
+    assert f"⏳ {WAITING}" in text and re.search(r"Romance\s+▶ waiting", text)
+    live.view.apply_snapshot({"level1.Romance": {"step": 3, "phase": "train", "time": time.time() + 1}})
+    frame = io.StringIO()
+    Console(file=frame, force_terminal=True, width=300).print(live.render())
+    assert "⏳" not in plain_text(frame.getvalue())  # it trains again: the note goes

@@ -13,7 +13,8 @@ import pytest
 from hql_ray.cli import main
 from hql_ray.errors import InputError
 from hql_ray.plots import timeline_lanes
-from hql_ray.report import load_run, path_scores, score_rows, write_report
+from hql_ray.report import load_run, write_report
+from hql_ray.results import path_scores, score_rows
 
 TREE = """code,level0,level1,language
 deu_Latn,Indo_European,Germanic,German
@@ -187,13 +188,13 @@ def test_failed_node_reports_what_exists(tmp_path):
 
 def test_timeline_lanes_gpu_ids_and_greedy_workers(runs):
     a, b = runs
-    labels, bars = timeline_lanes(load_run(a).nodes)
+    labels, bars = timeline_lanes({k: v.to_dict() for k, v in load_run(a).nodes.items()})
     assert labels == ["GPU 0", "GPU 1"]
     lanes = {}
     for bar in bars:
         lanes.setdefault(bar["node"], []).append(bar["lane"])
     assert lanes["level0.Indo_European"] == [0, 1] and lanes["language.Dutch"] == [1]
-    labels, bars = timeline_lanes(load_run(b).nodes, slots=2)
+    labels, bars = timeline_lanes({k: v.to_dict() for k, v in load_run(b).nodes.items()}, slots=2)
     lanes = {bar["node"]: bar["lane"] for bar in bars if bar["node"] != "level0.Indo_European"}
     # Germanic (100-160) takes lane 0, Romance (100-150) lane 1; Italian (150-175) reuses the freed lane 1;
     # German and Dutch (both from 160) get lanes 0 and a third lane (2 is taken until 175).

@@ -8,7 +8,7 @@ import penman
 import pytest
 
 from hql_ray.errors import InputError
-from hql_ray.sample_data import (
+from hql_ray.sample.generator import (
     LANGUAGES, NP, SPLITS, Clause, clause_amr, main, realize, write_sample,
 )
 
@@ -29,7 +29,7 @@ def _rows(path: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> dict[str, bytes]:
-    assert SAMPLE.is_dir(), "data/sample is missing: run python -m hql_ray.sample_data data/sample"
+    assert SAMPLE.is_dir(), "data/sample is missing: run python -m hql_ray.sample data/sample"
     return _files(SAMPLE)
 
 
@@ -52,7 +52,7 @@ def test_layout_has_12_languages_times_2_corpora_times_3_splits(committed):
     expected = {f"{c}/{code}/{c}_{code}_{s}.tsv" for c in SIZES for code in CODES for s in SPLITS}
     assert expected | {"README.md"} == set(committed)
     readme = committed["README.md"].decode()
-    assert "python -m hql_ray.sample_data data/sample" in readme and "Apache-2.0" in readme
+    assert "python -m hql_ray.sample data/sample" in readme and "Apache-2.0" in readme
 
 
 def test_every_line_is_one_amr_a_tab_and_a_sentence_with_documented_counts(committed):

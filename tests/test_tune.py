@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_overrides, unreleased_resources
-from hql_ray import tune
+from hql_ray import search_space, tune
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
 from hql_ray.errors import ConfigError
+from hql_ray.records import AdapterState, NodeResult
 
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 # The root tries lr 1e-2 then 1e-7 (a grid, one at a time): ASHA must stop the second after its first
@@ -39,7 +40,7 @@ def test_default_applies_to_every_level_and_levels_override_it():
                            "scheduler": {"grace_period": 2}},
                "level1": {"lora_r": {"grid": [16, 32]}, "scheduler": {"reduction_factor": 3}},
                "language": False}
-    specs = tune.parse_tune(section, ["level0", "level1", "language"])
+    specs = search_space.parse_tune(section, ["level0", "level1", "language"])
     d = specs["default"]
     assert d.num_samples == 3 and d.lora_r.kind == "choice" and d.lora_r.values == [4, 8]
     assert d.learning_rate.kind == "loguniform" and d.learning_rate.values == [1e-4, 1e-2]  # "1e-4": YAML string
@@ -51,20 +52,20 @@ def test_default_applies_to_every_level_and_levels_override_it():
 
     cfg = make_config(overrides=["tune={default: {num_samples: 2}, language: false}", "model.lora.r=8",
                                  "train.learning_rate=3e-3"])
-    assert tune.searches_level(cfg, "level0") and tune.searches_level(cfg, "level2")
-    assert not tune.searches_level(cfg, "language")
-    assert not tune.searches_level(make_config(), "level0")  # no tune section: nothing searched
-    space = tune.param_space(cfg, tune.level_spec(cfg, "level0"))
+    assert search_space.searches_level(cfg, "level0") and search_space.searches_level(cfg, "level2")
+    assert not search_space.searches_level(cfg, "language")
+    assert not search_space.searches_level(make_config(), "level0")  # no tune section: nothing searched
+    space = search_space.param_space(cfg, search_space.level_spec(cfg, "level0"))
     assert space == {"lora_r": 8, "lora_alpha": "r", "learning_rate": 3e-3}  # unset = the run's values
 
 
 def test_trial_values_land_in_the_node_config():
     cfg = make_config().to_dict()
-    out = tune.trial_config(cfg, {"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
+    out = search_space.trial_config(cfg, {"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
     assert out["model"]["lora"]["r"] == 16 and out["model"]["lora"]["alpha"] == 16
     assert out["train"]["learning_rate"] == 2e-4
     assert cfg["model"]["lora"]["r"] == 256  # the run's config is untouched
-    assert tune.trial_config(cfg, {"lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3})["model"]["lora"]["alpha"] == 32
+    assert search_space.trial_config(cfg, {"lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3})["model"]["lora"]["alpha"] == 32
 
 
 @pytest.mark.parametrize("section, message", [
@@ -79,7 +80,7 @@ def test_trial_values_land_in_the_node_config():
 ])
 def test_bad_tune_sections_are_named(section, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        tune.parse_tune(section, ["level0", "language"])
+        search_space.parse_tune(section, ["level0", "language"])
 
 
 def test_driver_checks_the_tune_section_before_ray(tmp_path, small_corpus):
@@ -92,9 +93,9 @@ def test_driver_checks_the_tune_section_before_ray(tmp_path, small_corpus):
 
 def test_demo_config_searches_every_level_with_two_trials():
     cfg = make_config(REPO / "configs" / "tune_demo.yaml")
-    specs = tune.parse_tune(cfg.tune, cfg.tree.levels)
+    specs = search_space.parse_tune(cfg.tune, cfg.tree.levels)
     for level in cfg.tree.levels:
-        spec = tune.level_spec(cfg, level)
+        spec = search_space.level_spec(cfg, level)
         assert spec is not None and spec.num_samples == 2 and spec.scheduler == "asha", level
     assert specs["default"].lora_r.values and specs["default"].learning_rate.kind == "loguniform"
 
@@ -115,16 +116,16 @@ def searched_run(ray_session, small_corpus, tmp_path_factory):
 
 def test_every_trial_is_recorded_and_the_best_kept(searched_run):
     _, manifest, run_dir = searched_run
-    assert {v["status"] for v in manifest.nodes.values()} == {"done"}
+    assert {v.status for v in manifest.nodes.values()} == {"done"}
     root = manifest.nodes["level0.Germanic"]
-    trials = root["trials"]
+    trials = root.trials
     assert len(trials) == 2 and len({t["trial_id"] for t in trials}) == 2
     by_lr = {t["config"]["learning_rate"]: t for t in trials}
     good, bad = by_lr[1e-2], by_lr[1e-7]
     assert good["config"] == {"lora_r": 2, "lora_alpha": 2, "learning_rate": 1e-2}
     assert good["status"] == "done" and good["best"] and good["metric"] == "val_loss"
-    assert good["value"] == root["metrics"]["val_loss"]  # the node's result is the best trial's
-    assert root["metrics"]["trial"] == {"trial_id": good["trial_id"], **good["config"]}
+    assert good["value"] == root.metrics["val_loss"]  # the node's result is the best trial's
+    assert root.metrics["trial"] == {"trial_id": good["trial_id"], **good["config"]}
     for t in trials:
         assert t["started_at"] <= t["finished_at"] and t["time"] >= 0 and t["starts"] == 1
         assert t["run"] == f"{t['run'].split('.trial_')[0]}.trial_{t['trial_id']}"
@@ -133,13 +134,13 @@ def test_every_trial_is_recorded_and_the_best_kept(searched_run):
     # The node's adapter is the chosen trial's (rank 2), saved and checksummed like any node's.
     from hql_ray import handoff
 
-    saved = handoff.load_adapter_state(run_dir / root["adapter"])
-    assert saved["config"]["r"] == 2 and handoff.state_checksum(saved) == root["checksum"]
+    saved = handoff.load_adapter_state(run_dir / root.adapter)
+    assert saved.config["r"] == 2 and handoff.state_checksum(saved) == root.checksum
 
 
 def test_asha_stopped_the_bad_trial_early(searched_run):
     _, manifest, _ = searched_run
-    trials = {t["config"]["learning_rate"]: t for t in manifest.nodes["level0.Germanic"]["trials"]}
+    trials = {t["config"]["learning_rate"]: t for t in manifest.nodes["level0.Germanic"].trials}
     good, bad = trials[1e-2], trials[1e-7]
     # 4 steps, a validation after each: 3 reported while training (the 4th is the node's final report).
     assert good["validations"] == 3
@@ -150,12 +151,12 @@ def test_asha_stopped_the_bad_trial_early(searched_run):
 def test_children_stack_on_the_rank_the_search_chose(searched_run):
     _, manifest, run_dir = searched_run
     root = manifest.nodes["level0.Germanic"]
-    assert root["attempts"] == 1  # trials are not attempts: one search, no restart
+    assert root.attempts == 1  # trials are not attempts: one search, no restart
     for leaf_id, code in (("language.German", "deu_Latn"), ("language.Dutch", "nld_Latn")):
         leaf = manifest.nodes[leaf_id]
-        assert leaf["trials"] is None  # `language: false`: a plain node
-        assert leaf["attempts"] == 1 and leaf["started_at"] >= root["finished_at"]
-        assert leaf["received_checksums"] == [root["checksum"]]
+        assert leaf.trials is None  # `language: false`: a plain node
+        assert leaf.attempts == 1 and leaf.started_at >= root.finished_at
+        assert leaf.received_checksums == [root.checksum]
         exported = json.loads((run_dir / "final" / code / "adapter_config.json").read_text())
         assert exported["r"] == 2 + 4  # the root's searched rank 2 stacked under the leaf's rank 4
 
@@ -188,12 +189,12 @@ def test_search_cut_by_a_dead_driver_is_redone_on_resume(ray_session, small_corp
 
     after = Driver(make_config(overrides=overrides + ["run.resume=true"])).run()
     root = after.nodes["level0.Germanic"]
-    assert root["status"] == "done" and root["attempts"] == 1
+    assert root.status == "done" and root.attempts == 1
     old_ids = {p.name.split(".trial_")[1] for p in old_runs}
-    new_ids = {t["trial_id"] for t in root["trials"]}
+    new_ids = {t["trial_id"] for t in root.trials}
     assert len(new_ids) == 1 and not new_ids & old_ids
-    assert all(t["run"] not in {p.name for p in old_runs} for t in root["trials"])
-    assert root["metrics"]["resumed_from_step"] is None  # a fresh start, not the dead search's checkpoint
+    assert all(t["run"] not in {p.name for p in old_runs} for t in root.trials)
+    assert root.metrics["resumed_from_step"] is None  # a fresh start, not the dead search's checkpoint
     assert all(p.is_dir() for p in old_runs)  # the dead search's files are left alone
 
 
@@ -217,7 +218,7 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     assert ray.get(board.snapshot.remote())["level0.G"]["trial"] == "t_a"
 
     def result(loss):
-        return {"adapter": {"tensors": {"w": np.full(3, loss)}}, "metrics": {"val_loss": loss}}
+        return NodeResult(AdapterState({}, {"w": np.full(3, loss)}), {"val_loss": loss}, [])
 
     ray.get(state.finished.remote("t_a", result(2.0), None))
     ray.get(state.finished.remote("t_b", result(1.5), None))
@@ -226,7 +227,7 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     assert summary["best_id"] == "t_b" and summary["trials"]["t_b"]["starts"] == 2
     assert summary["trials"]["t_c"]["error"] == "RuntimeError: boom"
     best = ray.get(state.best_result.remote())
-    assert best["metrics"]["val_loss"] == 1.5 and best["adapter"]["tensors"]["w"].tolist() == [1.5] * 3
+    assert best.metrics["val_loss"] == 1.5 and best.adapter.tensors["w"].tolist() == [1.5] * 3
 
 
 CHAIN = "code,level0,level1,language\ndeu_Latn,Germanic,West,German\nnld_Latn,Germanic,West,Dutch\n"
@@ -249,10 +250,10 @@ def test_stopped_trials_give_their_cpu_slots_back(ray_session, small_corpus, tmp
             after_node[info["node"]] = unreleased_resources(timeout_s=5)
 
     manifest = Driver(cfg, on_event=on_event).run()
-    trials = manifest.nodes["level0.Germanic"]["trials"]
+    trials = manifest.nodes["level0.Germanic"].trials
     assert sorted(t["status"] for t in trials) == ["done", "stopped"]
-    assert {v["status"] for v in manifest.nodes.values()} == {"done"}, manifest.nodes
-    assert manifest.nodes["level1.West"]["resources"]["workers"] == 2  # every CPU slot
+    assert {v.status for v in manifest.nodes.values()} == {"done"}, manifest.nodes
+    assert manifest.nodes["level1.West"].resources["workers"] == 2  # every CPU slot
     assert manifest.data["slots"] == {"total": 2, "gpu": False, "cuda": False}
     assert after_node == {"level0.Germanic": {}, "level1.West": {}}
     assert unreleased_resources() == {}

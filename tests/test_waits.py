@@ -36,8 +36,8 @@ def test_a_node_that_cannot_get_its_resources_says_why_then_fails(ray_session, s
     message = waits[0]["message"]
     assert message.startswith("level0.Germanic has waited") and "for 3 worker(s) x {CPU: 1}" in message
     assert "; free CPU " in message and "/2" in message and "; held: " in message
-    assert root["status"] == "failed" and manifest.data["status"] == "failed"
-    assert root["error"].startswith("gave up waiting for resources: level0.Germanic has waited"), root["error"]
+    assert root.status == "failed" and manifest.data["status"] == "failed"
+    assert root.error.startswith("gave up waiting for resources: level0.Germanic has waited"), root.error
     failed = [info for kind, info in events if kind == "node_failed"]
     assert "for 3 worker(s) x {CPU: 1}" in failed[0]["error"]
     assert unreleased_resources() == {}

@@ -116,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs} if args.simulate else None
-    reporter = make_reporter(cfg, plain=args.plain)
-    driver = Driver(cfg, simulate=simulate, on_event=reporter.event)
+    driver = Driver(cfg, simulate=simulate)
+    reporter = make_reporter(cfg, plain=args.plain, tree=driver.tree)
+    driver.on_event = reporter.event
     with reporter:
         manifest = driver.run()
     failed = [n for n, v in manifest.nodes.items() if v["status"] != "done"]

@@ -1,6 +1,6 @@
 """The sample corpus's vocabulary: per-language lexicons and the word pools its templates draw from.
 
-Kept apart from `hql_ray.sample_data` (templates, grammar, writer) because it is data, not logic:
+Kept apart from `hql_ray.sample.generator` (templates, grammar, writer) because it is data, not logic:
 each block is `english key | one cell per language`, parsed by `_table` into {key: {lang: cell}}.
 """
 

@@ -1,0 +1,5 @@
+import sys
+
+from hql_ray.sample.generator import main
+
+sys.exit(main())
