@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     driver.on_event = reporter.event
     with reporter:
         manifest = driver.run()
-    failed = [n for n, v in manifest.nodes.items() if v["status"] != "done"]
+    failed = [n for n, v in manifest.nodes.items() if v.status != "done"]
     run_dir = driver.run_dir
     if failed:
         print(f"{len(failed)} node(s) not done: {', '.join(failed)}. Finished nodes are kept in {run_dir}; "
