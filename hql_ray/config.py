@@ -127,6 +127,9 @@ class TrainSection:
     # Same update rule either way: adafactor_foreach (hql_ray.adafactor) stacks same-shaped tensors
     # into a few ops per step; adafactor_hf is transformers' per-tensor loop.
     optimizer: str = "adafactor_foreach"
+    # Rows per chunk of the head + cross-entropy (hql_ray.losses: no full-vocabulary fp32 logits for
+    # the whole batch); 0 = the model's own loss. Needs a frozen head (not model.mode fft).
+    chunked_loss: int = 0
 
 
 @dataclass
@@ -240,6 +243,9 @@ class Config:
             raise ConfigError(f"train.epochs (-le) must be > 0, got {self.train.epochs}")
         if self.train.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.train.learning_rate}")
+        if self.train.chunked_loss < 0 or (self.train.chunked_loss and self.model.mode == "fft"):
+            raise ConfigError("train.chunked_loss must be >= 0, and 0 with model.mode fft (it trains the head), "
+                              f"got {self.train.chunked_loss} with {self.model.mode}")
         if self.resources.wait_warning_s <= 0 or self.resources.wait_timeout_s < 0:
             raise ConfigError("resources.wait_warning_s must be > 0 and resources.wait_timeout_s >= 0 "
                               f"(0 = wait forever), got {self.resources.wait_warning_s} and "

@@ -24,7 +24,7 @@ from transformers.optimization import get_linear_schedule_with_warmup
 
 from hql_ray import adafactor, batching
 from hql_ray import dataset as ds_lib
-from hql_ray import evaluation, handoff, modeling
+from hql_ray import evaluation, handoff, losses, modeling
 from hql_ray.config import Config
 from hql_ray.context import LocalContext, NodeContext
 from hql_ray.records import AdapterState, NodeResult, NodeSpec
@@ -247,7 +247,10 @@ def batches_from_step(st: TrainState):
 
 def train_step(st: TrainState, batch: dict) -> float:
     params = list(st.params.values())
-    loss = st.model(**batch).loss
+    if st.cfg.train.chunked_loss:  # the same loss without the batch's full-vocabulary logits
+        loss = losses.seq2seq_lm_loss(st.model, batch, chunk_rows=st.cfg.train.chunked_loss)
+    else:
+        loss = st.model(**batch).loss
     loss.backward()
     sync_gradients(params, st.ctx)
     if st.cfg.train.max_grad_norm:

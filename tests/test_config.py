@@ -62,6 +62,8 @@ def test_bad_yaml_names_line(tmp_path):
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("train.batch_size=abc", "train.batch_size must be an integer"),
         ("train.epochs=-1", "train.epochs (-le) must be > 0"),
+        ("train.optimizer=adam", "train.optimizer must be one of adafactor_foreach, adafactor_hf"),
+        ("train.chunked_loss=-1", "train.chunked_loss must be >= 0"),
         ("nosection.key=1", "unknown key 'nosection'"),
         ("train", "is not of the form section.key=value"),
     ],

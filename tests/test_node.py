@@ -94,3 +94,18 @@ def test_stacked_adafactor_trains_the_node_like_transformers(tmp_path, small_cor
     assert ours.adapter.tensors.keys() == theirs.adapter.tensors.keys()
     for key, value in ours.adapter.tensors.items():
         assert torch.allclose(value, theirs.adapter.tensors[key], rtol=1e-5, atol=1e-7), key
+
+
+def test_chunked_loss_trains_the_node_like_the_models_loss(tmp_path, small_corpus, four_language_tree):
+    """train.chunked_loss changes how the loss is computed (a few rows of logits at a time), not its value."""
+    runs = {}
+    for chunk in (0, 16):
+        cfg = node_config(tmp_path / str(chunk), small_corpus, four_language_tree,
+                          **{"train.max_steps": 6, "eval.generate": "false", "train.chunked_loss": chunk})
+        runs[chunk] = train_node(cfg, GERMAN, [], LocalContext())
+    plain, chunked = runs[0], runs[16]
+    assert [h["step"] for h in chunked.history] == [h["step"] for h in plain.history]
+    for a, b in zip(chunked.history, plain.history):
+        assert a.keys() == b.keys()
+        for key in {"val_loss", "train_loss"} & b.keys():
+            assert a[key] == pytest.approx(b[key], rel=1e-5)
