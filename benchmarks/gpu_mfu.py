@@ -145,12 +145,16 @@ def make_batches(examples, s: dict, args, n: int) -> list[dict]:
     return batches
 
 
-def loss_function(model, s: dict, args):
-    from hql_ray.losses import seq2seq_lm_loss
+def loss_function(model, s: dict, args, compile_fn):
+    """The step's loss; with chunked CE only the encoder-decoder is compiled: the chunk loop's trip
+    count depends on the batch, which would make dynamo recompile, and its big GEMMs gain nothing."""
+    from hql_ray import losses
 
     if s["chunked_ce"]:
-        return lambda batch: seq2seq_lm_loss(model, batch, chunk_rows=args.ce_chunk)
-    return lambda batch: model(**batch).loss
+        hidden = compile_fn(lambda batch: losses.seq2seq_hidden(model, batch))
+        head = losses.base_model(model).lm_head.weight
+        return lambda batch: losses.chunked_cross_entropy(hidden(batch), head, batch["labels"], args.ce_chunk)
+    return compile_fn(lambda batch: model(**batch).loss)
 
 
 def run_variant(model, initial: dict, examples, s: dict, args, counts, state: dict) -> dict:
@@ -171,13 +175,17 @@ def run_variant(model, initial: dict, examples, s: dict, args, counts, state: di
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, total + args.profile_steps)
     torch.backends.cuda.matmul.fp32_precision = "tf32" if s["bf16"] else "ieee"  # TF32 where fp32 stays
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if s["bf16"] else contextlib.nullcontext()
-    forward = loss_function(model, s, args)
     compiled = s["compile"] and state.get("compile_ok", True)
+    graphs_before = 0
     if compiled:
         import torch._dynamo
+        from torch._dynamo.utils import counters
 
         torch._dynamo.reset()
-        forward = torch.compile(forward, dynamic=True, backend=args.compile_backend)
+        torch._dynamo.config.recompile_limit = args.recompile_limit  # then that frame runs eagerly
+        graphs_before = counters["stats"]["unique_graphs"]
+    forward = loss_function(model, s, args, (lambda fn: torch.compile(fn, dynamic=True, backend=args.compile_backend))
+                            if compiled else (lambda fn: fn))
 
     def step(batch, pending):
         batch = {k: v.to(device, non_blocking=s["lazy"]) for k, v in batch.items()}
@@ -241,8 +249,16 @@ def run_variant(model, initial: dict, examples, s: dict, args, counts, state: di
            "peak_gib": memory_peak(device), "loss_last": timed[-1], "loss_mean": statistics.fmean(timed),
            "examples_per_step": statistics.fmean(len(b["input_ids"]) for b in batches[args.warmup:total]),
            "warmup_s": warm_s, "compiled": compiled, "note": note}
+    if compiled:
+        from torch._dynamo.utils import counters
+
+        out["graphs"] = counters["stats"]["unique_graphs"] - graphs_before  # > 1: recompiled for new shapes
+        out["note"] = f"{out['graphs']} compiled graphs, warm-up {warm_s:.0f} s"
     if args.profile_now:
-        out["profile"] = profile(step, batches[total:], pending, args)
+        try:  # a profiler problem must not cost the variant's row
+            out["profile"] = profile(step, batches[total:], pending, args)
+        except Exception as err:  # noqa: BLE001
+            print(f"  profile failed: {why(err)}", flush=True)
     del optimizer, scheduler
     gc.collect()
     if torch.cuda.is_available():
@@ -305,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ce-chunk", type=int, default=1024, help="rows per chunk of the chunked loss")
     parser.add_argument("--compile-backend", help="torch.compile backend (inductor; dry run aot_eager)")
     parser.add_argument("--compile-timeout", type=int, default=150, help="s for a compiled warm-up, then eager")
+    parser.add_argument("--recompile-limit", type=int, default=4,
+                        help="graphs per compiled function before dynamo runs it eagerly (4)")
     parser.add_argument("--profile-steps", type=int, help="profiled extra steps (2; dry run 1)")
     parser.add_argument("--top-kernels", type=int, default=8)
     parser.add_argument("--variants", nargs="+", help="names' prefixes to run, e.g. V0 V1 V4 (all)")

@@ -61,12 +61,21 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
                                                 labels.reshape(-1), chunk_rows, compute_dtype)
 
 
+def base_model(model):
+    """The MT5/T5ForConditionalGeneration under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def seq2seq_hidden(model, batch: dict) -> torch.Tensor:
+    """The decoder's last hidden states (what the head reads), as the model's own forward makes them."""
+    base = base_model(model)
+    encoded = base.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+    return base.decoder(input_ids=base._shift_right(batch["labels"]), encoder_hidden_states=encoded,
+                        encoder_attention_mask=batch["attention_mask"])[0]
+
+
 def seq2seq_lm_loss(model, batch: dict, chunk_rows: int = 1024) -> torch.Tensor:
     """`model(**batch).loss` for an (optionally PEFT-wrapped) MT5/T5ForConditionalGeneration, with the
     head and the loss run by `chunked_cross_entropy`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = batch["labels"]
-    encoded = base.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-    decoded = base.decoder(input_ids=base._shift_right(labels), encoder_hidden_states=encoded,
-                           encoder_attention_mask=batch["attention_mask"])[0]
-    return chunked_cross_entropy(decoded, base.lm_head.weight, labels, chunk_rows)
+    hidden = seq2seq_hidden(model, batch)
+    return chunked_cross_entropy(hidden, base_model(model).lm_head.weight, batch["labels"], chunk_rows)
