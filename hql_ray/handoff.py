@@ -87,7 +87,7 @@ def concat_adapters(chain: list[AdapterState]) -> AdapterState:
     for state in chain[1:]:
         if sorted(state.config["target_modules"]) != targets:
             raise ValueError(f"adapters target different modules: {targets} vs "
-                             f"{sorted(state['config']['target_modules'])}")
+                             f"{sorted(state.config['target_modules'])}")
     per = [_modules(state) for state in chain]
     if any(set(p) != set(per[0]) for p in per[1:]):
         raise ValueError("adapters in the chain cover different modules")
@@ -216,7 +216,7 @@ def attach_node_adapter(model, lora: LoraShape, handoff: str, parent_chain: list
     elif chain and handoff == "continue":
         parent, target = chain[0], lora.to_state()
         if sorted(parent.config["target_modules"]) != target["target_modules"]:
-            raise AdapterLoadError(f"parent adapter targets {parent['config']['target_modules']}, "
+            raise AdapterLoadError(f"parent adapter targets {parent.config['target_modules']}, "
                                    f"this node targets {target['target_modules']}")
         if any(parent.config[k] != target[k] for k in ("r", "lora_alpha", "use_rslora")):
             parent = reproject(parent, lora.r, lora_alpha=lora.lora_alpha, use_rslora=lora.use_rslora)
