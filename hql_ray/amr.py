@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import penman
 from penman import Graph, Tree
@@ -43,15 +43,6 @@ class LinearizeOptions:
     keep_wiki: bool = True
     keep_variables: bool = True
     keep_senses: bool = True
-
-
-@dataclass
-class AMREntry:
-    """One graph of a multi-line PENMAN file, its `# ::` metadata and the line its block starts on."""
-
-    graph: Graph
-    metadata: dict[str, str] = field(default_factory=dict)
-    line: int = 0
 
 
 class AMRSyntaxError(ValueError):
@@ -192,11 +183,13 @@ def read_text_lines(path: str | Path) -> list[str]:
 
 
 def read_penman_blocks(
-    path: str | Path, skip_bad: bool = False
+    path: str | Path, skip_bad: bool = False, on_bad: Callable[[InputError], None] | None = None
 ) -> tuple[list[tuple[Tree, dict[str, str], int]], int]:
     """Trees of a multi-line PENMAN file with metadata and block line; (entries, n_skipped).
 
-    A block holding only comments (a file header) is not a graph and is passed over."""
+    A block holding only comments (a file header) is not a graph and is passed over. A malformed
+    block raises an InputError naming its first line, or with `skip_bad` is counted and handed to
+    `on_bad`."""
     entries = []
     skipped = 0
     for start, block in _blocks(read_text_lines(path)):
@@ -206,23 +199,15 @@ def read_penman_blocks(
         try:
             tree = parse_tree("\n".join(block), first_line=start)
         except AMRSyntaxError as e:
-            if skip_bad:
-                skipped += 1
-                continue
-            raise InputError(f"malformed AMR in the block starting here: {e}", path=path, line=start) from None
+            err = InputError(f"malformed AMR in the block starting here: {e}", path=path, line=start)
+            if not skip_bad:
+                raise err from None
+            skipped += 1
+            if on_bad is not None:
+                on_bad(err)
+            continue
         entries.append((tree, parse_metadata(comments), start))
     return entries, skipped
-
-
-def read_penman_file(path: str | Path, skip_bad: bool = False) -> list[AMREntry]:
-    """All graphs of a multi-line PENMAN file (blank-line separated blocks with `# ::` metadata)."""
-    trees, _ = read_penman_blocks(path, skip_bad=skip_bad)
-    out = []
-    for tree, meta, line in trees:
-        graph = to_graph(tree, path, line)
-        graph.metadata = dict(meta)
-        out.append(AMREntry(graph=graph, metadata=meta, line=line))
-    return out
 
 
 def _strip_sense(concept: str) -> str:

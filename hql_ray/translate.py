@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from hql_ray.amr import AMRSyntaxError, _blocks, linearize, parse_metadata, parse_tree, read_text_lines
+from hql_ray.amr import linearize, read_penman_blocks
 from hql_ray.errors import InputError
 from hql_ray.manifest import atomic_write_text
 
@@ -69,25 +69,21 @@ def read_release(release_dir: str | Path, skip_bad: bool = False) -> tuple[dict[
 
 def _read_file(path: Path, skipped: list[str] | None) -> list[Entry]:
     """The graphs of one release file; a bad block raises, or is listed in `skipped` if given."""
+    problems: list[tuple[int, str]] = []  # (line, message): listed in file order
+    blocks, _ = read_penman_blocks(path, skip_bad=skipped is not None,
+                                   on_bad=lambda err: problems.append((err.line or 0, str(err))))
     entries = []
-    for start, block in _blocks(read_text_lines(path)):
-        comments = [b for b in block if b.lstrip().startswith("#")]
-        if len(comments) == len(block):  # the file header
-            continue
-        try:
-            try:
-                tree = parse_tree("\n".join(block), first_line=start)
-            except AMRSyntaxError as e:
-                raise InputError(f"malformed AMR in the block starting here: {e}", path=path, line=start) from None
-            snt = " ".join(parse_metadata(comments).get("snt", "").split())
-            if not snt:
-                raise InputError("graph without a `# ::snt` sentence", path=path, line=start)
-        except InputError as err:
+    for tree, meta, start in blocks:
+        snt = " ".join(meta.get("snt", "").split())
+        if not snt:
+            err = InputError("graph without a `# ::snt` sentence", path=path, line=start)
             if skipped is None:
-                raise
-            skipped.append(str(err))
+                raise err
+            problems.append((start, str(err)))
             continue
         entries.append(Entry(linearize(tree), snt, f"{path}:{start}"))
+    if skipped is not None:
+        skipped.extend(message for _, message in sorted(problems))
     return entries
 
 

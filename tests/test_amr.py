@@ -10,7 +10,7 @@ from hql_ray.amr import (
     linearize,
     parse_amr,
     parse_amr_tree,
-    read_penman_file,
+    read_penman_blocks,
 )
 from hql_ray.errors import InputError
 
@@ -81,16 +81,16 @@ def test_linearize_clears_metadata_and_keeps_it_on_the_graph():
     assert g.metadata == {"snt": "The boy."}
 
 
-def test_read_penman_file_multi_line(tmp_path):
+def test_read_penman_blocks_multi_line(tmp_path):
     path = tmp_path / "amr.txt"
     path.write_text(MULTI, encoding="utf-8")
-    entries = read_penman_file(path)
-    assert [e.line for e in entries] == [3, 10]
-    assert entries[0].metadata == {"id": "t.1", "date": "2012-06-07", "annotator": "A", "snt": "The boy wants to go."}
-    assert entries[1].metadata["snt"] == "Obama said: he goes :: now."
-    assert linearize(entries[0].graph) == WANT
-    assert linearize(entries[1].graph) == OBAMA
-    assert linearize(entries[1].graph, LinearizeOptions(keep_wiki=False, keep_variables=False)) == (
+    entries, skipped = read_penman_blocks(path)
+    assert [line for _, _, line in entries] == [3, 10] and skipped == 0
+    assert entries[0][1] == {"id": "t.1", "date": "2012-06-07", "annotator": "A", "snt": "The boy wants to go."}
+    assert entries[1][1]["snt"] == "Obama said: he goes :: now."
+    assert linearize(entries[0][0]) == WANT
+    assert linearize(entries[1][0]) == OBAMA
+    assert linearize(entries[1][0], LinearizeOptions(keep_wiki=False, keep_variables=False)) == (
         '(say-01 :ARG0 (person :name (name :op1 "Obama")) :ARG1 (go-02 :ARG0 person))'
     )
 
@@ -100,20 +100,22 @@ def test_malformed_block_names_file_and_block_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_text(bad, encoding="utf-8")
     with pytest.raises(InputError) as err:
-        read_penman_file(path)
+        read_penman_blocks(path)
     assert err.value.path == str(path)
     assert err.value.line == 10
     assert "unbalanced parentheses" in err.value.problem
     assert str(err.value).startswith(f"{path}:10: malformed AMR")
-    entries = read_penman_file(path, skip_bad=True)
-    assert [e.metadata["id"] for e in entries] == ["t.1"]
+    bad_blocks = []
+    entries, skipped = read_penman_blocks(path, skip_bad=True, on_bad=bad_blocks.append)
+    assert [meta["id"] for _, meta, _ in entries] == ["t.1"] and skipped == 1
+    assert [(e.line, str(e.path)) for e in bad_blocks] == [(10, str(path))]
 
 
 def test_error_inside_a_block_names_the_file_line(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_text("# ::id x\n(a / b\n   :ARG0 (c / d \"junk\"))\n", encoding="utf-8")
     with pytest.raises(InputError) as err:
-        read_penman_file(path)
+        read_penman_blocks(path)
     assert err.value.line == 1
     assert "Expected: ROLE (line 3, character" in err.value.problem
 
