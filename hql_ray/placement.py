@@ -66,8 +66,6 @@ def describe_wait(wait: dict, waited_s: float, holders: dict[str, str]) -> str:
                 bundles[key] = bundles.get(key, 0.0) + value
         if not any(bundles.get(k) for k in SHOWN_RESOURCES):
             continue
-        owner = holders.get(pg_id) or ("a Tune trial's driver" if bundles.get("CPU", 0) < 0.05 and not bundles.get("GPU")
-                                       else "not a run of this driver")
-        held.append(f"{fmt_resources(bundles)} by {owner}")
+        held.append(f"{fmt_resources(bundles)} by {holders.get(pg_id, 'not a run of this driver')}")
     text += "; held: " + ("; ".join(held) if held else "nothing in placement groups (other tasks or actors hold it)")
     return text
