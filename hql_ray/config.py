@@ -25,6 +25,11 @@ MODES = ("qlora", "lora", "fft")
 HANDOFFS = ("stack", "merge", "continue")
 DIRECTIONS = ("amr2text", "text2amr")
 OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+VALIDATION_MODES = ("first", "sample")
+TEST_SETS = ("flores", "ldc2020t07", "amr3")
+# Keys renamed since earlier releases: old configs and old runs' manifests still load.
+RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 
 
@@ -43,18 +48,28 @@ class RunSection:
 class TreeSection:
     file: str = "language_files/12langs_pthql.csv"  # -lf
     levels: list[str] | None = None  # -ln; None = every level column of the file
+    # -sv: node values not trained in this run (the original's skip_values, e.g. Germanic eng_Latn).
+    # A skipped node's children start from its adapter already in the run folder.
+    skip: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DataSection:
     dir: str = "data"  # the original's layout: data/amr3/<code>/..., data/flores/<code>/...
-    corpora: list[str] | None = None  # None = every corpus found in dir
+    corpora: list[str] | None = None  # training corpora; None = the original's (amr3 and flores)
     direction: str = "amr2text"  # or text2amr (parsing, scored with smatch)
-    max_train_per_language: int | None = 31000  # -ts: the paper's cap (low-resource lower bound)
-    max_validation_per_language: int | None = 200  # -sv: validation sample per language
+    # Training examples per corpus and language (the paper's 31K; the original train.py: no cap = null).
+    max_train_per_corpus: int | None = 31000
+    # Validation, as the original by default ("first"): each corpus of each language of a node gives its
+    # first validation_size // languages // corpora rows. "sample": a seeded sample of
+    # max_validation_per_language rows from the union of the language's corpora.
+    validation: str = "first"
+    validation_size: int = 5000  # -ts (the original's test_size: the validation budget of a node)
+    max_validation_per_language: int | None = 200  # validation: sample only
     max_test_per_language: int | None = None
-    max_source_length: int = 512
-    max_target_length: int = 256
+    # Token limits (null = no truncation, as the original); clipped counts are reported when set.
+    max_source_length: int | None = None
+    max_target_length: int | None = None
     skip_bad: bool = False  # skip (and count) malformed lines instead of stopping
     cache_dir: str | None = None  # tokenized Arrow cache; None = <output_dir>/.cache
     linearize: LinearizeOptions = field(default_factory=LinearizeOptions)  # what a linearized graph keeps
@@ -107,20 +122,27 @@ class ModelSection:
     handoff: str = "stack"  # stack | merge | continue
     double_quant: bool = True
     quant_type: str = "nf4"
-    gradient_checkpointing: bool = False
+    # auto = bfloat16 on a GPU that has it, float32 on CPU (the original in effect ran float32).
+    compute_dtype: str = "auto"
+    gradient_checkpointing: bool | None = None  # None = on for GPU workers, off on CPU (the original: on)
     lora: LoraShape = field(default_factory=LoraShape)
 
 
 @dataclass
 class TrainSection:
     epochs: float = 1.0  # -le: epochs per level
-    batch_size: int = 8  # -bs: per worker
+    batch_size: int = 8  # -bs: examples per optimizer step, whatever the number of workers
+    # True = the old data-parallel scaling: batch_size per worker, so W workers step on W x batch_size.
+    batch_per_worker: bool = False
+    # Examples per forward pass on one worker; a worker's share of the batch above this is accumulated.
+    # None = the whole share in one pass.
+    micro_batch_size: int | None = None
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
     group_by_length: bool = True
-    eval_every: int = 0  # steps between validations; 0 = once per epoch (and at the end)
+    eval_every: int = 500  # optimizer steps between validations (the original: 500); 0 = once per epoch. Always at the end.
     checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
     log_every: int = 10
@@ -134,7 +156,14 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    generate: bool = True  # -ge: generate on the test split of every language under a node
+    generate: bool = True  # generate on the test sets of every language under a node and score them
+    # Test sets, each scored and reported apart: flores (every language), ldc2020t07 (deu, eng, ita, spa:
+    # AMR 2.0 test translated), amr3 (amr3's own test split, not scored by the original).
+    test_sets: list[str] = field(default_factory=lambda: ["flores", "ldc2020t07"])
+    # SentencePiece model for spBLEU (sacreBLEU's flores200 tokenizer); None = sacreBLEU's cache if present.
+    spbleu_model: str | None = None
+    lid_model: str | None = None  # fastText language-ID model (GlotLID in the paper); None = no LID
+    lid_baseline: str | None = None  # -ge: JSON of the references' LID per test set (made if missing)
     max_new_tokens: int = 128
     batch_size: int = 32
     at_nodes: str = "all"  # all | leaves: which nodes generate on their languages' test sets
@@ -176,7 +205,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "Config":
-        return _build(cls, data or {}, source, prefix="")
+        return _build(cls, _renamed(data or {}), source, prefix="")
 
     @property
     def run_name(self) -> str:
@@ -230,15 +259,29 @@ class Config:
         _choice("eval.at_nodes", self.eval.at_nodes, ("all", "leaves"))
         _choice("model.quant_type", self.model.quant_type, ("nf4", "fp4"))
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
+        _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
+        _choice("data.validation", self.data.validation, VALIDATION_MODES)
+        for name in self.eval.test_sets:
+            _choice("eval.test_sets", name, TEST_SETS)
         for key, value in [
             ("train.batch_size", self.train.batch_size),
             ("model.lora.r", self.model.lora.r),
+            ("data.validation_size (-ts)", self.data.validation_size),
             ("resources.max_workers_per_node", self.resources.max_workers_per_node),
-            ("data.max_source_length", self.data.max_source_length),
             ("eval.max_new_tokens", self.eval.max_new_tokens),
         ]:
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        for key in ("max_train_per_corpus", "max_validation_per_language", "max_test_per_language",
+                    "max_source_length", "max_target_length"):
+            value = getattr(self.data, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} must be >= 1 or null (no limit), got {value}")
+        if self.train.micro_batch_size is not None and self.train.micro_batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size must be >= 1 or null, got {self.train.micro_batch_size}")
+        if self.train.eval_every < 0 or self.train.checkpoint_every < 0:
+            raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0, got "
+                              f"{self.train.eval_every} and {self.train.checkpoint_every}")
         if self.train.epochs <= 0:
             raise ConfigError(f"train.epochs (-le) must be > 0, got {self.train.epochs}")
         if self.train.learning_rate <= 0:
@@ -256,6 +299,19 @@ class Config:
         if "/" in self.run_name or self.run_name in ("", ".", ".."):
             raise ConfigError(f"run.name (-sn) must be a plain folder name, got {self.run_name!r}")
         return self
+
+
+def _renamed(data: dict) -> dict:
+    """Old key names (RENAMED) moved to their new place; both given is an error."""
+    out = copy.deepcopy(data)
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = out.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            if new_key in out.get(new_section, {}):
+                raise ConfigError(f"{old} is the old name of {new}: give only {new}")
+            out.setdefault(new_section, {})[new_key] = section.pop(old_key)
+    return out
 
 
 # ---- loading ----------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ class DataSettings:
     data_dir: str
     direction: str = "amr2text"
     corpora: tuple[str, ...] | None = None
-    max_source_length: int = 512
-    max_target_length: int = 256
+    max_source_length: int | None = None  # None = no truncation
+    max_target_length: int | None = None
     caps: dict = field(default_factory=dict)  # split -> max examples per language (None = all)
     seed: int = 0
     skip_bad: bool = False
@@ -59,7 +59,7 @@ class DataSettings:
             max_source_length=d.max_source_length,
             max_target_length=d.max_target_length,
             caps={
-                "train": d.max_train_per_language,
+                "train": d.max_train_per_corpus,
                 "validation": d.max_validation_per_language,
                 "test": d.max_test_per_language,
             },
@@ -124,8 +124,10 @@ def tokenize_language(settings: DataSettings, code: str, name: str, split: str, 
     pairs = [make_pair(settings.direction, name, ex.amr, ex.text) for ex in examples]
     sources = [p[0] for p in pairs]
     targets = [p[1] for p in pairs]
-    enc = tokenizer(sources, max_length=settings.max_source_length, truncation=True) if sources else {"input_ids": []}
-    lab = tokenizer(text_target=targets, max_length=settings.max_target_length, truncation=True) if targets else {"input_ids": []}
+    src_cut, tgt_cut = settings.max_source_length, settings.max_target_length
+    enc = tokenizer(sources, max_length=src_cut, truncation=src_cut is not None) if sources else {"input_ids": []}
+    lab = (tokenizer(text_target=targets, max_length=tgt_cut, truncation=tgt_cut is not None) if targets
+           else {"input_ids": []})
     ds = datasets.Dataset.from_dict(
         {
             "input_ids": enc["input_ids"],

@@ -33,9 +33,11 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _encode(tokenizer, sources: Sequence[str], max_source_length: int) -> tuple[list[list[int]], list[bool]]:
+def _encode(tokenizer, sources: Sequence[str], max_source_length: int | None) -> tuple[list[list[int]], list[bool]]:
     """Token ids per source, truncated by the tokenizer itself (keeps its EOS), and clip flags."""
     full = tokenizer(list(sources), add_special_tokens=True, truncation=False)["input_ids"]
+    if max_source_length is None:  # no truncation (the original's way)
+        return full, [False] * len(full)
     clipped = [len(ids) > max_source_length for ids in full]
     long_idx = [i for i, c in enumerate(clipped) if c]
     if long_idx:
@@ -47,7 +49,7 @@ def _encode(tokenizer, sources: Sequence[str], max_source_length: int) -> tuple[
 
 
 def generate(model, tokenizer, sources: Sequence[str], *, batch_size: int = 32,
-             max_new_tokens: int = 128, max_source_length: int = 512,
+             max_new_tokens: int = 128, max_source_length: int | None = None,
              device: str | torch.device | None = None,
              on_batch: Callable[[int, int], None] | None = None) -> GenerationResult:
     """Greedy decoding (one beam, no sampling) in length-sorted batches, outputs in input order.
@@ -56,7 +58,7 @@ def generate(model, tokenizer, sources: Sequence[str], *, batch_size: int = 32,
     out-of-memory shows up at once. ``device`` is where inputs go (default: the model's device);
     the model itself is never moved. ``on_batch(done, total)`` reports progress in sources.
     """
-    if batch_size < 1 or max_new_tokens < 1 or max_source_length < 1:
+    if batch_size < 1 or max_new_tokens < 1 or (max_source_length is not None and max_source_length < 1):
         raise ValueError(f"batch_size, max_new_tokens and max_source_length must be >= 1 "
                          f"(got {batch_size}, {max_new_tokens}, {max_source_length})")
     sources = list(sources)

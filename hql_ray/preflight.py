@@ -20,7 +20,7 @@ def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None) -> dict
     check_model(cfg)
     codes = [lang.code for lang in tree.languages]
     corpus.check_layout(cfg.data.dir, codes, cfg.data.corpora)
-    cap = cfg.data.max_train_per_language
+    cap = cfg.data.max_train_per_corpus
     per_language = {}
     for code in codes:
         n = corpus.count_examples(cfg.data.dir, code, "train", cfg.data.corpora)

@@ -18,7 +18,7 @@ def test_defaults_are_the_papers():
     assert cfg.model.lora.dropout == 0.05
     assert cfg.model.lora.target_modules == ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
     assert cfg.train.learning_rate == 5e-5 and cfg.train.batch_size == 8 and cfg.train.warmup_steps == 0
-    assert cfg.data.max_train_per_language == 31000
+    assert cfg.data.max_train_per_corpus == 31000 and cfg.data.max_source_length is None
     assert cfg.eval.max_new_tokens == 128
 
 
