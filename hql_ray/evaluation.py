@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from hql_ray.config import DIRECTIONS
+from hql_ray import dataset as ds_lib
+from hql_ray.config import DIRECTIONS, Config
 from hql_ray.metrics import smatch_scores, text_scores
 
 N_SAMPLES = 3
@@ -129,3 +130,23 @@ def evaluate_language(model, tokenizer, examples_sources: Sequence[str], referen
         for s, h, r in list(zip(sources, result.outputs, references))[:N_SAMPLES]
     ]
     return record
+
+
+def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device) -> dict:
+    """Generate on each language's test split and score it (BLEU/chrF++ or smatch)."""
+    model.eval()
+    results = {}
+    for code, name in languages:
+        test = ds_lib.language_dataset(settings, code, name, "test", tokenizer, cache)
+        results[code] = evaluate_language(
+            model,
+            tokenizer,
+            test["source"],
+            test["target"],
+            direction=cfg.data.direction,
+            batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            max_source_length=cfg.data.max_source_length,
+            device=device,
+        )
+    return results

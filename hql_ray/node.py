@@ -319,8 +319,8 @@ def finish(st: TrainState) -> NodeResult:
     cfg, ctx = st.cfg, st.ctx
     if ctx.is_main and cfg.eval.generate and (cfg.eval.at_nodes == "all" or st.node.is_leaf):
         ctx.progress({"node": st.node.id, "phase": "evaluate"})
-        metrics["languages"] = evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages, cfg.cache_dir,
-                                             ctx.device)
+        metrics["languages"] = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
+                                                        cfg.cache_dir, ctx.device)
     state = handoff.full_state(st.model) if cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
     ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
     return NodeResult(state if ctx.is_main else None, metrics, history)
@@ -346,23 +346,3 @@ def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[Adapter
         since_point.add(loss)
         when_due(st, since_validation, since_point)
     return finish(st)
-
-
-def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device) -> dict:
-    """Generate on each language's test split and score it (BLEU/chrF++ or smatch)."""
-    model.eval()
-    results = {}
-    for code, name in languages:
-        test = ds_lib.language_dataset(settings, code, name, "test", tokenizer, cache)
-        results[code] = evaluation.evaluate_language(
-            model,
-            tokenizer,
-            test["source"],
-            test["target"],
-            direction=cfg.data.direction,
-            batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            max_source_length=cfg.data.max_source_length,
-            device=device,
-        )
-    return results
