@@ -26,7 +26,7 @@ from hql_ray.launch import NodeJob, Slots
 from hql_ray.manifest import Manifest
 from hql_ray.records import AdapterState, NodeResult, NodeSpec, RunEvent
 from hql_ray.ray_worker import from_wire, to_wire
-from hql_ray.scheduling import allocate_workers
+from hql_ray.scheduling import allocate_workers, max_workers
 from hql_ray.tree import LanguageTree, load_tree
 from hql_ray.watch import RunWatch
 
@@ -202,7 +202,7 @@ class Driver:
         alloc = allocate_workers(
             [(n, run.sizes[n]) for n in ready],
             run.slots.total - run.busy_slots,
-            self.cfg.resources.max_workers_per_node,
+            max_workers(self.cfg),
             self.cfg.resources.min_examples_per_worker,
         )
         for node_id, workers in alloc.items():

@@ -8,6 +8,13 @@ are ready, the biggest go first and the rest wait for a slot.
 from __future__ import annotations
 
 
+def max_workers(cfg) -> int:
+    """Most workers one node may use. With a global batch (the default) a worker needs at least one
+    example of each optimizer step's batch, so no more workers than train.batch_size."""
+    limit = cfg.resources.max_workers_per_node
+    return limit if cfg.train.batch_per_worker else min(limit, cfg.train.batch_size)
+
+
 def max_useful_workers(examples: int, max_per_node: int, min_examples_per_worker: int) -> int:
     """Don't spread a small node so thin that workers mostly wait on each other."""
     by_size = max(1, examples // max(min_examples_per_worker, 1))
