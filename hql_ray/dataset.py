@@ -23,7 +23,8 @@ import datasets
 from hql_ray import corpus
 from hql_ray.amr import LinearizeOptions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+_COUNTS = ("skipped", "clipped_source", "clipped_target")  # metadata summed over a node's languages
 
 
 def make_pair(direction: str, language_name: str, amr: str, text: str) -> tuple[str, str]:
@@ -41,13 +42,18 @@ class DataSettings:
 
     data_dir: str
     direction: str = "amr2text"
-    corpora: tuple[str, ...] | None = None
+    corpora: tuple[str, ...] | None = None  # training corpora; None = the original's (corpus.DEFAULT_CORPORA)
     max_source_length: int | None = None  # None = no truncation
     max_target_length: int | None = None
-    caps: dict = field(default_factory=dict)  # split -> max examples per language (None = all)
+    # split -> max examples per language: "train" per corpus, "validation" (sample mode) and "test" per language
+    caps: dict = field(default_factory=dict)
     seed: int = 0
     skip_bad: bool = False
     linearize: LinearizeOptions = field(default_factory=LinearizeOptions)
+    # "first": each (corpus, language) of a node gives its first validation_size // languages // corpora
+    # validation rows (the original); "sample": a seeded sample of caps["validation"] from the union.
+    validation: str = "first"
+    validation_size: int = 5000
 
     @classmethod
     def from_config(cls, cfg) -> "DataSettings":
@@ -66,7 +72,19 @@ class DataSettings:
             seed=cfg.run.seed,
             skip_bad=d.skip_bad,
             linearize=d.linearize,
+            validation=d.validation,
+            validation_size=d.validation_size,
         )
+
+    def used_corpora(self) -> list[str]:
+        """The training corpora (named, or the original's); an unknown or missing one is an InputError."""
+        return corpus.select_corpora(self.data_dir, list(self.corpora) if self.corpora else None)
+
+    def validation_rows(self, n_languages: int) -> int | None:
+        """Validation rows each (corpus, language) of a node with n_languages gives ("first"), else None."""
+        if self.validation != "first":
+            return None
+        return self.validation_size // max(n_languages, 1) // max(len(self.used_corpora()), 1)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -77,30 +95,27 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _source_files(settings: DataSettings, code: str, split: str) -> list[Path]:
-    names = corpus.discover_corpora(settings.data_dir)
-    if settings.corpora:
-        names = [n for n in names if n in settings.corpora]
-    return [corpus.corpus_file(settings.data_dir, name, code, split) for name in names]
+    return [corpus.corpus_file(settings.data_dir, name, code, split) for name in settings.used_corpora()]
 
 
-def cache_key(settings: DataSettings, code: str, name: str, split: str, tokenizer) -> str:
-    files = []
-    for path in _source_files(settings, code, split):
+def _file_stamps(paths: list[Path]) -> list:
+    out = []
+    for path in paths:
         st = path.stat() if path.exists() else None
-        files.append([str(path.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None])
+        out.append([str(path.resolve()), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return out
+
+
+def _key(payload: dict, settings: DataSettings, tokenizer) -> str:
     payload = {
         "version": CACHE_VERSION,
-        "code": code,
-        "name": name,
-        "split": split,
-        "files": files,
+        **payload,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "settings": {
             "direction": settings.direction,
             "corpora": settings.corpora,
             "max_source_length": settings.max_source_length,
             "max_target_length": settings.max_target_length,
-            "cap": settings.caps.get(split),
             "seed": settings.seed,
             "skip_bad": settings.skip_bad,
             "linearize": asdict(settings.linearize),
@@ -109,29 +124,27 @@ def cache_key(settings: DataSettings, code: str, name: str, split: str, tokenize
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def tokenize_language(settings: DataSettings, code: str, name: str, split: str, tokenizer) -> datasets.Dataset:
-    """Read, prompt and tokenize one language's split (no cache)."""
-    examples, skipped = corpus.load_examples(
-        settings.data_dir,
-        code,
-        split,
-        corpora=list(settings.corpora) if settings.corpora else None,
-        cap=settings.caps.get(split),
-        seed=settings.seed,
-        options=settings.linearize,
-        skip_bad=settings.skip_bad,
-    )
+def cache_key(settings: DataSettings, code: str, name: str, split: str, tokenizer,
+              validation_rows: int | None = None) -> str:
+    payload = {"code": code, "name": name, "split": split, "corpora_used": settings.used_corpora(),
+               "files": _file_stamps(_source_files(settings, code, split)), "cap": settings.caps.get(split)}
+    if split == "validation":
+        payload["validation"] = [settings.validation, validation_rows]
+    return _key(payload, settings, tokenizer)
+
+
+def _tokenize_examples(settings: DataSettings, examples: list[corpus.Example], code: str, name: str,
+                       tokenizer, meta: dict) -> datasets.Dataset:
+    """Prompt and tokenize examples; with a token limit, the clipped examples are counted in the metadata."""
     pairs = [make_pair(settings.direction, name, ex.amr, ex.text) for ex in examples]
     sources = [p[0] for p in pairs]
     targets = [p[1] for p in pairs]
-    src_cut, tgt_cut = settings.max_source_length, settings.max_target_length
-    enc = tokenizer(sources, max_length=src_cut, truncation=src_cut is not None) if sources else {"input_ids": []}
-    lab = (tokenizer(text_target=targets, max_length=tgt_cut, truncation=tgt_cut is not None) if targets
-           else {"input_ids": []})
+    inputs, clipped_source = _tokenize(tokenizer, sources, settings.max_source_length, target=False)
+    labels, clipped_target = _tokenize(tokenizer, targets, settings.max_target_length, target=True)
     ds = datasets.Dataset.from_dict(
         {
-            "input_ids": enc["input_ids"],
-            "labels": lab["input_ids"],
+            "input_ids": inputs,
+            "labels": labels,
             "source": sources,
             "target": targets,
             "lang": [code] * len(sources),
@@ -148,20 +161,58 @@ def tokenize_language(settings: DataSettings, code: str, name: str, split: str, 
             }
         ),
     )
-    ds.info.description = json.dumps({"skipped": skipped})
+    ds.info.description = json.dumps({**meta, "clipped_source": clipped_source, "clipped_target": clipped_target})
     return ds
 
 
-def language_dataset(
-    settings: DataSettings, code: str, name: str, split: str, tokenizer, cache_dir: str | Path
-) -> datasets.Dataset:
-    """Cached tokenized split of one language; built once, then loaded (memory-mapped Arrow)."""
-    key = cache_key(settings, code, name, split, tokenizer)
-    target = Path(cache_dir) / "tokenized" / code / f"{split}-{key}"
+def _tokenize(tokenizer, texts: list[str], limit: int | None, target: bool) -> tuple[list[list[int]], int]:
+    """Token ids without truncation, or cut at `limit` (the tokenizer's own truncation, so EOS stays) and
+    the number of texts that were longer."""
+    if not texts:
+        return [], 0
+    kwargs = {"text_target": texts} if target else {"text": texts}
+    ids = tokenizer(**kwargs)["input_ids"]
+    if limit is None:
+        return ids, 0
+    long = [i for i, seq in enumerate(ids) if len(seq) > limit]
+    if long:
+        kwargs = {"text_target": [texts[i] for i in long]} if target else {"text": [texts[i] for i in long]}
+        for i, seq in zip(long, tokenizer(**kwargs, max_length=limit, truncation=True)["input_ids"]):
+            ids[i] = seq
+    return ids, len(long)
+
+
+def tokenize_language(settings: DataSettings, code: str, name: str, split: str, tokenizer,
+                      validation_rows: int | None = None) -> datasets.Dataset:
+    """Read, prompt and tokenize one language's split (no cache).
+
+    train: each corpus capped at caps["train"] (seeded); validation: each corpus's first
+    `validation_rows` rows ("first"), or a seeded sample of caps["validation"] from the union ("sample");
+    test: the union, capped at caps["test"]."""
+    first = validation_rows if split == "validation" and settings.validation == "first" else None
+    per_corpus = settings.caps.get("train") if split == "train" else None
+    union = None if split == "train" or first is not None else settings.caps.get(split)
+    examples, skipped = corpus.load_examples(
+        settings.data_dir,
+        code,
+        split,
+        corpora=list(settings.corpora) if settings.corpora else None,
+        cap=union,
+        seed=settings.seed,
+        options=settings.linearize,
+        skip_bad=settings.skip_bad,
+        cap_per_corpus=per_corpus,
+        first_per_corpus=first,
+    )
+    return _tokenize_examples(settings, examples, code, name, tokenizer, {"skipped": skipped})
+
+
+def _cached(target: Path, build) -> datasets.Dataset:
+    """Load the Arrow dataset at `target`, building and saving it first if needed (atomic rename)."""
     if not (target / "dataset_info.json").exists():
-        ds = tokenize_language(settings, code, name, split, tokenizer)
+        ds = build()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name.split('-')[0]}-", dir=target.parent))
         ds.save_to_disk(str(tmp))
         try:
             os.rename(tmp, target)  # atomic: a concurrent builder either wins or finds ours
@@ -170,19 +221,75 @@ def language_dataset(
     return datasets.load_from_disk(str(target))
 
 
+def language_dataset(
+    settings: DataSettings, code: str, name: str, split: str, tokenizer, cache_dir: str | Path,
+    validation_rows: int | None = None,
+) -> datasets.Dataset:
+    """Cached tokenized split of one language; built once, then loaded (memory-mapped Arrow).
+
+    `validation_rows`: for split "validation" with settings.validation "first", the rows each corpus
+    gives (node_dataset computes it from the node's languages); None there = every row."""
+    key = cache_key(settings, code, name, split, tokenizer, validation_rows)
+    target = Path(cache_dir) / "tokenized" / code / f"{split}-{key}"
+    return _cached(target, lambda: tokenize_language(settings, code, name, split, tokenizer, validation_rows))
+
+
 def node_dataset(
     settings: DataSettings, languages: list[tuple[str, str]], split: str, tokenizer, cache_dir: str | Path
 ) -> datasets.Dataset:
-    """Union of the languages' datasets for one split (languages = [(code, display name), ...])."""
-    parts = [language_dataset(settings, code, name, split, tokenizer, cache_dir) for code, name in languages]
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    """Union of the languages' datasets for one split (languages = [(code, display name), ...]).
+
+    Validation "first" (the original): each corpus of each language gives its first
+    validation_size // len(languages) // corpora rows."""
+    rows = settings.validation_rows(len(languages)) if split == "validation" else None
+    parts = [language_dataset(settings, code, name, split, tokenizer, cache_dir, rows) for code, name in languages]
+    if len(parts) == 1:
+        return parts[0]
+    ds = datasets.concatenate_datasets(parts)
+    metas = [_metadata(part) for part in parts]  # summed: concatenation would keep the text of each
+    ds.info.description = json.dumps({k: sum(int(m.get(k, 0)) for m in metas) for k in _COUNTS})
+    return ds
+
+
+def test_set_dataset(
+    settings: DataSettings, code: str, name: str, test_set: str, tokenizer, cache_dir: str | Path
+) -> datasets.Dataset | None:
+    """One test set of one language ("flores", "ldc2020t07", "amr3"), tokenized and cached like
+    language_dataset (same columns), capped at caps["test"] (seeded); None when the language has no such
+    test set (e.g. ldc2020t07 for fra_Latn, or no flores test file)."""
+    files = corpus.files_of_test_set(settings.data_dir, code, test_set)
+    if files is None:
+        return None
+    payload = {"code": code, "name": name, "test_set": test_set, "files": _file_stamps(files),
+               "cap": settings.caps.get("test")}
+    key = _key(payload, settings, tokenizer)
+    target = Path(cache_dir) / "tokenized" / code / f"test_{test_set}-{key}"
+
+    def build() -> datasets.Dataset:
+        examples = corpus.load_test_set(settings.data_dir, code, test_set, settings.linearize, settings.skip_bad)
+        examples = corpus.cap_sample(examples or [], settings.caps.get("test"), settings.seed)
+        return _tokenize_examples(settings, examples, code, name, tokenizer, {"test_set": test_set})
+
+    return _cached(target, build)
+
+
+def _metadata(ds: datasets.Dataset) -> dict:
+    try:
+        return json.loads(ds.info.description or "{}")
+    except (ValueError, AttributeError):
+        return {}
 
 
 def skipped_count(ds: datasets.Dataset) -> int:
-    try:
-        return int(json.loads(ds.info.description or "{}").get("skipped", 0))
-    except (ValueError, AttributeError):
-        return 0
+    return int(_metadata(ds).get("skipped", 0))
+
+
+def clipped_counts(ds: datasets.Dataset) -> dict[str, int]:
+    """Examples whose source / target was cut at data.max_source_length / max_target_length (0 without limits).
+
+    node_dataset sums them over its languages."""
+    meta = _metadata(ds)
+    return {"source": int(meta.get("clipped_source", 0)), "target": int(meta.get("clipped_target", 0))}
 
 
 # ---- sizes for batching ----------------------------------------------------------------------------

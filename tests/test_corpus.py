@@ -16,8 +16,11 @@ from hql_ray.corpus import (
     discover_corpora,
     find_ldc,
     load_examples,
+    load_test_set,
     read_ldc,
     read_tsv,
+    select_corpora,
+    unused_corpora,
 )
 from hql_ray.errors import InputError
 
@@ -156,6 +159,24 @@ def test_cap_is_a_deterministic_seeded_sample(tmp_path):
     assert load_examples(tmp_path, "deu_Latn", "train", cap=100)[0] == full
 
 
+def test_cap_per_corpus_keeps_every_corpus(tmp_path):
+    """data.max_train_per_corpus: each corpus of a language capped apart, so a big amr3 never thins flores."""
+    make_corpus(tmp_path, "amr3", "deu_Latn", 40, splits=("train",))
+    make_corpus(tmp_path, "flores", "deu_Latn", 20, splits=("train",))
+    make_corpus(tmp_path, "amr3", "nld_Latn", 40, splits=("train",))
+    make_corpus(tmp_path, "flores", "nld_Latn", 20, splits=("train",))
+    deu, _ = load_examples(tmp_path, "deu_Latn", "train", cap_per_corpus=25, seed=3)
+    assert [e.corpus for e in deu] == ["amr3"] * 25 + ["flores"] * 20
+    nld, _ = load_examples(tmp_path, "nld_Latn", "train", cap_per_corpus=25, seed=3)
+    rows = lambda examples: [e.origin.rsplit(":", 1)[1] for e in examples]  # noqa: E731
+    assert rows(deu) == rows(nld)  # same seed, same rows: the languages keep the same graphs
+    assert rows(deu) != rows(load_examples(tmp_path, "deu_Latn", "train", cap_per_corpus=25, seed=4)[0])
+    assert count_examples(tmp_path, "deu_Latn", "train", cap_per_corpus=25) == 45
+    first, _ = load_examples(tmp_path, "deu_Latn", "train", first_per_corpus=2)
+    assert [e.text for e in first] == ["amr3 deu_Latn train 0", "amr3 deu_Latn train 1",
+                                       "flores deu_Latn train 0", "flores deu_Latn train 1"]
+
+
 def test_missing_data_dir_and_empty_data_dir(tmp_path):
     with pytest.raises(InputError) as err:
         check_layout(tmp_path / "nope", ["deu_Latn"])
@@ -189,7 +210,7 @@ def test_check_layout_names_the_missing_file(tmp_path):
 def test_load_examples_without_any_file_for_the_language(tmp_path):
     make_corpus(tmp_path, "amr3", "deu_Latn", 1)
     with pytest.raises(InputError) as err:
-        load_examples(tmp_path, "tpi_Latn", "train")
+        load_examples(tmp_path, "tpi_Latn", "train", corpora=["amr3"])
     assert err.value.path == str(corpus_file(tmp_path, "amr3", "tpi_Latn", "train"))
     assert "no corpus file for tpi_Latn train" in err.value.problem
 
@@ -251,3 +272,82 @@ def test_non_utf8_line_is_named(tmp_path):
     assert err.value.line == 2 and "not UTF-8" in err.value.problem
     examples, skipped = read_tsv(path, "eng_Latn", "amr3", skip_bad=True)
     assert skipped == 1 and len(examples) == 1
+
+
+# ---- corpora used, the original's layout, test sets -----------------------------------------------
+
+def test_corpora_used_are_explicit(tmp_path):
+    make_corpus(tmp_path, "amr3", "deu_Latn", 2)
+    make_corpus(tmp_path, "amr3_old", "deu_Latn", 2)
+    with pytest.raises(InputError) as err:  # the default (the original's) needs flores too
+        select_corpora(tmp_path, None)
+    assert "no flores corpus here" in err.value.problem and "available: amr3, amr3_old" in err.value.problem
+    make_corpus(tmp_path, "flores", "deu_Latn", 1)
+    assert select_corpora(tmp_path, None) == ["amr3", "flores"]
+    assert unused_corpora(tmp_path, ["amr3", "flores"]) == ["amr3_old"]  # there, never trained on
+    examples, _ = load_examples(tmp_path, "deu_Latn", "train")
+    assert {e.corpus for e in examples} == {"amr3", "flores"}
+    with pytest.raises(InputError) as err:
+        select_corpora(tmp_path, ["amr4"])
+    assert err.value.problem == "unknown corpus amr4; available: amr3, amr3_old, flores"
+
+
+def original_layout(root: Path) -> None:
+    """The original repository's data folder: one folder per dataset script, English amr3 gold."""
+    for code in ("deu_Latn", "eng_Latn"):
+        for split in SPLITS:
+            folder = "GoldAMR_GoldText" if code == "eng_Latn" else "GoldAMR_SilverText"
+            # GoldAMR_SilverText's script does not strip the AMR: a trailing space before the tab is read as is
+            write(root / folder / "data" / "amr3" / code / f"amr3_{code}_{split}.tsv",
+                  f"{WANT} \t{code} amr3 {split}\n")
+            write(root / "SilverAMR_GoldText" / "data" / "flores" / code / f"flores_{code}_{split}.tsv",
+                  f"{CITY}\t{code} flores {split}\n")
+    write(root / "ldc2020t07" / "data" / "graph_amr" / "graph_amr-test.txt", f"  {WANT}\n{CITY}\n")
+    write(root / "ldc2020t07" / "data" / "deu_Latn" / "deu_Latn-test.txt", "Er will gehen.\nParis.\n")
+
+
+def test_the_originals_layout_is_read_unchanged(tmp_path):
+    original_layout(tmp_path)
+    assert discover_corpora(tmp_path) == ["amr3", "flores"]
+    assert corpus_file(tmp_path, "amr3", "deu_Latn", "train") == (
+        tmp_path / "GoldAMR_SilverText" / "data" / "amr3" / "deu_Latn" / "amr3_deu_Latn_train.tsv")
+    assert corpus_file(tmp_path, "amr3", "eng_Latn", "test") == (
+        tmp_path / "GoldAMR_GoldText" / "data" / "amr3" / "eng_Latn" / "amr3_eng_Latn_test.tsv")
+    assert check_layout(tmp_path, ["deu_Latn", "eng_Latn"]) == ["amr3", "flores"]
+    examples, _ = load_examples(tmp_path, "eng_Latn", "validation")
+    assert [(e.amr, e.text, e.corpus) for e in examples] == [
+        (WANT, "eng_Latn amr3 validation", "amr3"), (CITY, "eng_Latn flores validation", "flores")]
+    # a missing file is expected where that corpus lives
+    assert corpus_file(tmp_path, "flores", "tpi_Latn", "train") == (
+        tmp_path / "SilverAMR_GoldText" / "data" / "flores" / "tpi_Latn" / "flores_tpi_Latn_train.tsv")
+
+
+def test_load_test_set_each_set_apart(tmp_path):
+    original_layout(tmp_path)
+    flores = load_test_set(tmp_path, "deu_Latn", "flores")
+    assert [(e.amr, e.text, e.corpus) for e in flores] == [(CITY, "deu_Latn flores test", "flores")]
+    assert [e.text for e in load_test_set(tmp_path, "deu_Latn", "amr3")] == ["deu_Latn amr3 test"]
+    ldc = load_test_set(tmp_path, "deu_Latn", "ldc2020t07")
+    assert [(e.amr, e.text, e.corpus) for e in ldc] == [(WANT, "Er will gehen.", "ldc2020t07"),
+                                                         (CITY, "Paris.", "ldc2020t07")]
+    assert load_test_set(tmp_path, "eng_Latn", "ldc2020t07") is None  # no eng_Latn-test.txt here
+    assert load_test_set(tmp_path, "fra_Latn", "flores") is None
+    # our flat layout: <dir>/ldc2020t07/graph_amr/..., <dir>/flores/<code>/...
+    make_corpus(tmp_path / "flat", "flores", "ita_Latn", 2)
+    write(tmp_path / "flat" / "ldc2020t07" / "graph_amr" / "graph_amr-test.txt", f"{WANT}\n")
+    write(tmp_path / "flat" / "ldc2020t07" / "ita_Latn" / "ita_Latn-test.txt", "Vuole andare.\n")
+    assert [e.text for e in load_test_set(tmp_path / "flat", "ita_Latn", "ldc2020t07")] == ["Vuole andare."]
+    assert len(load_test_set(tmp_path / "flat", "ita_Latn", "flores")) == 2
+
+
+def test_ldc_single_line_file_with_indented_and_bad_lines(tmp_path):
+    """Leading whitespace never turns a one-graph-per-line file into one block (review C17), and a bad
+    graph is reported at its own line."""
+    graph_file = write(tmp_path / "g.txt", f"{WANT}\n   {CITY}\n\t{WANT}\n")
+    text_file = write(tmp_path / "t.txt", "a\nb\nc\n")
+    assert [e.origin for e in read_ldc(graph_file, text_file, "deu_Latn")] == [
+        f"{graph_file}:{n}" for n in (1, 2, 3)]
+    write(graph_file, f"{WANT}\n  (c / city :name\n{CITY}\n")
+    with pytest.raises(InputError) as err:
+        read_ldc(graph_file, text_file, "deu_Latn")
+    assert err.value.line == 2 and "malformed AMR" in err.value.problem

@@ -73,17 +73,70 @@ def test_cache_is_reused_and_invalidated(corpus_dir, tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
-def test_node_union_and_cap(corpus_dir, tmp_path):
+def test_node_union_and_cap_per_corpus(corpus_dir, tmp_path):
     tok = ByT5Tokenizer()
-    s = settings(corpus_dir, caps={"train": 4})
+    s = settings(corpus_dir, caps={"train": 2})
     ds = D.node_dataset(s, [("deu_Latn", "German"), ("nld_Latn", "Dutch")], "train", tok, tmp_path / "c")
+    # 2 from each corpus of each language: deu has 3 lines per corpus, nld 2
     assert sorted(ds["lang"]) == ["deu_Latn"] * 4 + ["nld_Latn"] * 4
+    corpora = [o.split("/")[-3] for o in ds["origin"]]
+    assert corpora.count("amr3") == 4 and corpora.count("flores") == 4
+    # the same seeded rows in every language and corpus (parallel data keeps the same graphs)
+    deu = [o.rsplit(":", 1)[1] for o, l in zip(ds["origin"], ds["lang"]) if l == "deu_Latn"]
+    assert deu[:2] == deu[2:]
 
 
-def test_truncation_to_max_source_length(corpus_dir, tmp_path):
+def test_validation_first_rows_per_corpus_and_language(corpus_dir, tmp_path):
+    """The original: each (corpus, language) gives its first validation_size // languages // corpora rows."""
+    tok = ByT5Tokenizer()
+    langs = [("deu_Latn", "German"), ("nld_Latn", "Dutch")]
+    ds = D.node_dataset(settings(corpus_dir, validation_size=8), langs, "validation", tok, tmp_path / "c")
+    # 8 // 2 languages // 2 corpora = 2: lines 1-2 of each file
+    assert [(l, o.split("/")[-3], o.rsplit(":", 1)[1]) for l, o in zip(ds["lang"], ds["origin"])] == [
+        ("deu_Latn", "amr3", "1"), ("deu_Latn", "amr3", "2"), ("deu_Latn", "flores", "1"), ("deu_Latn", "flores", "2"),
+        ("nld_Latn", "amr3", "1"), ("nld_Latn", "amr3", "2"), ("nld_Latn", "flores", "1"), ("nld_Latn", "flores", "2")]
+    # a leaf (one language) gets 8 // 1 // 2 = 4 per corpus: every deu row (3 per corpus)
+    leaf = D.node_dataset(settings(corpus_dir, validation_size=8), langs[:1], "validation", tok, tmp_path / "c")
+    assert len(leaf) == 6
+    # sample: a seeded sample of caps["validation"] from the union of the corpora, whatever the node
+    s = settings(corpus_dir, validation="sample", caps={"validation": 5})
+    assert len(D.node_dataset(s, langs, "validation", tok, tmp_path / "c")) == 5 + 4
+
+
+def test_test_set_dataset_per_test_set(corpus_dir, tmp_path):
+    tok = ByT5Tokenizer()
+    (corpus_dir / "ldc2020t07" / "graph_amr").mkdir(parents=True)
+    (corpus_dir / "ldc2020t07" / "graph_amr" / "graph_amr-test.txt").write_text("(b / boy)\n(g / girl)\n")
+    (corpus_dir / "ldc2020t07" / "deu_Latn").mkdir()
+    (corpus_dir / "ldc2020t07" / "deu_Latn" / "deu_Latn-test.txt").write_text("Junge\nMädchen\n")
+    s = settings(corpus_dir)
+    flores = D.test_set_dataset(s, "deu_Latn", "German", "flores", tok, tmp_path / "c")
+    assert len(flores) == 3 and {o.split("/")[-3] for o in flores["origin"]} == {"flores"}
+    ldc = D.test_set_dataset(s, "deu_Latn", "German", "ldc2020t07", tok, tmp_path / "c")
+    assert ldc["source"] == ["Translate to German: (b / boy)", "Translate to German: (g / girl)"]
+    assert ldc["target"] == ["Junge", "Mädchen"] and ldc.column_names == flores.column_names
+    assert D.test_set_dataset(s, "nld_Latn", "Dutch", "ldc2020t07", tok, tmp_path / "c") is None
+    capped = D.test_set_dataset(settings(corpus_dir, caps={"test": 1}), "deu_Latn", "German", "amr3", tok,
+                                tmp_path / "c")
+    assert len(capped) == 1 and capped["origin"][0].split("/")[-3] == "amr3"
+
+
+def test_truncation_to_max_source_length_counts_the_clipped(corpus_dir, tmp_path):
+    tok = ByT5Tokenizer()
     ds = D.language_dataset(settings(corpus_dir, max_source_length=16), "deu_Latn", "German", "train",
-                            ByT5Tokenizer(), tmp_path / "c")
+                            tok, tmp_path / "c")
     assert max(len(x) for x in ds["input_ids"]) == 16
+    assert all(x[-1] == tok.eos_token_id for x in ds["input_ids"])
+    assert D.clipped_counts(ds) == {"source": 6, "target": 0}
+    # targets over 19 tokens (bytes + EOS) are cut, once per corpus they appear in
+    both = D.node_dataset(settings(corpus_dir, max_target_length=19), [("deu_Latn", "German"), ("nld_Latn", "Dutch")],
+                          "train", tok, tmp_path / "c")
+    lengths = {t: len(tok(text_target=t)["input_ids"]) for t in both["target"]}
+    assert D.clipped_counts(both) == {"source": 0, "target": sum(2 for n in lengths.values() if n > 19)}
+    # no limit (the default, as the original): nothing cut
+    full = D.language_dataset(settings(corpus_dir), "deu_Latn", "German", "train", tok, tmp_path / "c")
+    assert D.clipped_counts(full) == {"source": 0, "target": 0}
+    assert max(len(x) for x in full["input_ids"]) > 40
 
 
 def test_length_grouped_batches_cover_everything_once_and_cut_padding():
