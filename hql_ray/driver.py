@@ -67,6 +67,7 @@ class Driver:
         self.on_event = on_event or (lambda kind, info: None)
         self.run_dir = cfg.run_dir.absolute()
         self.tree: LanguageTree = load_tree(cfg.tree.file, cfg.tree.levels)
+        self.skipped = self.tree.skip_nodes(cfg.tree.skip)  # -sv: not trained in this run
         search_space.check_levels(cfg.tune, self.tree.levels)  # before Ray starts
         self._launches = 0
         self._owns_ray = False  # whether this driver started (or connected) Ray, and so shuts it down
@@ -82,7 +83,7 @@ class Driver:
         path = self.run_dir / "manifest.json"
         if path.exists():
             old = Manifest.load(path)
-            if not self.cfg.run.resume:
+            if not self.cfg.run.resume and not self.skipped:
                 done = [n for n, v in old.nodes.items() if v.status == "done"]
                 raise ConfigError(
                     f"run folder {self.run_dir} already holds a run ({len(done)} node(s) done); "
@@ -91,6 +92,9 @@ class Driver:
             if set(old.nodes) != set(self.tree.nodes):
                 raise ConfigError(f"--resume: {path} was made for a different tree ({old.data['tree']})")
             old.upgrade(self.tree)
+            if not self.cfg.run.resume:  # -sv without --resume: skipped nodes are reused, the others retrained
+                for node_id in set(old.nodes) - self.skipped:
+                    old.update(node_id, status="pending", adapter=None)
             return old
         return Manifest.create(path, self.tree, self.cfg.to_dict(), self.cfg.run_name)
 
@@ -105,12 +109,13 @@ class Driver:
     def start(self) -> Run:
         """Everything before the first node: checks, Ray, slots, the manifest, the board."""
         cfg = self.cfg
-        sizes = preflight.check(cfg, self.tree, simulate=self.simulate)
+        sizes = preflight.check(cfg, self.tree, simulate=self.simulate, skipped=self.skipped)
         if cfg.model.base == "tiny" and not self.simulate:
             from hql_ray import modeling  # torch: not for simulated runs
 
             modeling.base_model_path(cfg)  # build the tiny model once here rather than racing in every worker
         manifest = self.open_manifest()  # an existing run folder is refused before Ray starts
+        self.mark_skipped(manifest)
         self._owns_ray = init_ray(cfg)
         slots = detect_slots(cfg)
         storage = self.storage_path()
@@ -125,7 +130,20 @@ class Driver:
                                              "gpu": slots.use_gpu, "nodes": len(self.tree.nodes), "board": board})
         return run
 
-    # ---- resume -----------------------------------------------------------------------------------
+    # ---- resume, and nodes skipped (-sv) ------------------------------------------------------------
+    def mark_skipped(self, manifest: Manifest) -> None:
+        """A skipped node that a node of this run starts from must be done in the run folder already (its
+        adapter is read from there, as with --resume); any other skipped node is marked "skipped"."""
+        for node_id in self.tree.needed_skips(self.skipped):
+            entry = manifest.nodes[node_id]
+            if entry.status != "done" or not entry.adapter or not (self.run_dir / entry.adapter).is_dir():
+                raise ConfigError(f"tree.skip (-sv): node {node_id} is skipped, but nodes below it train in this run "
+                                  f"and {self.run_dir} holds no finished adapter of it; train it first "
+                                  "(leave it out of -sv) or skip its descendants too")
+        for node_id in self.skipped:
+            if manifest.nodes[node_id].status != "done":
+                manifest.update(node_id, status="skipped")
+
     def restore_done(self, run: Run) -> None:
         """Done nodes whose adapter is intact are kept; anything else is redone from scratch."""
         manifest = run.manifest
@@ -137,13 +155,16 @@ class Driver:
                     if handoff.state_checksum(st) != entry.checksum:
                         raise ValueError("checksum mismatch")
                 except Exception as err:  # noqa: BLE001 - any damage means: train again
+                    if node_id in self.skipped:
+                        raise ConfigError(f"tree.skip (-sv): the saved adapter of skipped node {node_id} is unusable "
+                                          f"({err}); train it again (leave it out of -sv)") from err
                     log.warning("node %s: saved adapter unusable (%s); it will be retrained", node_id, err)
                     manifest.update(node_id, status="pending", adapter=None)
                     continue
                 run.states[node_id] = st
                 run.refs[node_id] = ray.put(to_wire(st))
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
-            elif entry.status != "pending":
+            elif entry.status != "pending" and node_id not in self.skipped:
                 manifest.update(node_id, status="pending", started_at=None, finished_at=None)
 
     # ---- the walk ---------------------------------------------------------------------------------
@@ -176,7 +197,7 @@ class Driver:
 
     def finish(self, run: Run) -> Manifest:
         manifest = run.manifest
-        pending = [n for n, v in manifest.nodes.items() if v.status != "done"]
+        pending = [n for n, v in manifest.nodes.items() if v.status not in ("done", "skipped")]
         if not self.simulate:
             results.write_results(manifest, self.tree, self.run_dir)
         manifest.set_run_status("done" if not pending else "failed", finished_at=time.time())
@@ -186,7 +207,7 @@ class Driver:
     def _ready(self, run: Run) -> list[str]:
         nodes = run.manifest.nodes
         running = {node_id for node_id, _ in run.running.values()}
-        unfinished_depths = {self.tree.nodes[n].depth for n, v in nodes.items() if v.status != "done"}
+        unfinished_depths = {self.tree.nodes[n].depth for n, v in nodes.items() if v.status not in ("done", "skipped")}
         ready = []
         for node_id, node in self.tree.nodes.items():
             if nodes[node_id].status != "pending" or node_id in running or node_id in run.failed:

@@ -19,7 +19,7 @@ from pathlib import Path
 from hql_ray.errors import InputError
 from hql_ray.tree import Language, LanguageTree, TreeNode, load_tree
 
-STATUSES = ("pending", "running", "done", "failed")
+STATUSES = ("pending", "running", "done", "failed", "skipped")  # skipped: tree.skip (-sv), not trained
 FORMAT = 2  # 1: before the format key (2026-11-29); 2: adds `format`
 
 
@@ -53,7 +53,7 @@ class NodeRecord:
     parent: str | None
     children: list[str]
     languages: list[str]  # codes
-    status: str = "pending"  # pending | running | done | failed
+    status: str = "pending"  # pending | running | done | failed | skipped
     started_at: float | None = None
     finished_at: float | None = None
     resources: dict | None = None  # workers, gpu, gpu_ids, hosts

@@ -4,6 +4,10 @@ A tree file is a CSV with one row per language: ``code`` (FLORES code), any numb
 columns, and ``language`` (the display name used in prompts and as the leaf). The user picks
 which level columns form the curriculum (the original's ``-ln``), in order from root to leaves.
 Every bad file is reported as an ``InputError`` naming the file and line, before anything trains.
+
+The original's per-language files (``language_files/deu.csv`` upstream) hold only ``code,language``
+and list all 12 languages: with ``-ln language`` every row is a leaf trained alone (12 monolingual
+models). They load as they are, and so do our one-row files with level columns.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from hql_ray.errors import InputError
+from hql_ray.errors import ConfigError, InputError
 
 CODE = "code"
 LANGUAGE = "language"
@@ -234,6 +238,28 @@ class LanguageTree:
 
     def nodes_at_depth(self, depth: int) -> list[TreeNode]:
         return [node for node in self.nodes.values() if node.depth == depth]
+
+    def skip_nodes(self, values: Iterable[str]) -> set[str]:
+        """Ids of the nodes named by ``tree.skip`` (the original's ``-sv``): a node's value (e.g.
+        ``Germanic``, or ``German`` at the language level), its id (``level1.Germanic``), or the code
+        of a language-level node (``deu_Latn``). An unknown value is a ConfigError listing the valid ones."""
+        out: set[str] = set()
+        for value in values:
+            found = {n.id for n in self.nodes.values()
+                     if value in (n.name, n.id) or (n.level == LANGUAGE and [value] == n.codes)}
+            if not found:
+                valid = ", ".join(dict.fromkeys(n.name for n in self.nodes.values()))
+                raise ConfigError(f"tree.skip (-sv): no node {value!r} in {self.path} "
+                                  f"(levels {' '.join(self.levels)}); valid values: {valid}")
+            out |= found
+        return out
+
+    def needed_skips(self, skipped: set[str]) -> list[str]:
+        """Skipped nodes that a node of this run starts from (a descendant is not skipped): their
+        adapters must already be in the run folder."""
+        def trains_below(node_id: str) -> bool:
+            return any(c not in skipped or trains_below(c) for c in self.nodes[node_id].children)
+        return [n for n in self.nodes if n in skipped and trains_below(n)]
 
     def language_name(self, code: str) -> str:
         for lang in self.languages:

@@ -90,20 +90,58 @@ def parse_train(argv):
     return build_parser().parse_args(["train", *argv])
 
 
-def test_original_flags_with_commas():
+def test_original_flags_with_commas_and_the_originals_meanings():
     # The seed README's spelling: -ln "level0", "level1", "level2", "language" reaches us with commas.
+    # -ts, -sv and -ge mean what the original's dest names say: test_size (the validation budget),
+    # skip_values (nodes not trained), global_evaluations (a JSON path).
     args = parse_train(
         ["-bm", "google/mt5-large", "-ln", "level0,", "level1,", "level2,", "language", "-le", "1",
          "-lf", "language_files/12langs_pthql.csv", "-sn", "12langs_pthql", "-tm", "qlora",
-         "-ls", "64", "-bs", "4", "-ts", "1000", "-sv", "50", "-ge", "false"]
+         "-ls", "64", "-bs", "4", "-ts", "1000", "-ge", "global_evaluations.json", "-sv", "Indo_European", "Germanic"]
     )
     cfg = resolve_config(args)
     assert cfg.tree.levels == ["level0", "level1", "level2", "language"]
     assert cfg.model.base == "google/mt5-large" and cfg.model.mode == "qlora"
     assert cfg.run_name == "12langs_pthql"
     assert cfg.model.lora.r == 64 and cfg.model.lora.lora_alpha == 64
-    assert cfg.train.batch_size == 4 and cfg.data.max_train_per_language == 1000
-    assert cfg.data.max_validation_per_language == 50 and cfg.eval.generate is False
+    assert cfg.train.batch_size == 4
+    assert cfg.data.validation_size == 1000 and cfg.data.validation == "first"
+    assert cfg.tree.skip == ["Indo_European", "Germanic"]
+    assert cfg.eval.lid_baseline == "global_evaluations.json" and cfg.eval.generate is True
+    assert cfg.data.max_train_per_corpus == 31000  # untouched by -ts
+
+
+def test_our_long_flags():
+    cfg = resolve_config(parse_train(["--max-train-per-corpus", "500", "--validation", "sample", "--evaluate", "false",
+                                      "--test-sets", "flores", "amr3", "--corpus", "amr3"]))
+    assert cfg.data.max_train_per_corpus == 500 and cfg.data.validation == "sample"
+    assert cfg.eval.generate is False and cfg.eval.test_sets == ["flores", "amr3"] and cfg.data.corpora == ["amr3"]
+
+
+def test_skip_values_then_overrides():
+    """-sv takes any number of values; key=value overrides typed after it are still overrides."""
+    cfg = resolve_config(parse_train(["-sv", "Germanic", "train.epochs=2"]))
+    assert cfg.tree.skip == ["Germanic"] and cfg.train.epochs == 2
+    assert resolve_config(parse_train(["-sv", "-le", "2"])).tree.skip == []
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["-bs", "3"], "invalid choice: 3 (choose from 1, 2, 4, 8, 16, 32)"),
+    (["-ts", "many"], "invalid int value: 'many'"),
+    (["--validation", "random"], "invalid choice: 'random'"),
+    (["--test-sets", "wmt"], "invalid choice: 'wmt'"),
+])
+def test_original_flag_values_are_checked(argv, problem, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_train(argv)
+    assert exc.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_old_key_max_train_per_language_still_read():
+    cfg = make_config(overrides=["data.max_train_per_language=7"])
+    assert cfg.data.max_train_per_corpus == 7
+    with pytest.raises(ConfigError):
+        make_config(overrides=["data.validation_size=0"])
 
 
 def test_run_name_defaults_to_tree_stem():

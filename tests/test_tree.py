@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.errors import InputError
+from hql_ray.errors import ConfigError, InputError
 from hql_ray.tree import Language, LanguageTree, level_columns, load_tree, parse_level_args
 
 FILES = Path(__file__).resolve().parent.parent / "language_files"
@@ -116,6 +116,35 @@ def test_monolingual_files(iso):
     # the row is the PTHQL row of that language
     pthql = load_tree(FILES / "12langs_pthql.csv")
     assert names(pthql.ancestors(node.id)) == names(load_tree(FILES / f"{iso}.csv").ancestors(node.id))
+
+
+# The original repository's language_files/deu.csv (every per-language file upstream is this one list).
+ORIGINAL_DEU = """code,language
+deu_Latn,German
+ltz_Latn,Luxembourgish
+eng_Latn,English
+tpi_Latn,Tok_Pisin
+nld_Latn,Dutch
+lim_Latn,Limburgish
+ita_Latn,Italian
+scn_Latn,Sicilian
+spa_Latn,Spanish
+ast_Latn,Asturian
+fra_Latn,French
+hat_Latn,Haitian_Creole
+"""
+
+
+@pytest.mark.parametrize("levels", [["language"], ['"language"'], None])
+def test_the_originals_per_language_file_trains_12_monolingual_models(tmp_path, levels):
+    """`-ln language` on the original's file: every row a leaf trained alone, no parent."""
+    tree = load_tree(write(tmp_path, ORIGINAL_DEU, "deu.csv"), levels)
+    assert level_columns(tmp_path / "deu.csv") == ["language"]
+    assert len(tree.nodes) == 12 and tree.levels == ["language"]
+    assert tree.roots == list(tree.nodes) and all(node.is_leaf for node in tree.nodes.values())
+    assert [(n.id, n.codes) for n in list(tree.nodes.values())[:2]] == [
+        ("language.German", ["deu_Latn"]), ("language.Luxembourgish", ["ltz_Latn"])]
+    assert tree.leaf_for("hat_Latn").name == "Haitian_Creole"
 
 
 def test_ast_names():
@@ -442,3 +471,25 @@ def test_id_clash_after_sanitizing(tmp_path):
     path = write(tmp_path, "code,group,language\na_Latn,A B,Alpha\nb_Latn,A/B,Beta\n")
     err = error_of(path)
     assert err.line == 3 and "both become node id 'group.A_B'" in str(err)
+
+
+# --- tree.skip (-sv) ----------------------------------------------------------------------------
+
+def test_skip_values_name_nodes_by_value_id_or_code():
+    tree = load_tree(FILES / "12langs_pthql.csv", ALL4)
+    skipped = tree.skip_nodes(["Indo_European", "level1.Germanic", "eng_Latn", "Spanish"])
+    assert skipped == {"level0.Indo_European", "level1.Germanic", "language.English", "language.Spanish"}
+    # the root and Germanic have nodes below them that train; the skipped leaves do not
+    assert tree.needed_skips(skipped) == ["level0.Indo_European", "level1.Germanic"]
+    # a branch skipped to its leaves needs nothing from the run folder
+    germanic = {n for n in tree.nodes if n == "level1.Germanic" or "level1.Germanic" in names(tree.ancestors(n))}
+    assert len(germanic) == 10 and tree.needed_skips(germanic) == []
+    assert tree.skip_nodes([]) == set()
+
+
+def test_unknown_skip_value_lists_the_valid_ones():
+    tree = load_tree(FILES / "12langs.csv", ["level0", "language"])
+    with pytest.raises(ConfigError) as err:
+        tree.skip_nodes(["Germanic"])
+    assert "tree.skip (-sv): no node 'Germanic'" in err.value.problem
+    assert "valid values: Indo_European, German, Luxembourgish, English" in err.value.problem

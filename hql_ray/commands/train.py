@@ -12,11 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from hql_ray.config import HANDOFFS, MODES, make_config
+from hql_ray.config import HANDOFFS, MODES, TEST_SETS, VALIDATION_MODES, make_config
 from hql_ray.errors import ConfigError
 from hql_ray.tree import parse_level_args
 
 DEMO_CONFIG = "configs/demo.yaml"
+BATCH_SIZES = [1, 2, 4, 8, 16, 32]  # the original's -bs choices
 
 
 def add_parser(sub) -> None:
@@ -37,14 +38,32 @@ def add_parser(sub) -> None:
     orig.add_argument("-lf", "--language-file", help="tree CSV (language_files/...)")
     orig.add_argument("-sn", "--save-name", help="run name: results go to OUTPUT_DIR/SAVE_NAME")
     orig.add_argument("-ls", "--lora-size", type=int, help="LoRA rank r (alpha follows r unless model.lora.alpha is set)")
-    orig.add_argument("-bs", "--batch-size", type=int, help="batch size per worker")
-    orig.add_argument("-ts", "--train-size", type=int, help="max training examples per language (the paper: 31000)")
-    orig.add_argument("-sv", "--validation-size", type=int, help="validation examples sampled per language")
-    orig.add_argument("-ge", "--generate-eval", nargs="?", const="true", choices=["true", "false"],
-                      help="generate on the test sets and score them after each node (default: true)")
+    orig.add_argument("-bs", "--batch-size", type=int, choices=BATCH_SIZES,
+                      help="examples per optimizer step, whatever the number of workers (default: 8)")
+    orig.add_argument("-ts", "--test-size", type=int, metavar="N",
+                      help="a node's validation budget: each corpus of each of its n languages gives its first "
+                           "N // n // corpora validation rows (the original's; default: 5000)")
+    orig.add_argument("-sv", "--skip-values", nargs="*", metavar="VALUE",
+                      help="tree nodes not trained in this run, by value (e.g. -sv Indo_European Germanic); "
+                           "a skipped node whose children train must be finished in the run folder already")
+    orig.add_argument("-ge", "--global-evaluations", metavar="PATH",
+                      help="JSON of the references' language-ID score per test set and language "
+                           "(the original's global_evaluations; computed and written there if missing)")
     ours = p.add_argument_group("hql-ray")
-    ours.add_argument("--data-dir", help="corpus folder (layout: CORPUS/CODE/CORPUS_CODE_SPLIT.tsv)")
-    ours.add_argument("--corpus", nargs="+", help="use only these corpora of the data dir")
+    ours.add_argument("--data-dir", help="data folder: ours (CORPUS/CODE/CORPUS_CODE_SPLIT.tsv) or the "
+                                         "original's (GoldAMR_SilverText/data/amr3/..., see data/README.md)")
+    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores)")
+    ours.add_argument("--max-train-per-corpus", type=int, metavar="N",
+                      help="training examples per corpus and language, a seeded sample (default: 31000, "
+                           "the paper's; data.max_train_per_corpus=null for all, as the original train.py)")
+    ours.add_argument("--validation", choices=VALIDATION_MODES,
+                      help="first: the original's first rows per corpus (see -ts; default); sample: a seeded "
+                           "sample of data.max_validation_per_language per language")
+    ours.add_argument("--evaluate", choices=["true", "false"],
+                      help="generate on the test sets and score them after each node (default: true)")
+    ours.add_argument("--test-sets", nargs="+", choices=TEST_SETS, metavar="SET",
+                      help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3 "
+                           "(default: flores ldc2020t07, the original's)")
     ours.add_argument("--output-dir", help="where runs are written (default: runs)")
     ours.add_argument("--storage-path", help="Ray Train storage: local dir, NFS path or s3:// URI")
     ours.add_argument("--num-gpus", type=int, help="GPU slots to use (default: all the cluster has; 0 = CPU)")
@@ -70,10 +89,14 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         "language_file": ("tree", "file"),
         "save_name": ("run", "name"),
         "batch_size": ("train", "batch_size"),
-        "train_size": ("data", "max_train_per_language"),
-        "validation_size": ("data", "max_validation_per_language"),
+        "test_size": ("data", "validation_size"),
+        "skip_values": ("tree", "skip"),
+        "global_evaluations": ("eval", "lid_baseline"),
         "data_dir": ("data", "dir"),
         "corpus": ("data", "corpora"),
+        "max_train_per_corpus": ("data", "max_train_per_corpus"),
+        "validation": ("data", "validation"),
+        "test_sets": ("eval", "test_sets"),
         "output_dir": ("run", "output_dir"),
         "storage_path": ("run", "storage_path"),
         "num_gpus": ("resources", "num_gpus"),
@@ -90,14 +113,17 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         out.setdefault("tree", {})["levels"] = parse_level_args(args.level_names)
     if args.lora_size is not None:
         out.setdefault("model", {}).setdefault("lora", {})["r"] = args.lora_size
-    if args.generate_eval is not None:
-        out.setdefault("eval", {})["generate"] = args.generate_eval == "true"
+    if args.evaluate is not None:
+        out.setdefault("eval", {})["generate"] = args.evaluate == "true"
     if args.resume:
         out.setdefault("run", {})["resume"] = True
     return out
 
 
 def resolve_config(args: argparse.Namespace):
+    if args.skip_values:  # -sv takes any number of values: overrides typed after it land there
+        args.overrides = [v for v in args.skip_values if "=" in v] + list(args.overrides)
+        args.skip_values = [v for v in args.skip_values if "=" not in v]
     flags = flags_to_dict(args)
     config_file = args.config
     if config_file is None and not flags and not args.overrides:
@@ -121,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     driver.on_event = reporter.event
     with reporter:
         manifest = driver.run()
-    failed = [n for n, v in manifest.nodes.items() if v.status != "done"]
+    failed = [n for n, v in manifest.nodes.items() if v.status not in ("done", "skipped")]
     run_dir = driver.run_dir
     if failed:
         print(f"{len(failed)} node(s) not done: {', '.join(failed)}. Finished nodes are kept in {run_dir}; "
