@@ -105,6 +105,11 @@ def select_corpora(data_dir: str | Path, corpora: list[str] | tuple[str, ...] | 
     return list(DEFAULT_CORPORA)
 
 
+def corpus_languages(data_dir: str | Path, corpus: str) -> list[str]:
+    """The language folders of one corpus, in either layout."""
+    return sorted({d.name for folder in _corpus_folders(data_dir).get(corpus, []) for d in folder.iterdir() if d.is_dir()})
+
+
 def unused_corpora(data_dir: str | Path, used: list[str]) -> list[str]:
     """Corpora laid out in the data folder that this run does not train on (reported, never used)."""
     return [c for c in discover_corpora(data_dir) if c not in used]

@@ -202,3 +202,26 @@ def test_bundled_sample_all_12_languages(capsys):
     assert "\nhat_Latn  Haitian_Creole\n" in out and "\ntpi_Latn  Tok_Pisin\n" in out
     assert out.strip().splitlines()[-1] == (
         "12 languages, 4,320 examples (train 3,360, validation 480, test 480); no problems")
+
+
+def test_the_originals_layout_and_a_stray_corpus(tmp_path, capsys):
+    """The original's folders read as they are, LDC2020T07 included; a stray folder is checked but named
+    as not used for training."""
+    d = tmp_path / "d"
+    for code, gold in (("xxx_Latn", "GoldAMR_SilverText"), ("eng_Latn", "GoldAMR_GoldText")):
+        for split in SPLITS:
+            write(d / gold / "data" / "amr3" / code / f"amr3_{code}_{split}.tsv", "(a / b)\thi\n(a / bb)\tho\n")
+            write(d / "SilverAMR_GoldText" / "data" / "flores" / code / f"flores_{code}_{split}.tsv", "(a / b)\thi\n")
+            write(d / "amr3_old" / code / f"amr3_old_{code}_{split}.tsv", "(a / b)\thi\n")
+    write(d / "ldc2020t07" / "data" / "graph_amr" / "graph_amr-test.txt", "(a / b)\n(a / bbb)\n")
+    write(d / "ldc2020t07" / "data" / "eng_Latn" / "eng_Latn-test.txt", "one\ntwo\n")
+    tree_file = tree(tmp_path, "code,level0,language\nxxx_Latn,Top,Xx\neng_Latn,Top,English\n")
+    code, out, _ = run(capsys, d, "-lf", tree_file)
+    assert code == 0, out
+    assert "corpora: amr3, amr3_old, flores" in out
+    assert "training uses: amr3, flores (the original's); not used for training: amr3_old" in out
+    assert row(out, "eng_Latn", "train", "amr3")[2] == "2" and row(out, "eng_Latn", "train", "flores")[2] == "1"
+    assert row(out, "eng_Latn", "test", "ldc2020t07")[2] == "2"
+    assert row(out, "xxx_Latn", "validation", "total")[2] == "4"
+    code, out, _ = run(capsys, d, "-lf", tree_file, "--corpus", "amr3_old")
+    assert "training uses: amr3_old; not used for training: amr3, flores" in out

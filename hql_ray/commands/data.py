@@ -29,13 +29,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Per language and split: example counts, token-length percentiles, clipped "
                     "examples and every problem found. Exit 0 = clean, 1 = problems, 2 = unusable input.",
     )
-    parser.add_argument("dir", metavar="DIR", help="data folder (<corpus>/<code>/<corpus>_<code>_<split>.tsv)")
+    parser.add_argument("dir", metavar="DIR", help="data folder: ours (<corpus>/<code>/<corpus>_<code>_<split>.tsv) "
+                                                  "or the original's (GoldAMR_SilverText/data/amr3/..., data/README.md)")
     parser.add_argument("-lf", "--language-file", required=True, metavar="TREE",
                         help="tree CSV (code, level columns, language)")
     parser.add_argument("-ln", "--levels", nargs="+", metavar="LEVEL", default=None,
                         help="level columns (checked like `train` does; the languages are the same)")
     parser.add_argument("--corpus", nargs="+", metavar="NAME", default=None,
-                        help="corpora to check (default: every corpus found in DIR)")
+                        help="corpora to check (default: every corpus found in DIR; the header says which "
+                             "ones training uses)")
     parser.add_argument("-bm", "--base-model", default="tiny",
                         help="tokenizer to measure lengths with (default: tiny, byte-level, offline)")
     parser.add_argument("--skip-bad", action="store_true",
@@ -105,6 +107,17 @@ def summary(reports: list[LanguageReport], skip_bad: bool) -> tuple[str, int]:
     return text, 1 if problems else 0
 
 
+def training_corpora_line(data_dir: Path, wanted: list[str] | None) -> str:
+    """Which of the corpora a `train` with the same --corpus would use, and which it leaves out."""
+    try:
+        used = corpus.select_corpora(data_dir, wanted)
+    except InputError as err:
+        return f"training: not possible as is ({err.problem})"
+    unused = corpus.unused_corpora(data_dir, used)
+    return (f"training uses: {', '.join(used)}" + (" (the original's)" if wanted is None else "")
+            + (f"; not used for training: {', '.join(unused)}" if unused else ""))
+
+
 # ---- command ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     levels = None if args.levels is None else parse_level_args(args.levels)
@@ -118,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.base_model)
     print(f"data {data_dir}  corpora: {', '.join(corpora) or 'none'}  tree: {tree.path} "
           f"({_plural(len(tree.languages), 'language')})")
+    print(training_corpora_line(data_dir, wanted))
     print(f"lengths in {args.base_model} tokens, EOS included; {args.direction} input = prompt + "
           f"{'AMR' if args.direction == 'amr2text' else 'sentence'}; "
           f"'> N' = clipped at --max-source-length {args.max_source_length} / "
@@ -129,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         reports.append(rep)
         print()
         print(format_language(rep, args.max_source_length, args.max_target_length, args.skip_bad), flush=True)
-    extra = sorted({d.name for c in corpora for d in (data_dir / c).iterdir() if d.is_dir()}
+    extra = sorted({code for c in corpora for code in corpus.corpus_languages(data_dir, c)}
                    - {lang.code for lang in tree.languages})
     print()
     if extra:
