@@ -9,7 +9,7 @@ import pytest
 
 from hql_ray.errors import InputError
 from hql_ray.sample.generator import (
-    LANGUAGES, NP, SPLITS, Clause, clause_amr, main, realize, write_sample,
+    DEFAULT_LDC, LANGUAGES, LDC_CODES, NP, SPLITS, Clause, clause_amr, main, realize, write_sample,
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -34,7 +34,7 @@ def committed() -> dict[str, bytes]:
 
 
 def test_committed_sample_is_exactly_what_the_generator_writes(tmp_path, committed):
-    summary = write_sample(tmp_path)
+    summary = write_sample(tmp_path, n_ldc=DEFAULT_LDC)  # what `python -m hql_ray.sample` writes
     fresh = _files(tmp_path)
     assert sorted(fresh) == sorted(committed)
     drift = [name for name in fresh if fresh[name] != committed[name]]
@@ -50,7 +50,8 @@ def test_layout_has_12_languages_times_2_corpora_times_3_splits(committed):
     assert sorted(LANGUAGES) == CODES
     assert LANGUAGES["tpi_Latn"] == "Tok_Pisin" and LANGUAGES["hat_Latn"] == "Haitian_Creole"
     expected = {f"{c}/{code}/{c}_{code}_{s}.tsv" for c in SIZES for code in CODES for s in SPLITS}
-    assert expected | {"README.md"} == set(committed)
+    ldc = {f"ldc2020t07/{name}/{name}-test.txt" for name in ("graph_amr", *LDC_CODES)}
+    assert expected | ldc | {"README.md"} == set(committed)
     readme = committed["README.md"].decode()
     assert "python -m hql_ray.sample data/sample" in readme and "Apache-2.0" in readme
 
@@ -193,6 +194,22 @@ def test_command_line(tmp_path, capsys):
             "--flores-validation", "1", "--flores-test", "1"]
     assert main(args) == 0
     assert len(_rows(out / "amr3" / "tpi_Latn" / "amr3_tpi_Latn_train.tsv")) == 3
-    assert "wrote 73 files" in capsys.readouterr().out
+    assert "wrote 78 files" in capsys.readouterr().out  # 72 TSV + README + the LDC-like pair (graphs + 4 languages)
+    assert len((out / "ldc2020t07" / "deu_Latn" / "deu_Latn-test.txt").read_text().splitlines()) == 10
     assert main([str(out), "--train", "-2"]) == 2
     assert ">= 0" in capsys.readouterr().err
+
+
+def test_ldc_like_pair_is_read_as_a_test_set_with_graphs_of_its_own(tmp_path):
+    from hql_ray.corpus import load_test_set
+
+    sample = load_test_set(SAMPLE, "ita_Latn", "ldc2020t07")
+    assert len(sample) == DEFAULT_LDC and sample[0].corpus == "ldc2020t07"
+    assert load_test_set(SAMPLE, "fra_Latn", "ldc2020t07") is None
+    corpora = {row[0] for c in SIZES for s in SPLITS for row in _rows(SAMPLE / c / "ita_Latn" / f"{c}_ita_Latn_{s}.tsv")}
+    assert not {e.amr for e in sample} & corpora
+    # the corpora do not change with the pair (it is drawn last), and without it there is none
+    write_sample(tmp_path)
+    assert not (tmp_path / "ldc2020t07").exists()
+    assert (tmp_path / "flores" / "ita_Latn" / "flores_ita_Latn_test.tsv").read_bytes() == (
+        SAMPLE / "flores" / "ita_Latn" / "flores_ita_Latn_test.tsv").read_bytes()

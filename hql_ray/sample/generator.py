@@ -34,6 +34,8 @@ LANGUAGES: dict[str, str] = {
     "tpi_Latn": "Tok_Pisin",
 }
 DEFAULT_SIZES: dict[str, tuple[int, int, int]] = {"amr3": (240, 30, 30), "flores": (40, 10, 10)}
+DEFAULT_LDC = 10  # graphs of the LDC2020T07-like test pair that `python -m hql_ray.sample` writes
+LDC_CODES = ("deu_Latn", "eng_Latn", "ita_Latn", "spa_Latn")  # the languages LDC2020T07 has
 
 
 @dataclass(frozen=True)
@@ -364,21 +366,24 @@ hand-written per-language lexicons; no external data is used, and the sentences 
 simple (plausible, not always grammatical).
 The graphs are the same in every language (parallel, like the original `amr3` corpus); train,
 validation and test hold different graphs. Sizes per language: `amr3` {amr3}, `flores` {flores}
-(train/validation/test). Do not edit by hand: the tests regenerate it and compare byte for byte.
+(train/validation/test).{ldc} Do not edit by hand: the tests regenerate it and compare byte for byte.
 Licence: the same as the project (Apache-2.0).
 """
 
 
 def write_sample(out_dir: str | Path, n_train: int = 240, n_validation: int = 30, n_test: int = 30,
                  seed: int = 0, n_flores_train: int = 40, n_flores_validation: int = 10,
-                 n_flores_test: int = 10) -> dict:
-    """Write both corpora for all 12 languages under out_dir; returns a summary (counts, files, bytes)."""
+                 n_flores_test: int = 10, n_ldc: int = 0) -> dict:
+    """Write both corpora for all 12 languages under out_dir; returns a summary (counts, files, bytes).
+
+    `n_ldc` > 0 also writes a test pair shaped like LDC2020T07 (ldc2020t07/graph_amr/graph_amr-test.txt,
+    one graph a line, and ldc2020t07/<code>/<code>-test.txt for deu, eng, ita, spa), graphs of its own."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("output path exists and is not a folder", path=out)
     sizes = {"amr3": (n_train, n_validation, n_test),
              "flores": (n_flores_train, n_flores_validation, n_flores_test)}
-    if any(n < 0 for ns in sizes.values() for n in ns):
+    if n_ldc < 0 or any(n < 0 for ns in sizes.values() for n in ns):
         raise InputError(f"sample sizes must be >= 0, got {sizes}")
     rng = random.Random(seed)
     amr3 = _pool(rng, _amr3_clause, sum(sizes["amr3"]), set())
@@ -395,13 +400,30 @@ def write_sample(out_dir: str | Path, n_train: int = 240, n_validation: int = 30
                 name = f"{corpus}_{code}_{split}.tsv"
                 (folder / name).write_bytes(data)
                 files[f"{corpus}/{code}/{name}"] = len(data)
+    if n_ldc:  # drawn last: the corpora above are the same with or without it
+        ldc = _pool(rng, _amr3_clause, n_ldc, {a for a, _ in amr3 + flores})
+        files.update(_write_ldc(out, ldc))
+    note = (f" Plus a test pair shaped like LDC2020T07, {n_ldc} graphs of its own in deu, eng, ita, spa "
+            "(`ldc2020t07/`).") if n_ldc else ""
     readme = _README.format(seed=seed, amr3="/".join(map(str, sizes["amr3"])),
-                            flores="/".join(map(str, sizes["flores"]))).encode("utf-8")
+                            flores="/".join(map(str, sizes["flores"])), ldc=note).encode("utf-8")
     (out / "README.md").write_bytes(readme)
     files["README.md"] = len(readme)
     return {"out_dir": str(out), "seed": seed, "languages": list(LANGUAGES),
             "corpora": {k: dict(zip(SPLITS, v)) for k, v in sizes.items()},
             "files": files, "bytes": sum(files.values())}
+
+
+def _write_ldc(out: Path, pool: list[tuple[str, Clause]]) -> dict[str, int]:
+    files = {}
+    for name, lines in [("graph_amr", [amr for amr, _ in pool])] + [
+            (code, [realize(code, c) for _, c in pool]) for code in LDC_CODES]:
+        path = out / "ldc2020t07" / name / f"{name}-test.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(f"{line}\n" for line in lines).encode("utf-8")
+        path.write_bytes(data)
+        files[path.relative_to(out).as_posix()] = len(data)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,10 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{pre}train", type=int, default=tr)
         p.add_argument(f"--{pre}validation", type=int, default=va)
         p.add_argument(f"--{pre}test", type=int, default=te)
+    p.add_argument("--ldc", type=int, default=DEFAULT_LDC, help="graphs of the LDC2020T07-like test pair (0: none)")
     a = p.parse_args(argv)
     try:
         s = write_sample(a.out_dir, a.train, a.validation, a.test, a.seed,
-                         a.flores_train, a.flores_validation, a.flores_test)
+                         a.flores_train, a.flores_validation, a.flores_test, n_ldc=a.ldc)
     except InputError as e:
         print(e.format(), file=sys.stderr)
         return 2
