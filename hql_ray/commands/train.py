@@ -3,6 +3,11 @@
     hql-ray train --config configs/demo.yaml
     hql-ray train -bm google/mt5-large -ln "level0", "level1", "level2", "language" -le 1 \\
         -lf language_files/12langs_pthql.csv -sn 12langs_pthql -tm qlora
+    # the same run folder again, the root and Germanic not retrained (their adapters are read from it):
+    hql-ray train ... -sn 12langs_pthql -sv Indo_European Germanic
+
+The original's flags keep the original's meanings: -ts is the validation budget of a node (test_size),
+-sv lists node values not to train (skip_values), -ge is the LID-baseline JSON (global_evaluations).
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def add_parser(sub) -> None:
                            "N // n // corpora validation rows (the original's; default: 5000)")
     orig.add_argument("-sv", "--skip-values", nargs="*", metavar="VALUE",
                       help="tree nodes not trained in this run, by value (e.g. -sv Indo_European Germanic); "
-                           "a skipped node whose children train must be finished in the run folder already")
+                           "a skipped node whose children train must be finished in the run folder already "
+                           "(section.key=value words after -sv are still overrides)")
     orig.add_argument("-ge", "--global-evaluations", metavar="PATH",
                       help="JSON of the references' language-ID score per test set and language "
                            "(the original's global_evaluations; computed and written there if missing)")
