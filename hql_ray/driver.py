@@ -164,7 +164,9 @@ class Driver:
                 run.states[node_id] = st
                 run.refs[node_id] = ray.put(to_wire(st))
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
-            elif entry.status != "pending" and node_id not in self.skipped:
+            elif node_id in self.skipped:  # -sv, not done: marked "skipped" (mark_skipped), never launched
+                self.on_event(RunEvent.SKIPPED, {"node": node_id})
+            elif entry.status != "pending":
                 manifest.update(node_id, status="pending", started_at=None, finished_at=None)
 
     # ---- the walk ---------------------------------------------------------------------------------

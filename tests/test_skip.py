@@ -21,20 +21,21 @@ def run(tmp_path, small_corpus, *extra):
     manifest = Driver(make_config(overrides=overrides + list(extra)),
                       simulate={"seconds_per_example": 0.0}, on_event=lambda kind, info: events.append((kind, info))).run()
     started = sorted(info["node"] for kind, info in events if kind == "node_started")
-    return manifest, started
+    skipped = sorted(info["node"] for kind, info in events if kind == "skipped")
+    return manifest, started, skipped
 
 
 @pytest.mark.slow  # two driver runs on Ray (about a minute on 2 cores)
 def test_skip_leaf_then_skip_the_trained_root(ray_session, small_corpus, tmp_path):
-    first, started = run(tmp_path, small_corpus, "tree.skip=[deu_Latn]")
-    assert started == ["level0.Top"]
+    first, started, skipped = run(tmp_path, small_corpus, "tree.skip=[deu_Latn]")
+    assert started == ["level0.Top"] and skipped == ["language.German"]
     assert {n: v.status for n, v in first.nodes.items()} == {"level0.Top": "done", "language.German": "skipped"}
     assert first.data["status"] == "done"
     root = first.nodes["level0.Top"]
 
     # the original's -sv Top on the same run folder (no --resume): the root is read from the folder
-    second, started = run(tmp_path, small_corpus, "tree.skip=[Top]")
-    assert started == ["language.German"]
+    second, started, skipped = run(tmp_path, small_corpus, "tree.skip=[Top]")
+    assert started == ["language.German"] and skipped == ["level0.Top"]
     assert {v.status for v in second.nodes.values()} == {"done"}
     assert second.nodes["level0.Top"].checksum == root.checksum
     assert second.nodes["level0.Top"].started_at == root.started_at  # untouched
