@@ -33,6 +33,20 @@ def length_grouped_batches(
     return batches
 
 
+def worker_share(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This worker's rows of one optimizer step's batch (every worker sees the same global batches)."""
+    return batch[rank::world_size] if world_size > 1 else batch
+
+
+def micro_batches(rows: list[int], size: int | None) -> list[list[int]]:
+    """`rows` cut into forward passes of at most `size` examples (gradient accumulation); None = one."""
+    if not rows:
+        return []
+    if not size:
+        return [rows]
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
 def shard_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
     """This worker's batches; every worker gets the same number (DDP steps stay in lock-step)."""
     if world_size <= 1 or not batches:

@@ -155,6 +155,11 @@ def make_4bit_cpu_exact(model) -> int:
     return n
 
 
+def compute_dtype(name: str) -> torch.dtype | None:
+    """model.compute_dtype -> a torch dtype; "auto" -> None (the device's default, below)."""
+    return None if name == "auto" else getattr(torch, name)
+
+
 def _default_dtype(device: torch.device) -> torch.dtype:
     # fp16 gives NaNs on T5-family models: bf16 on GPUs, fp32 on CPU.
     return torch.bfloat16 if device.type == "cuda" else torch.float32

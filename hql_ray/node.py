@@ -14,6 +14,7 @@ import logging
 import math
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,17 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: Config, parent_chain: list[AdapterState], device: torch.device):
     """Base model + the node's trainable part, started from the parent's adapters."""
+    checkpointing = cfg.model.gradient_checkpointing
+    if checkpointing is None:  # on for GPUs (activations dominate at mT5-large), off on CPU
+        checkpointing = torch.device(device).type == "cuda"
     model = modeling.load_base_model(
         modeling.base_model_path(cfg),
         cfg.model.mode,
         device,
+        compute_dtype=modeling.compute_dtype(cfg.model.compute_dtype),
         double_quant=cfg.model.double_quant,
         quant_type=cfg.model.quant_type,
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        gradient_checkpointing=checkpointing,
     )
     if cfg.model.mode == "fft":
         if parent_chain:
@@ -63,11 +68,24 @@ def restore(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor
             p.copy_(saved[name].to(p.device, p.dtype))
 
 
-def batches_for_epoch(lengths, cfg: Config, epoch: int, ctx: NodeContext) -> list[list[int]]:
-    batches = batching.length_grouped_batches(
-        lengths, cfg.train.batch_size, seed=cfg.run.seed * 1000 + epoch, group=cfg.train.group_by_length
+def node_seed(run_seed: int, node_id: str) -> int:
+    """Each node's own seed: fresh LoRA matrices differ from node to node (as the original's did,
+    drawn from a running RNG), and stay the same from run to run."""
+    return (run_seed * 1_000_003 + zlib.crc32(node_id.encode())) % 2**31
+
+
+def global_batch_size(cfg: Config, world_size: int) -> int:
+    """Examples per optimizer step: train.batch_size whatever the number of workers (the original's
+    batch 8 on one GPU), or batch_size per worker with train.batch_per_worker."""
+    return cfg.train.batch_size * (world_size if cfg.train.batch_per_worker else 1)
+
+
+def batches_for_epoch(lengths, cfg: Config, epoch: int, world_size: int) -> list[list[int]]:
+    """The epoch's optimizer-step batches, the same on every worker (each trains its share of each)."""
+    return batching.length_grouped_batches(
+        lengths, global_batch_size(cfg, world_size), seed=cfg.run.seed * 1000 + epoch,
+        group=cfg.train.group_by_length,
     )
-    return batching.shard_batches(batches, ctx.rank, ctx.world_size)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -94,19 +112,31 @@ def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> 
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
 
-def sync_gradients(params: list[torch.nn.Parameter], ctx: NodeContext) -> None:
-    """Average gradients across data-parallel workers (one flat all-reduce, no DDP wrapper needed)."""
-    if ctx.world_size <= 1:
-        return
+def sync_gradients(params: list[torch.nn.Parameter], ctx: NodeContext, loss_sum: torch.Tensor,
+                   tokens: torch.Tensor) -> float:
+    """Gradients of the summed token losses -> of the global batch's mean token loss; returns that loss.
+
+    Each worker's backward summed its tokens' losses (`loss_sum` over `tokens` label tokens); one flat
+    all-reduce adds up gradients, loss and tokens across workers (no DDP wrapper needed), and dividing
+    by the global token count gives what one worker would get on the whole batch."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    if ctx.world_size <= 1:
+        n = float(tokens)
+        torch._foreach_div_(grads, max(n, 1.0))
+        for p, g in zip(params, grads):
+            p.grad = g
+        return float(loss_sum) / max(n, 1.0)
+    flat = torch.cat([g.reshape(-1).float() for g in grads]
+                     + [loss_sum.reshape(1).float().to(grads[0].device), tokens.reshape(1).float().to(grads[0].device)])
     ctx.all_reduce_sum(flat)
-    flat /= ctx.world_size
+    n = max(float(flat[-1]), 1.0)
+    flat /= n
     offset = 0
     for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
-        offset += n
+        size = g.numel()
+        p.grad = flat[offset : offset + size].view_as(g).to(g.dtype)
+        offset += size
+    return float(flat[-2])
 
 
 def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -206,7 +236,7 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     model.train()
     params = trainable(model)
     optimizer = make_optimizer(cfg, list(params.values()))
-    steps_per_epoch = len(batches_for_epoch(ds_lib.example_lengths(train_data), cfg, 0, ctx))
+    steps_per_epoch = len(batches_for_epoch(ds_lib.example_lengths(train_data), cfg, 0, ctx.world_size))
     total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -234,32 +264,50 @@ def resume_or_start(st: TrainState) -> None:
 
 
 def batches_from_step(st: TrainState):
-    """The batches still to train, epoch by epoch (each epoch's order from its own seed)."""
+    """Per optimizer step still to train, this worker's forward passes (its share of the step's global
+    batch, cut into micro-batches; possibly none). Each epoch's order comes from its own seed."""
     lengths = ds_lib.example_lengths(st.train_data)
     epoch, batches = None, []
     for step in range(st.step, st.total_steps):
         if step // st.steps_per_epoch != epoch:
             epoch = step // st.steps_per_epoch
-            batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx)
-        rows = st.train_data.select(batches[step % st.steps_per_epoch])
-        yield to_device(batching.collate(list(rows), st.pad_id), st.ctx.device)
+            batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx.world_size)
+        share = batching.worker_share(batches[step % st.steps_per_epoch], st.ctx.rank, st.ctx.world_size)
+        yield [to_device(batching.collate(list(st.train_data.select(rows)), st.pad_id), st.ctx.device)
+               for rows in batching.micro_batches(share, st.cfg.train.micro_batch_size)]
 
 
-def train_step(st: TrainState, batch: dict) -> float:
-    params = list(st.params.values())
+def forward_loss(st: TrainState, batch: dict) -> torch.Tensor:
+    """Mean token loss of one forward pass."""
     if st.cfg.train.chunked_loss:  # the same loss without the batch's full-vocabulary logits
-        loss = losses.seq2seq_lm_loss(st.model, batch, chunk_rows=st.cfg.train.chunked_loss)
+        return losses.seq2seq_lm_loss(st.model, batch, chunk_rows=st.cfg.train.chunked_loss)
+    return st.model(**batch).loss
+
+
+def train_step(st: TrainState, micro_batches: list[dict]) -> float:
+    """One optimizer step on the global batch; returns its mean token loss."""
+    params = list(st.params.values())
+    if st.ctx.world_size == 1 and len(micro_batches) == 1:  # the whole batch in one pass: nothing to add up
+        loss = forward_loss(st, micro_batches[0])
+        loss.backward()
+        value = float(loss.detach())
     else:
-        loss = st.model(**batch).loss
-    loss.backward()
-    sync_gradients(params, st.ctx)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = torch.zeros((), dtype=torch.float64)
+        for batch in micro_batches:
+            n = (batch["labels"] != -100).sum()
+            loss = forward_loss(st, batch)
+            (loss * n).backward()
+            loss_sum += float(loss.detach()) * float(n)
+            tokens += float(n)
+        value = sync_gradients(params, st.ctx, loss_sum, tokens)
     if st.cfg.train.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, st.cfg.train.max_grad_norm)
     st.optimizer.step()
     st.scheduler.step()
     st.optimizer.zero_grad(set_to_none=True)
     st.step += 1
-    return float(loss.detach())
+    return value
 
 
 def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter) -> None:
@@ -319,8 +367,12 @@ def finish(st: TrainState) -> NodeResult:
     cfg, ctx = st.cfg, st.ctx
     if ctx.is_main and cfg.eval.generate and (cfg.eval.at_nodes == "all" or st.node.is_leaf):
         ctx.progress({"node": st.node.id, "phase": "evaluate"})
-        metrics["languages"] = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
-                                                        cfg.cache_dir, ctx.device)
+        try:
+            metrics["languages"] = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
+                                                            cfg.cache_dir, ctx.device, node_id=st.node.id)
+        except Exception as err:  # noqa: BLE001 - a failed evaluation must never discard the trained adapter
+            log.exception("node %s: evaluation failed; the trained adapter is kept", st.node.id)
+            metrics["evaluation_error"] = f"{type(err).__name__}: {err}"
     state = handoff.full_state(st.model) if cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
     ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
     return NodeResult(state if ctx.is_main else None, metrics, history)
@@ -333,9 +385,11 @@ def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[Adapter
     ctx = ctx or LocalContext()
     node = NodeSpec.coerce(node)
     cfg = Config.from_dict(cfg_dict)
-    torch.manual_seed(cfg.run.seed)
+    seed = node_seed(cfg.run.seed, node.id)
+    torch.manual_seed(seed)  # the node's fresh LoRA: the same on every worker
     started = time.time()
     st = setup(cfg, node, parent_chain or [], ctx)
+    torch.manual_seed(seed + 1 + ctx.rank)  # dropout: each worker its own stream
     st.started = started  # train_seconds counts the set-up too
     resume_or_start(st)
     st.progress()
