@@ -1,16 +1,22 @@
-"""Generation and per-language scoring with a tiny random MT5 (no download, CPU)."""
+"""Generation and scoring per language and test set with a tiny random MT5 (no download, CPU)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
+import sacrebleu
 import torch
 from transformers import ByT5Tokenizer, MT5Config, MT5ForConditionalGeneration
 
+from lid_fixture import tiny_lid  # noqa: F401  (a fixture)
 from hql_ray import metrics
-from hql_ray.evaluation import GenerationResult, evaluate_language, generate
+from hql_ray.config import make_config
+from hql_ray.dataset import DataSettings
+from hql_ray.evaluation import GenerationResult, evaluate_language, evaluate_node, generate
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SOURCES = [
@@ -24,12 +30,9 @@ SOURCES = [
 
 
 @pytest.fixture(autouse=True)
-def no_spbleu(monkeypatch):
-    """Scoring must never reach for the network in tests."""
-    monkeypatch.setenv(metrics.SPBLEU_ENV, "0")
-    metrics.reset_spbleu()
-    yield
-    metrics.reset_spbleu()
+def no_spbleu_model(monkeypatch, tmp_path):
+    """An empty sacreBLEU cache: spBLEU is computed only where a test gives a model file."""
+    monkeypatch.setattr(metrics.tokenizer_spm, "SACREBLEU_DIR", str(tmp_path / "sacrebleu"))
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +119,11 @@ def test_evaluate_language_amr2text(model, tok):
     assert json.loads(json.dumps(record)) == record
     assert record["n"] == len(SOURCES)
     assert record["clipped"] == 3
-    for key in ("bleu", "chrf++"):
+    for key in ("bleu_13a", "chrf++"):
         assert math.isfinite(record[key]) and 0.0 <= record[key] <= 100.0
-    assert record["spbleu"] is None  # disabled in tests
-    assert record["signatures"]["bleu"].startswith("nrefs:1|")
+    assert record["spbleu"] is None and record["lid"] is None  # no SentencePiece or LID model given
+    assert set(record["not_computed"]) == {"spbleu", "lid", "lid_diff"}
+    assert record["signatures"]["bleu_13a"].startswith("nrefs:1|") and "texts" not in record
     assert len(record["samples"]) == 3
     assert record["samples"][0]["source"] == SOURCES[0]
     assert record["samples"][0]["reference"] == refs[0]
@@ -142,3 +146,115 @@ def test_evaluate_language_checks_its_inputs(model, tok):
         evaluate_language(model, tok, SOURCES, SOURCES, direction="text2text")
     with pytest.raises(ValueError, match="6 sources but 5 references"):
         evaluate_language(model, tok, SOURCES, SOURCES[:5])
+
+
+# ---- a node's languages on their test sets ----------------------------------------------------------
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+LDC_GRAPHS = ["(b / boy)", "(c / cat :mod (w / white))", "(r / run-02 :ARG0 (d / dog))"]
+LDC_DEU = ["Der Junge.", "Die weiße Katze.", "Der Hund läuft."]
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory) -> Path:
+    """The bundled sample (flores + amr3) for three languages, and an LDC2020T07 test set for German only."""
+    root = tmp_path_factory.mktemp("eval_data")
+    for corpus in ("amr3", "flores"):
+        for code in ("deu_Latn", "ita_Latn", "nld_Latn"):
+            shutil.copytree(SAMPLE / corpus / code, root / corpus / code)
+    ldc = root / "ldc2020t07"
+    (ldc / "graph_amr").mkdir(parents=True)
+    (ldc / "graph_amr" / "graph_amr-test.txt").write_text("\n".join(LDC_GRAPHS) + "\n")
+    (ldc / "deu_Latn").mkdir()
+    (ldc / "deu_Latn" / "deu_Latn-test.txt").write_text("\n".join(LDC_DEU) + "\n")
+    return root
+
+
+def _test_lines(data: Path, corpus: str, code: str) -> list[str]:
+    path = data / corpus / code / f"{corpus}_{code}_test.tsv"
+    return [line.split("\t")[1] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _node_cfg(tmp_path, data, **values):
+    overrides = {"run.output_dir": tmp_path / "runs", "run.name": "r", "data.dir": data,
+                 "data.cache_dir": tmp_path / "cache", "eval.max_new_tokens": 5, "eval.batch_size": 8,
+                 "data.max_test_per_language": 4, **values}  # 4 of each test set: fast on a shared CPU
+    return make_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+LANGS = [("deu_Latn", "German"), ("ita_Latn", "Italian"), ("nld_Latn", "Dutch")]
+
+
+def test_evaluate_node_scores_each_test_set_apart(model, tok, tmp_path, eval_data, tiny_lid):
+    baseline = tmp_path / "global_evaluations.json"  # the original's -ge file: its values are used as given
+    baseline.write_text(json.dumps({"flores": {"lid": {"deu_Latn": 42.0}}, "ldc2020t07": {"lid": {}}}))
+    cfg = _node_cfg(tmp_path, eval_data, **{"eval.lid_model": tiny_lid, "eval.lid_baseline": baseline})
+    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS, cfg.cache_dir, "cpu")
+    assert json.loads(json.dumps(out)) == out
+    assert {code: list(sets) for code, sets in out.items()} == {
+        "deu_Latn": ["flores", "ldc2020t07"], "ita_Latn": ["flores"], "nld_Latn": ["flores"]}  # never amr3 by default
+    assert out["deu_Latn"]["flores"]["n"] == 4 and len(_test_lines(eval_data, "flores", "deu_Latn")) == 10
+    ldc = out["deu_Latn"]["ldc2020t07"]
+    assert ldc["n"] == 3 and ldc["samples"][1] == {
+        "source": "Translate to German: (c / cat :mod (w / white))", "hypothesis": ldc["samples"][1]["hypothesis"],
+        "reference": "Die weiße Katze."}
+    flores = out["deu_Latn"]["flores"]
+    assert flores["reference_lid"] == 42.0 and flores["reference_lid_source"] == "eval.lid_baseline"
+    assert flores["lid_diff"] == pytest.approx(flores["lid"] - 42.0)
+    assert ldc["reference_lid_source"] == "computed" and ldc["reference_lid"] > 50.0  # German references
+    ita = out["ita_Latn"]["flores"]
+    assert ita["reference_lid_source"] == "computed" and ita["reference_lid"] > 80.0
+    assert 0.0 <= ita["lid"] < 50.0  # a random letters-only model writes no Italian
+    for sets in out.values():
+        for record in sets.values():
+            assert set(record["not_computed"]) == {"spbleu"} and record["spbleu"] is None
+            assert "texts" not in record  # no node id: no files
+    with_amr3 = _node_cfg(tmp_path, eval_data, **{"eval.test_sets": "[amr3]"})
+    out = evaluate_node(model, tok, with_amr3, DataSettings.from_config(with_amr3), LANGS[:1], with_amr3.cache_dir, "cpu")
+    assert list(out["deu_Latn"]) == ["amr3"] and out["deu_Latn"]["amr3"]["n"] == 4
+
+
+def test_kept_texts_reproduce_the_scores(model, tok, tmp_path, eval_data, tiny_lid):
+    """The node's texts are line-aligned files under the run folder plus the original's per-node JSON, and
+    sacreBLEU run on the files gives the scores in the record."""
+    spm_model = tmp_path / "spm"
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_test_lines(eval_data, "flores", "deu_Latn") * 5),
+                                   model_prefix=str(spm_model), vocab_size=50, minloglevel=2)
+    cfg = _node_cfg(tmp_path, eval_data, **{"eval.lid_model": tiny_lid, "eval.spbleu_model": f"{spm_model}.model"})
+    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:2], cfg.cache_dir, "cpu",
+                        node_id="level1.Germanic")
+    run = cfg.run_dir
+    for code, sets in out.items():
+        original = json.loads((run / "evaluation" / "level1.Germanic" / f"{code}.json").read_text(encoding="utf-8"))
+        assert list(original) == list(sets)
+        for test_set, record in sets.items():
+            folder = run / record["texts"]["dir"]
+            assert folder == run / "evaluation" / "level1.Germanic" / code / test_set
+            src, hyp, ref = ((folder / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+                             for name in ("source", "hypothesis", "reference"))
+            assert len(src) == len(hyp) == len(ref) == record["n"]
+            if test_set == "flores":
+                assert set(ref) <= set(_test_lines(eval_data, "flores", code))
+            assert sacrebleu.corpus_bleu(hyp, [ref]).score == pytest.approx(record["bleu_13a"], abs=1e-9)
+            assert sacrebleu.corpus_chrf(hyp, [ref], word_order=2).score == pytest.approx(record["chrf++"], abs=1e-9)
+            assert metrics.spbleu(hyp, ref, f"{spm_model}.model").score == pytest.approx(record["spbleu"], abs=1e-9)
+            assert list(original[test_set]) == ["old_bleu", "bleu", "chrf++", "lid", "lid_diff", "predictions",
+                                                "references"]
+            assert original[test_set]["bleu"] == record["spbleu"] and original[test_set]["old_bleu"] == record["bleu_13a"]
+            assert original[test_set]["predictions"] == hyp and original[test_set]["references"] == ref
+
+
+def test_a_failing_test_set_is_recorded_not_raised(model, tok, tmp_path, eval_data, monkeypatch):
+    from hql_ray import evaluation
+
+    cfg = _node_cfg(tmp_path, eval_data)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(evaluation, "evaluate_language", broken)
+    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu")
+    record = out["deu_Latn"]["flores"]
+    assert record["n"] == 4 and record["chrf++"] is None
+    assert record["not_computed"]["chrf++"] == "evaluation failed: RuntimeError: CUDA out of memory"

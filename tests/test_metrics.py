@@ -1,18 +1,20 @@
-"""Metrics against values from the reference tools (sacrebleu CLI, smatch's own tests)."""
+"""Metrics against values from the reference tools (sacrebleu CLI, smatch's own tests); spBLEU from a
+given model file or sacreBLEU's cache, never downloaded; the references' LID baseline file."""
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 
 import pytest
 import sentencepiece as spm
 import smatch
+from sacrebleu.metrics import BLEU
 
 from hql_ray import metrics
-from hql_ray.errors import InputError
-from hql_ray.metrics import (MetricResult, bleu, chrf_pp, single_line_amr, smatch_scores, spbleu,
+from hql_ray.config import make_config
+from hql_ray.errors import ConfigError, InputError
+from hql_ray.metrics import (MetricResult, NotComputed, bleu_13a, chrf_pp, single_line_amr, smatch_scores, spbleu,
                              text_scores)
 
 # Scored by hand with `sacrebleu s.ref -i s.hyp -m bleu chrf --chrf-word-order 2 -w 4` (sacrebleu 2.6.0):
@@ -25,23 +27,23 @@ CHRF_SIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|version:2.6.0"
 
 
 @pytest.fixture(autouse=True)
-def no_spbleu_download(monkeypatch, tmp_path):
-    """Every test starts with an empty sacrebleu cache and no decision made: nothing touches the net."""
+def empty_sacrebleu_cache(monkeypatch, tmp_path):
+    """Every test starts with an empty sacreBLEU cache (nothing is ever downloaded)."""
     monkeypatch.setattr(metrics.tokenizer_spm, "SACREBLEU_DIR", str(tmp_path / "sacrebleu"))
-    monkeypatch.delenv(metrics.SPBLEU_ENV, raising=False)
-
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(metrics.urllib.request, "urlopen", refuse)
-    metrics.reset_spbleu()
-    yield
-    metrics.reset_spbleu()
 
 
-def test_bleu_and_chrf_match_sacrebleu_cli():
-    b, c = bleu(HYPS, REFS), chrf_pp(HYPS, REFS)
-    assert isinstance(b, MetricResult) and b.name == "bleu"
+@pytest.fixture()
+def tiny_spm(tmp_path):
+    """A 40-piece SentencePiece model trained on the sentences above (sacreBLEU's flores200 cannot be
+    downloaded here; any SentencePiece model exercises the same code)."""
+    spm.SentencePieceTrainer.train(sentence_iterator=iter((REFS + HYPS) * 20), model_prefix=str(tmp_path / "m"),
+                                   vocab_size=40, minloglevel=2)
+    return tmp_path / "m.model"
+
+
+def test_bleu_13a_and_chrf_match_sacrebleu_cli():
+    b, c = bleu_13a(HYPS, REFS), chrf_pp(HYPS, REFS)
+    assert isinstance(b, MetricResult) and b.name == "bleu_13a"
     assert b.score == pytest.approx(42.5840, abs=5e-5)
     assert b.signature == BLEU_SIG
     assert c.name == "chrf++"
@@ -50,11 +52,11 @@ def test_bleu_and_chrf_match_sacrebleu_cli():
 
 
 def test_perfect_hypotheses_score_100():
-    assert bleu(REFS, REFS).score == pytest.approx(100.0)
+    assert bleu_13a(REFS, REFS).score == pytest.approx(100.0)
     assert chrf_pp(REFS, REFS).score == pytest.approx(100.0)
 
 
-@pytest.mark.parametrize("fn", [bleu, chrf_pp, spbleu, text_scores, smatch_scores])
+@pytest.mark.parametrize("fn", [bleu_13a, chrf_pp, spbleu, text_scores, smatch_scores])
 def test_length_mismatch_names_both_counts(fn):
     with pytest.raises(ValueError, match=r"2 .*but 3 "):
         fn(["a", "b"], ["a", "b", "c"])
@@ -62,53 +64,125 @@ def test_length_mismatch_names_both_counts(fn):
 
 def test_empty_input_is_refused():
     with pytest.raises(ValueError, match="no "):
-        bleu([], [])
+        bleu_13a([], [])
 
 
-def test_text_scores_is_plain_json_with_spbleu_disabled(monkeypatch):
-    monkeypatch.setenv(metrics.SPBLEU_ENV, "0")
-    scores = text_scores(HYPS, REFS)
+def test_text_scores_without_spm_or_lid_say_why():
+    scores = text_scores(HYPS, REFS, code="eng_Latn")
     assert json.loads(json.dumps(scores)) == scores
-    assert scores["bleu"] == pytest.approx(42.5840, abs=5e-5)
+    assert scores["bleu_13a"] == pytest.approx(42.5840, abs=5e-5)
     assert scores["chrf++"] == pytest.approx(67.5370, abs=5e-5)
-    assert scores["spbleu"] is None
-    assert scores["signatures"] == {"bleu": BLEU_SIG, "chrf++": CHRF_SIG, "spbleu": None}
-    assert "disabled" in metrics.spbleu_note()
+    assert scores["spbleu"] is None and scores["lid"] is None and scores["lid_diff"] is None
+    assert scores["signatures"] == {"bleu_13a": BLEU_SIG, "chrf++": CHRF_SIG}
+    why = scores["not_computed"]
+    assert set(why) == {"spbleu", "lid", "lid_diff"}
+    assert why["spbleu"].startswith("no flores200 SentencePiece model: eval.spbleu_model is not set")
+    assert "flores200sacrebleuspm" in why["spbleu"]
+    assert why["lid"] == "no LID model (eval.lid_model is not set)"
 
 
-def test_spbleu_uncached_returns_none_and_logs_once(caplog):
-    with caplog.at_level(logging.WARNING, logger="hql_ray.metrics"):
-        assert spbleu(HYPS, REFS) is None
-        assert spbleu(HYPS, REFS) is None
-        assert text_scores(HYPS, REFS)["spbleu"] is None
-    notes = [r.getMessage() for r in caplog.records if "spBLEU" in r.getMessage()]
-    assert len(notes) == 1
-    assert notes[0].startswith("spBLEU unavailable: flores200 SentencePiece model not cached (")
-    assert "flores200sacrebleuspm" in notes[0]
+def test_spbleu_from_a_given_model_file_matches_sacrebleu_own(tiny_spm):
+    """The configured file gives the score sacreBLEU's own flores200 tokenizer gives with that file in its
+    cache; the signature names the model by its size, since it is not flores200's 256,000 pieces."""
+    ours = spbleu(HYPS, REFS, str(tiny_spm))
+    assert ours.name == "spbleu" and "tok:spm-vocab40" in ours.signature
+    cached = metrics.sacrebleu_spm_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(tiny_spm.read_bytes())
+    theirs = BLEU(tokenize="flores200").corpus_score(HYPS, [REFS])
+    assert ours.score == pytest.approx(theirs.score, abs=1e-9)
+    assert 0.0 < ours.score < 100.0 and ours.score != pytest.approx(bleu_13a(HYPS, REFS).score)
+    assert spbleu(REFS, REFS, str(tiny_spm)).score == pytest.approx(100.0)
+    # eval.spbleu_model unset: sacreBLEU's cache is used
+    assert spbleu(HYPS, REFS).score == pytest.approx(theirs.score, abs=1e-9)
+    assert text_scores(HYPS, REFS, spbleu_model=str(tiny_spm))["signatures"]["spbleu"] == ours.signature
 
 
-def test_spbleu_download_failure_is_clean(monkeypatch):
-    monkeypatch.setenv(metrics.SPBLEU_ENV, "download")
-    assert spbleu(HYPS, REFS) is None
-    assert "download failed" in metrics.spbleu_note()
-    assert "network disabled in tests" in metrics.spbleu_note()
-    assert not metrics._spm_model_path().exists()
+def test_spbleu_not_computed_reasons(tmp_path):
+    with pytest.raises(NotComputed, match="eval.spbleu_model .*nope.model does not exist"):
+        spbleu(HYPS, REFS, str(tmp_path / "nope.model"))
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a sentencepiece model")
+    scores = text_scores(HYPS, REFS, spbleu_model=str(bad))
+    assert scores["spbleu"] is None and scores["not_computed"]["spbleu"].startswith("cannot load SentencePiece")
 
 
-def test_spbleu_uses_a_cached_model(tmp_path):
-    """A SentencePiece model at sacrebleu's cache path is picked up (a tiny one trained here)."""
-    path = metrics._spm_model_path()
-    path.parent.mkdir(parents=True)
-    text = (REFS + HYPS) * 20
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=str(tmp_path / "m"),
-                                   vocab_size=40, minloglevel=2)
-    (tmp_path / "m.model").rename(path)
-    result = spbleu(HYPS, REFS)
-    assert result is not None and result.name == "spbleu"
-    assert "tok:flores200" in result.signature
-    assert 0.0 < result.score < 100.0
-    assert spbleu(REFS, REFS).score == pytest.approx(100.0)
-    assert text_scores(HYPS, REFS)["signatures"]["spbleu"] == result.signature
+# ---- the driver's check ---------------------------------------------------------------------------
+def _cfg(**overrides):
+    return make_config(overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_check_eval_files_notes_and_errors(tmp_path, tiny_spm):
+    notes = metrics.check_eval_files(_cfg())
+    assert any(n.startswith("spBLEU: not computed: no flores200 SentencePiece model") for n in notes)
+    assert any(n.startswith("LID and LID diff: not computed: no LID model") for n in notes)
+    assert metrics.check_eval_files(_cfg(**{"eval.generate": "false"})) == []
+    assert metrics.check_eval_files(_cfg(**{"data.direction": "text2amr"})) == []
+    notes = metrics.check_eval_files(_cfg(**{"eval.spbleu_model": tiny_spm}))
+    assert any("is not the flores200 model (spm-vocab40)" in n for n in notes)
+    with pytest.raises(ConfigError, match="eval.spbleu_model: no such file"):
+        metrics.check_eval_files(_cfg(**{"eval.spbleu_model": tmp_path / "none.model"}))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ConfigError, match="eval.spbleu_model: cannot load"):
+        metrics.check_eval_files(_cfg(**{"eval.spbleu_model": junk}))
+    with pytest.raises(ConfigError, match="eval.lid_model: no such file"):
+        metrics.check_eval_files(_cfg(**{"eval.lid_model": tmp_path / "none.bin"}))
+    with pytest.raises(ConfigError, match="is not a fastText model"):
+        metrics.check_eval_files(_cfg(**{"eval.lid_model": junk}))
+    with pytest.raises(ConfigError, match="expected hf://owner/repo/file"):
+        metrics.check_eval_files(_cfg(**{"eval.lid_model": "hf://cis-lmu/glotlid"}))
+    notes = metrics.check_eval_files(_cfg(**{"eval.lid_model": "hf://cis-lmu/glotlid/model.bin"}))
+    assert any("not in this machine's Hugging Face cache" in n for n in notes)
+    broken = tmp_path / "ge.json"
+    broken.write_text('{"flores": {"lid": {"deu_Latn": "high"}}}')
+    with pytest.raises(ConfigError, match="eval.lid_baseline: .*flores.lid.deu_Latn is not a number"):
+        metrics.check_eval_files(_cfg(**{"eval.lid_baseline": broken}))
+    notes = metrics.check_eval_files(_cfg(**{"eval.lid_baseline": tmp_path / "new.json"}))
+    assert any("is not used: no LID model" in n for n in notes)
+
+
+def test_hf_spec():
+    assert metrics.parse_hf_spec("hf://cis-lmu/glotlid/model.bin") == ("cis-lmu/glotlid", "model.bin", None)
+    assert metrics.parse_hf_spec("hf://o/r@v3/sub/m.bin") == ("o/r", "sub/m.bin", "v3")
+
+
+# ---- the references' LID baseline (the original's -ge JSON) ------------------------------------------
+ORIGINAL_GE = {"flores": {"lid": {"deu_Latn": 97.5, "nld_Latn": 95.25}}, "ldc2020t07": {"lid": {"deu_Latn": 96.0}}}
+
+
+def test_lid_baseline_reads_the_original_file_and_merges(tmp_path):
+    path = tmp_path / "global_evaluations.json"
+    assert metrics.read_lid_baseline(path) == {}
+    path.write_text(json.dumps(ORIGINAL_GE, indent=4))
+    assert metrics.read_lid_baseline(path) == {"flores": {"deu_Latn": 97.5, "nld_Latn": 95.25},
+                                               "ldc2020t07": {"deu_Latn": 96.0}}
+    merged = metrics.merge_lid_baseline(path, {"flores": {"deu_Latn": 1.0, "ita_Latn": 90.0},
+                                               "amr3": {"deu_Latn": 80.0}})
+    assert merged["flores"] == {"deu_Latn": 97.5, "nld_Latn": 95.25, "ita_Latn": 90.0}  # the file's value wins
+    raw = json.loads(path.read_text())
+    assert raw["flores"]["lid"]["ita_Latn"] == 90.0 and raw["amr3"] == {"lid": {"deu_Latn": 80.0}}
+    assert raw["ldc2020t07"] == ORIGINAL_GE["ldc2020t07"]
+    new = tmp_path / "sub" / "ge.json"
+    assert metrics.merge_lid_baseline(new, {"flores": {"deu_Latn": 50.0}}) == {"flores": {"deu_Latn": 50.0}}
+    path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="must be a JSON object"):
+        metrics.merge_lid_baseline(path, {"flores": {"x": 1.0}})
+
+
+def test_scores_by_test_set_reads_old_and_new_entries():
+    old = {"n": 5, "bleu": 1.5, "chrf++": 20.0, "spbleu": None,
+           "signatures": {"bleu": BLEU_SIG, "chrf++": CHRF_SIG, "spbleu": None}, "clipped": 0, "samples": []}
+    sets = metrics.scores_by_test_set(old)
+    assert list(sets) == ["union"]
+    union = sets["union"]
+    assert union["bleu_13a"] == 1.5 and "bleu" not in union and union["chrf++"] == 20.0 and union["n"] == 5
+    assert union["signatures"] == {"bleu_13a": BLEU_SIG, "chrf++": CHRF_SIG}
+    assert set(union["not_computed"]) == {"spbleu", "lid", "lid_diff"}
+    new = {"flores": {"n": 3, "chrf++": 1.0}, "ldc2020t07": {"n": 2, "chrf++": 2.0}}
+    assert metrics.scores_by_test_set(new) == new
+    parsing = metrics.scores_by_test_set({"n": 4, "f1": 0.5, "precision": 0.5, "recall": 0.5})
+    assert parsing["union"]["f1"] == 0.5 and "not_computed" not in parsing["union"]
 
 
 # smatch tests/test_top.py (snowblink14/smatch, MIT): (match, test, gold) triple counts, TOP triple included.
