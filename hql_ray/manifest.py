@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hql_ray.errors import InputError
+from hql_ray.metrics import scores_by_test_set
 from hql_ray.tree import Language, LanguageTree, TreeNode, load_tree
 
 STATUSES = ("pending", "running", "done", "failed", "skipped")  # skipped: tree.skip (-sv), not trained
-FORMAT = 2  # 1: before the format key (2026-11-29); 2: adds `format`
+# 1: before the format key (2026-11-29); 2: adds `format`; 3: a node's metrics["languages"] is
+# {code: {test set: scores}} (before: {code: scores} on the union of the test splits, "bleu" = BLEU 13a).
+FORMAT = 3
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -122,10 +125,15 @@ class Manifest:
         return int(self.data.get("format", 1))
 
     def upgrade(self, tree: LanguageTree) -> None:
-        """A resumed run of an older format gets this format's fields (its nodes are already the tree's)."""
+        """A resumed run of an older format gets this format's fields (its nodes are already the tree's);
+        its scores become {code: {"union": scores}} (hql_ray.metrics.scores_by_test_set)."""
         if self.format < FORMAT:
             self.data["format"] = FORMAT
             self.data["tree"] = {k: v for k, v in tree.to_dict().items() if k != "nodes"}
+            for record in self.nodes.values():
+                languages = (record.metrics or {}).get("languages")
+                if isinstance(languages, dict):
+                    record.metrics["languages"] = {code: scores_by_test_set(v) for code, v in languages.items()}
             self.save()
 
     def to_dict(self) -> dict:

@@ -84,12 +84,23 @@ def _maybe_log(ax, values: list[float]) -> None:
 
 
 # ---- scores: grouped bars -----------------------------------------------------------------------
-def scores_plot(rows: list[dict], run_labels: list[str], path: Path) -> str:
-    """chrF++ and BLEU (and smatch F1 for parsing runs) per language, one bar per run (missing: no bar)."""
+NAMES = {"chrf++": "chrF++", "spbleu": "spBLEU", "bleu_13a": "BLEU (13a)", "lid": "LID", "smatch": "smatch F1"}
+
+
+def _score_metrics(rows: list[dict]) -> list[str]:
+    """chrF++ and a BLEU (spBLEU where any run has it, else BLEU 13a), LID where there is any; smatch F1
+    alone for parsing runs."""
+    has = {m for m in NAMES if any(r.get(m) is not None for r in rows)}
+    if "smatch" in has and "chrf++" not in has:
+        return ["smatch"]
+    out = ["chrf++", "spbleu" if "spbleu" in has else "bleu_13a"]
+    return out + (["lid"] if "lid" in has else [])
+
+
+def scores_plot(rows: list[dict], run_labels: list[str], path: Path, test_set: str | None = None) -> str:
+    """Per language, one bar per run (missing: no bar), a panel per metric, for one test set."""
     codes = list(dict.fromkeys(r["code"] for r in rows))
-    metrics = [m for m in ("chrf++", "bleu", "smatch") if m != "smatch" or any(r.get(m) is not None for r in rows)]
-    if metrics == ["chrf++", "bleu", "smatch"] and not any(r.get("chrf++") is not None for r in rows):
-        metrics = ["smatch"]  # parsing runs only
+    metrics = _score_metrics(rows)
     by = {(r["code"], r["run"]): r for r in rows}
     n_runs = max(len(run_labels), 1)
     width = 0.8 / n_runs
@@ -97,9 +108,8 @@ def scores_plot(rows: list[dict], run_labels: list[str], path: Path) -> str:
                                                        3.5 * len(metrics)), sharex=True, squeeze=False)
     axes = axes[:, 0]
     cmap = plt.get_cmap("tab10")
-    names = {"chrf++": "chrF++", "bleu": "BLEU", "smatch": "smatch F1"}
     for ax, metric in zip(axes, metrics):
-        title = names[metric]
+        title = NAMES[metric]
         any_value = False
         for j, label in enumerate(run_labels):
             xs, ys = [], []
@@ -114,7 +124,7 @@ def scores_plot(rows: list[dict], run_labels: list[str], path: Path) -> str:
         ax.grid(axis="y", alpha=0.3)
         if not any_value:
             ax.text(0.5, 0.5, f"no {title} scores", ha="center", va="center", transform=ax.transAxes, color="grey")
-    axes[0].set_title("Test scores per language (leaf node)")
+    axes[0].set_title(f"Test scores per language (leaf node), test set {test_set or '-'}")
     axes[0].legend(loc="upper right", fontsize=8)
     axes[-1].set_xticks(range(len(codes)))
     axes[-1].set_xticklabels(codes, rotation=45, ha="right")
@@ -269,11 +279,13 @@ def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: P
 
 # ---- root to leaf -------------------------------------------------------------------------------
 def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> str:
-    """For each language, chrF++ and BLEU at each depth of its root-to-leaf path (one line each)."""
+    """For each language (of one test set), chrF++ and spBLEU (BLEU 13a where there is no spBLEU) at each
+    depth of its root-to-leaf path (one line each)."""
     steps = [s for p in paths for s in p["path"]]
     parsing = any(s.get("smatch") is not None for s in steps) and all(s["chrf++"] is None for s in steps)
-    keys = ("smatch",) if parsing else ("chrf++", "bleu")
-    names = {"chrf++": "chrF++", "bleu": "BLEU", "smatch": "smatch F1"}
+    bleu = "spbleu" if any(s.get("spbleu") is not None for s in steps) else "bleu_13a"
+    keys = ("smatch",) if parsing else ("chrf++", bleu)
+    names = NAMES
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 5.5), sharex=True, squeeze=False)
     axes = axes[0]
     cmap = plt.get_cmap("tab20")
@@ -312,7 +324,11 @@ def draw_all(runs, rows: list[dict], plot_dir: Path, paths: list[dict] | None = 
     """Every plot of a report: {title: path}. Per-run plots get the run's label in their file name.
     `paths` is the one run's root-to-leaf scores (results.path_scores), when there is one run."""
     plot_dir = Path(plot_dir)
-    out = {"Scores per language": scores_plot(rows, [r.label for r in runs], plot_dir / "scores.png")}
+    out = {}
+    for test_set in dict.fromkeys(r["test_set"] for r in rows):
+        mine = [r for r in rows if r["test_set"] == test_set]
+        out[f"Scores per language ({test_set or 'no test set'})"] = scores_plot(
+            mine, [r.label for r in runs], plot_dir / f"scores_{safe_name(test_set or 'none')}.png", test_set)
     single = len(runs) == 1
     for run in runs:
         suffix = "" if single else f"_{safe_name(run.label)}"
@@ -326,6 +342,9 @@ def draw_all(runs, rows: list[dict], plot_dir: Path, paths: list[dict] | None = 
                                                        plot_dir / f"timeline{suffix}.png", slots=slots, now=now)
     if single and paths and len(runs[0].tree.levels) > 1:
         run = runs[0]
-        out["Root to leaf"] = path_plot(paths, list(run.tree.levels),
-                                        f"Scores from root to leaf: {run.label}", plot_dir / "root_to_leaf.png")
+        for test_set in dict.fromkeys(p["test_set"] for p in paths):
+            name = test_set or "none"
+            out[f"Root to leaf ({name})"] = path_plot(
+                [p for p in paths if p["test_set"] == test_set], list(run.tree.levels),
+                f"Scores from root to leaf: {run.label}, test set {name}", plot_dir / f"root_to_leaf_{safe_name(name)}.png")
     return out

@@ -19,6 +19,20 @@ from hql_ray.records import RunEvent
 STATES = ("pending", "running", "done", "failed", "skipped")
 
 
+def chrf_means(languages: dict) -> list[str]:
+    """A node's chrF++ per test set, the mean over its languages: ["chrF++ flores 31.2 (mean of 4)", ...]
+    (an older run's single score per language: "chrF++ 31.2 (mean of 4)")."""
+    from hql_ray.metrics import LEGACY_TEST_SET, scores_by_test_set
+
+    per_set: dict[str, list[float]] = {}
+    for entry in languages.values():
+        for test_set, scores in scores_by_test_set(entry).items():
+            if isinstance(scores.get("chrf++"), (int, float)):
+                per_set.setdefault(test_set, []).append(scores["chrf++"])
+    return [f"chrF++{'' if name == LEGACY_TEST_SET else ' ' + name} {sum(v) / len(v):.1f} (mean of {len(v)})"
+            for name, v in per_set.items()]
+
+
 @dataclass
 class NodeView:
     id: str
@@ -352,10 +366,7 @@ class PlainReporter(_Guarded):
                 parts.append(f"val_loss {m['initial_val_loss']:.3f} -> {m['val_loss']:.3f}")
             elif m.get("val_loss") is not None:
                 parts.append(f"val_loss {m['val_loss']:.3f}")
-            langs = m.get("languages") or {}
-            scores = [v.get("chrf++") for v in langs.values() if isinstance(v, dict) and v.get("chrf++") is not None]
-            if scores:
-                parts.append(f"chrF++ {sum(scores) / len(scores):.1f} (mean of {len(scores)})")
+            parts += chrf_means(m.get("languages") or {})
             self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
         elif kind == RunEvent.NODE_WAITING:
             self._print(f"{info['node']}: WAITING for resources: {info['message']}")

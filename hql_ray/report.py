@@ -1,8 +1,9 @@
 """`hql-ray report`: runs read from their manifests, their score tables (`hql_ray.results`), notes on what
 is missing, plots (`hql_ray.plots`, given the data) and the files report.md|csv, path_scores.csv.
 
-A report can be made of a finished run, a failed one, or one still running. The per-language score of
-a run is its leaf node's score, as in the run's results.md.
+A report can be made of a finished run, a failed one, or one still running. Scores are keyed by
+(node, language, test set); a language's score on a test set is its leaf node's, as in the run's
+results.md. A run of an older hql-ray shows its one score per language as test set "union".
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ from pathlib import Path
 
 from hql_ray.errors import InputError
 from hql_ray.manifest import RunRecord, atomic_write_text, read_manifest, run_tree
-from hql_ray.results import num_or_none, path_csv, path_markdown, path_scores, score_rows, scores_csv, scores_markdown
-
-METRICS = ("bleu", "chrf++", "spbleu", "smatch")  # smatch = F1, for text2amr (parsing) runs
-METRIC_NAMES = {"bleu": "BLEU", "chrf++": "chrF++", "spbleu": "spBLEU", "smatch": "smatch F1"}
-CSV_COLUMNS = ["run", "code", "language", "node", "node_status", "bleu", "chrf++", "spbleu", "smatch", "n_test",
-               "val_loss", "best", "best_metrics"]
+from hql_ray.metrics import METRIC_NAMES, is_legacy
+from hql_ray.results import (LEGACY_NOTE, not_computed_notes, num_or_none, path_csv, path_markdown, path_scores,
+                             path_second_metric, score_rows, scores_csv, scores_markdown, signature_notes)
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
@@ -39,6 +37,13 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
             others.setdefault(str(st), []).append(node_id)
     for st, ids in others.items():
         record.notes.append(f"{len(ids)} node(s) {st}: {', '.join(ids)}")
+    for node_id, entry in manifest.nodes.items():
+        error = (entry.metrics or {}).get("evaluation_error")
+        if error:
+            record.notes.append(f"node {node_id}: evaluation failed (its adapter was kept): {str(error)[:200]}")
+    if any(is_legacy(scores) for entry in manifest.nodes.values()
+           for scores in ((entry.metrics or {}).get("languages") or {}).values()):
+        record.notes.append(LEGACY_NOTE)
     return record
 
 
@@ -98,19 +103,30 @@ def default_out_dir(run_dirs: list[str | Path]) -> Path:
 
 def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str], out_dir: Path) -> str:
     title = f"Report: run {runs[0].label}" if len(runs) == 1 else "Report: " + ", ".join(r.label for r in runs)
-    parts = [f"# {title}", "", summary_markdown(runs), "", "## Scores per language (test split, the language's leaf node)", "",
-             scores_markdown(rows, runs), ""]
+    parts = [f"# {title}", "", summary_markdown(runs), "",
+             "## Scores per language and test set (the language's leaf node)", "", scores_markdown(rows, runs), "",
+             "spBLEU: sacreBLEU on flores200 SentencePiece pieces (the original's `bleu`); BLEU (13a): the original's "
+             "`old_bleu`; LID: mean probability x100 of the language's label (fastText, GlotLID in the paper); LID "
+             "diff: the hypotheses' LID minus the references'. `not computed`: see below; `-`: no score.", ""]
     if len(runs) > 1:
-        parts += ["Bold: the best score for that language among the runs. The CSV's `best` column marks the run",
-                  "with the best chrF++ (ties: BLEU).", ""]
+        parts += ["Bold: the best score for that language and test set among the runs. The CSV's `best` column "
+                  "marks the run with the best chrF++ (ties: spBLEU, BLEU 13a).", ""]
     paths = path_scores(runs[0]) if len(runs) == 1 else []
     if paths and max(len(p["path"]) for p in paths) == 1:
         parts += ["One level: every language's root is its leaf (no root-to-leaf path to show).", ""]
     elif paths:
-        parts += ["## From root to leaf", "", "chrF++ / BLEU (parsing runs: smatch F1) of each language at each "
-                  "node on its path (`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, or it did not "
-                  "finish).", "",
+        second = METRIC_NAMES[path_second_metric(paths)]
+        parts += ["## From root to leaf", "", f"chrF++ / {second} (parsing runs: smatch F1) of each language and "
+                  "test set at each node on its path (`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, "
+                  "or it did not finish).", "",
                   path_markdown(paths, runs[0].tree.levels), ""]
+    label = (lambda r: f"{r['run']} ") if len(runs) > 1 else (lambda r: "")
+    not_computed = not_computed_notes(rows, label)
+    if not_computed:
+        parts += ["## Not computed", "", *not_computed, ""]
+    sigs = signature_notes(rows)
+    if sigs:
+        parts += ["## Signatures", "", *sigs, ""]
     notes = [f"- {run.label}: {note}" for run in runs for note in run.notes]
     if notes:
         parts += ["## Notes", "", "Scores shown are what exists; missing values are `-`.", "", *notes, ""]

@@ -1,5 +1,6 @@
 """A run folder written before the manifest had a `format` key (tests/fixtures/run_v1, made by the code at
-dd14ddd) is still read by `hql-ray report`, `hql-ray generate` and `--resume`; resuming upgrades it."""
+dd14ddd) is still read by `hql-ray report`, `hql-ray generate` and `--resume`; resuming upgrades it. Its
+scores (one per language on the union of its test splits, "bleu" = BLEU 13a) show as test set "union"."""
 
 from __future__ import annotations
 
@@ -44,9 +45,12 @@ def test_report_reads_an_old_run(old_run):
     assert set(tree.nodes) == NODES and note is None  # its tree file still matches
     out = write_report([run_dir], run_dir / "report", with_plots=False)
     text = out["markdown"]
-    for code, leaf in (("deu_Latn", "language.German"), ("nld_Latn", "language.Dutch")):
-        chrf = manifest.nodes[leaf].metrics["languages"][code]["chrf++"]
-        assert f"| {code} | " in text and f"{chrf:.2f}" in text
+    for code, name, leaf in (("deu_Latn", "German", "language.German"), ("nld_Latn", "Dutch", "language.Dutch")):
+        old_scores = manifest.nodes[leaf].metrics["languages"][code]  # one dict per language, "bleu" = 13a
+        chrf, bleu = old_scores["chrf++"], old_scores["bleu"]
+        # its scores show as test set "union" (the union of its test splits), its BLEU as BLEU (13a)
+        assert f"| {code} | {name} | union | not computed | {bleu:.2f} | {chrf:.2f} |" in text
+    assert "test set 'union': scores from an older hql-ray" in text
 
 
 def test_report_without_the_tree_file_rebuilds_the_tree_from_the_old_manifest(old_run):
@@ -77,6 +81,9 @@ def test_resume_keeps_every_node_of_an_old_run_and_upgrades_its_manifest(ray_ses
         assert after.nodes[node_id].checksum == before.nodes[node_id].checksum
     upgraded = read_manifest(run_dir)
     assert upgraded.format == FORMAT and upgraded.data["status"] == "done"
+    old_scores = before.nodes["language.German"].metrics["languages"]["deu_Latn"]
+    union = upgraded.nodes["language.German"].metrics["languages"]["deu_Latn"]["union"]  # keyed by test set now
+    assert union["bleu_13a"] == old_scores["bleu"] and union["chrf++"] == old_scores["chrf++"] and "bleu" not in union
     tree_now, note = run_tree(upgraded)
     assert set(tree_now.nodes) == NODES and note is None
     assert [(lang.code, lang.name) for lang in tree_now.languages] == [("deu_Latn", "German"), ("nld_Latn", "Dutch")]
