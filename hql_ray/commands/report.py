@@ -13,8 +13,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="tables and plots of one run, or a comparison of several",
-        description="Per-language scores (BLEU, chrF++, spBLEU: the language's leaf node) for each run, the best "
-        "per language marked; loss curves, a timeline of nodes on their GPUs/workers and, for one run, how "
+        description="Scores per language and test set (spBLEU, BLEU (13a), chrF++, LID, LID diff; smatch F1 for "
+        "parsing runs: the language's leaf node) for each run, the best per language and test set marked, and why "
+        "a metric was not computed; loss curves, a timeline of nodes on their GPUs/workers and, for one run, how "
         "scores move from root to leaf. Writes report.md, report.csv and plots/*.png, and prints the Markdown.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) holding a manifest.json")
