@@ -11,7 +11,7 @@ from conftest import REPO
 from hql_ray.cli import main
 
 SAMPLE = str(REPO / "data" / "sample")
-FAST = ["-bm", "tiny", "--data-dir", SAMPLE, "-ls", "8", "-ts", "16", "-sv", "4", "--plain",
+FAST = ["-bm", "tiny", "--data-dir", SAMPLE, "-ls", "8", "--max-train-per-corpus", "8", "-ts", "48", "--plain",
         "train.max_steps=2", "eval.max_new_tokens=8", "data.max_test_per_language=4", "resources.max_failures=0"]
 
 
