@@ -43,9 +43,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--skip-bad", action="store_true",
                         help="bad lines are still listed, but as warnings (a run with --skip-bad skips them)")
     parser.add_argument("--max-source-length", type=int, default=512, metavar="N",
-                        help="model input length in tokens; longer inputs are clipped (default: 512)")
+                        help="count inputs longer than N tokens (default: 512; a run clips them only if "
+                             "data.max_source_length is set: by default nothing is clipped, as the original)")
     parser.add_argument("--max-target-length", type=int, default=256, metavar="N",
-                        help="target length in tokens; longer targets are clipped (default: 256)")
+                        help="count targets longer than N tokens (default: 256; clipped only with "
+                             "data.max_target_length)")
     parser.add_argument("--direction", choices=["amr2text", "text2amr"], default="amr2text",
                         help="which side is the input (default: amr2text)")
     parser.set_defaults(run=run)
@@ -134,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     print(training_corpora_line(data_dir, wanted))
     print(f"lengths in {args.base_model} tokens, EOS included; {args.direction} input = prompt + "
           f"{'AMR' if args.direction == 'amr2text' else 'sentence'}; "
-          f"'> N' = clipped at --max-source-length {args.max_source_length} / "
-          f"--max-target-length {args.max_target_length}")
+          f"'> N' = longer than --max-source-length {args.max_source_length} / "
+          f"--max-target-length {args.max_target_length} (clipped only where data.max_source_length / "
+          f"max_target_length are set; not by default)")
     checker = LineChecker()
     reports = []
     for lang in tree.languages:
