@@ -139,6 +139,25 @@ def test_truncation_to_max_source_length_counts_the_clipped(corpus_dir, tmp_path
     assert max(len(x) for x in full["input_ids"]) > 40
 
 
+def test_example_lengths_are_the_longer_side_after_select_and_shuffle(corpus_dir, tmp_path):
+    ds = D.node_dataset(settings(corpus_dir), [("deu_Latn", "German"), ("nld_Latn", "Dutch")], "train",
+                        ByT5Tokenizer(), tmp_path / "c")
+    view = ds.select([7, 0, 3]).shuffle(seed=2)
+    for part in (ds, view):
+        assert D.example_lengths(part) == [max(len(r["input_ids"]), len(r["labels"])) for r in part]
+    assert D.example_lengths(ds.select([])) == []
+
+
+def test_a_tokenizer_saved_again_in_the_same_folder_gets_a_new_cache_key(corpus_dir, tmp_path):
+    folder = tmp_path / "tok"
+    ByT5Tokenizer().save_pretrained(folder)
+    tok = ByT5Tokenizer.from_pretrained(folder)
+    before = D.cache_key(settings(corpus_dir), "deu_Latn", "German", "train", tok)
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text() + " ")
+    assert D.cache_key(settings(corpus_dir), "deu_Latn", "German", "train", tok) != before
+
+
 def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     import random
 
