@@ -203,7 +203,13 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
     for code, name in languages:
         per_set: dict[str, dict] = {}
         for test_set in cfg.eval.test_sets:
-            test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
+            try:
+                test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
+            except Exception as exc:  # noqa: BLE001 - a bad test file costs its scores, not the other sets'
+                log.exception("test set %s of %s not readable", test_set, code)
+                per_set[test_set] = not_scored(f"test set not readable: {type(exc).__name__}: {exc}",
+                                               direction=cfg.data.direction)
+                continue
             if test is None:
                 continue
             per_set[test_set] = evaluate_test_set(model, tokenizer, cfg, code, test_set, test["source"],

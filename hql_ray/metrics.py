@@ -141,6 +141,8 @@ class _FileSPMTokenizer(BaseTokenizer):
     def __call__(self, line: str) -> str:
         out = self._cache.get(line)
         if out is None:
+            if len(self._cache) >= 1 << 16:  # as sacreBLEU's own (an lru_cache of 2**16 lines), but simpler
+                self._cache.clear()
             out = self._cache[line] = " ".join(self.sp.EncodeAsPieces(line))
         return out
 

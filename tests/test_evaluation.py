@@ -258,3 +258,14 @@ def test_a_failing_test_set_is_recorded_not_raised(model, tok, tmp_path, eval_da
     record = out["deu_Latn"]["flores"]
     assert record["n"] == 4 and record["chrf++"] is None
     assert record["not_computed"]["chrf++"] == "evaluation failed: RuntimeError: CUDA out of memory"
+
+
+def test_an_unreadable_test_set_costs_only_its_own_scores(model, tok, tmp_path, eval_data):
+    broken = tmp_path / "broken_data"
+    shutil.copytree(eval_data, broken)
+    (broken / "ldc2020t07" / "deu_Latn" / "deu_Latn-test.txt").write_text("only one line\n")  # 3 graphs, 1 sentence
+    cfg = _node_cfg(tmp_path, broken)
+    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu")
+    assert out["deu_Latn"]["flores"]["n"] == 4 and out["deu_Latn"]["flores"]["chrf++"] is not None
+    why = out["deu_Latn"]["ldc2020t07"]["not_computed"]["chrf++"]
+    assert why.startswith("test set not readable: InputError: ") and "3 graphs" in why
