@@ -12,7 +12,9 @@ uses as the node's work. What it checks, each failure an InputError/ConfigError 
   corpora >= 1);
 - each test set in eval.test_sets has rows for the languages that should have it: flores (and amr3 when
   asked) for every language, LDC2020T07 for deu/eng/ita/spa when the data folder has an ldc2020t07
-  folder; without one, LDC2020T07 is not scored and that is said once.
+  folder; without one, LDC2020T07 is not scored and that is said once;
+- the evaluation's files (metrics.check_eval_files: spBLEU and LID models, the -ge baseline): a given
+  path that does not exist or load is an error, what will not be computed is said.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
         per_language[lang.code] = n
     if cfg.eval.generate:
         check_test_sets(cfg, tree, verdicts)
+        from hql_ray import metrics  # the evaluation's own files: spBLEU and LID models, the -ge baseline
+
+        for note in metrics.check_eval_files(cfg):
+            log.warning("%s", note)
     verdicts.save()
     return {node.id: sum(per_language[lang.code] for lang in node.languages) for node in tree.nodes.values()}
 

@@ -177,3 +177,15 @@ def test_skipped_node_without_its_adapter_fails_before_ray(tmp_path, monkeypatch
     with pytest.raises(ConfigError) as err:
         Driver(cfg)
     assert "no node 'Bottom'" in err.value.problem and "valid values: Top, German, French" in err.value.problem
+
+
+def test_evaluation_files_are_checked_too(tmp_path, caplog):
+    data = original_data(tmp_path / "data")
+    cfg, tree = config(tmp_path, data, **{"eval.lid_model": tmp_path / "none.bin"})
+    with pytest.raises(ConfigError) as err:
+        preflight.check(cfg, tree)
+    assert "eval.lid_model: no such file" in err.value.problem
+    cfg, tree = config(tmp_path, data)
+    with caplog.at_level(logging.WARNING, logger="hql_ray.preflight"):
+        preflight.check(cfg, tree)
+    assert "LID and LID diff: not computed: no LID model" in caplog.text
