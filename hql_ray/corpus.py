@@ -105,6 +105,17 @@ def select_corpora(data_dir: str | Path, corpora: list[str] | tuple[str, ...] | 
     return list(DEFAULT_CORPORA)
 
 
+def in_both_layouts(data_dir: str | Path, corpora: list[str]) -> dict[str, list[Path]]:
+    """Corpora laid out both ours and the original's way in one folder -> their folders (ours is read
+    first, file by file)."""
+    root = Path(data_dir)
+    out = {}
+    for name, folders in _corpus_folders(root).items():
+        if name in corpora and root / name in folders and len(folders) > 1:
+            out[name] = folders
+    return out
+
+
 def corpus_languages(data_dir: str | Path, corpus: str) -> list[str]:
     """The language folders of one corpus, in either layout."""
     return sorted({d.name for folder in _corpus_folders(data_dir).get(corpus, []) for d in folder.iterdir() if d.is_dir()})

@@ -182,8 +182,9 @@ def select_corpora(data_dir: Path, wanted: list[str] | None, codes: list[str]) -
                              f"{', '.join(available) or 'none'}", path=data_dir)
         return wanted
     if not available and not any(corpus.find_ldc(data_dir, c) for c in codes):
-        raise InputError("no corpus in the data directory "
-                         "(expected <corpus>/<code>/<corpus>_<code>_<split>.tsv)", path=data_dir)
+        raise InputError("no corpus in the data directory (expected <corpus>/<code>/<corpus>_<code>_<split>.tsv, "
+                         "or the original's GoldAMR_SilverText/data/amr3/..., SilverAMR_GoldText/data/flores/...)",
+                         path=data_dir)
     return available
 
 

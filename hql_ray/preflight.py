@@ -48,6 +48,9 @@ def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
     if unused:
         log.warning("data: training on %s; not used: %s (name them in data.corpora / --corpus to use them)",
                     ", ".join(used), ", ".join(unused))
+    for name, folders in corpus.in_both_layouts(d.dir, used).items():
+        log.warning("data: %s is laid out twice (%s); each file is read from %s first", name,
+                    ", ".join(map(str, folders)), folders[0])
     _check_validation(cfg, tree, used, skipped)
     verdicts = Verdicts(cfg.cache_dir / VERDICTS, cfg)
     per_language = {}

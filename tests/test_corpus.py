@@ -15,6 +15,7 @@ from hql_ray.corpus import (
     count_examples,
     discover_corpora,
     find_ldc,
+    in_both_layouts,
     load_examples,
     load_test_set,
     read_ldc,
@@ -320,6 +321,11 @@ def test_the_originals_layout_is_read_unchanged(tmp_path):
     # a missing file is expected where that corpus lives
     assert corpus_file(tmp_path, "flores", "tpi_Latn", "train") == (
         tmp_path / "SilverAMR_GoldText" / "data" / "flores" / "tpi_Latn" / "flores_tpi_Latn_train.tsv")
+    assert in_both_layouts(tmp_path, ["amr3", "flores"]) == {}  # English amr3 in its own folder is not "twice"
+    ours = write(tmp_path / "flores" / "deu_Latn" / "flores_deu_Latn_test.tsv", f"{WANT}\tours\n")
+    assert set(in_both_layouts(tmp_path, ["amr3", "flores"])) == {"flores"}
+    assert corpus_file(tmp_path, "flores", "deu_Latn", "test") == ours  # ours, next to the original's, is read first
+    assert corpus_file(tmp_path, "flores", "eng_Latn", "test").parts[-5] == "SilverAMR_GoldText"
 
 
 def test_load_test_set_each_set_apart(tmp_path):
