@@ -107,7 +107,8 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
              "## Scores per language and test set (the language's leaf node)", "", scores_markdown(rows, runs), "",
              "spBLEU: sacreBLEU on flores200 SentencePiece pieces (the original's `bleu`); BLEU (13a): the original's "
              "`old_bleu`; LID: mean probability x100 of the language's label (fastText, GlotLID in the paper); LID "
-             "diff: the hypotheses' LID minus the references'. `not computed`: see below; `-`: no score.", ""]
+             "diff: the hypotheses' LID minus the references'. References: the test sets' raw sentences (the original "
+             "decoded them from the mT5-tokenized labels). `not computed`: see below; `-`: no score.", ""]
     if len(runs) > 1:
         parts += ["Bold: the best score for that language and test set among the runs. The CSV's `best` column "
                   "marks the run with the best chrF++ (ties: spBLEU, BLEU 13a).", ""]

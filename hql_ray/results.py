@@ -146,7 +146,8 @@ def to_markdown(rows: list[dict], title: str) -> str:
     lines += ["", "Scores of each language on each test set at its leaf node: spBLEU (sacreBLEU, flores200 "
               "SentencePiece; the original's `bleu`), BLEU (13a) (the original's `old_bleu`), chrF++, LID (mean "
               "probability x100 of the language's label) and LID diff (the hypotheses' LID minus the "
-              "references'). val_loss: best validation loss at the leaf; initial_val_loss: the untrained "
+              "references'). References are the test sets' raw sentences (the original decoded them from the "
+              "mT5-tokenized labels). val_loss: best validation loss at the leaf; initial_val_loss: the untrained "
               "model's on the root's data."]
     if any(r["test_set"] == LEGACY_TEST_SET for r in rows):
         lines += ["", f"Note: {LEGACY_NOTE}."]
