@@ -27,7 +27,6 @@ LEVELS = ["level0", "level1", "level2", "language"]
 def quiet() -> None:
     """Benchmarks print a table; Ray's and transformers' chatter goes away."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HQL_RAY_SPBLEU", "0")  # no download of the flores200 SentencePiece model
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -142,7 +141,7 @@ def settings_line(cfg) -> str:
     """The settings that decide the work, for the printout and the README."""
     return (f"tree {Path(cfg.tree.file).name} levels {' '.join(cfg.tree.levels or [])}; model {cfg.model.base} "
             f"{cfg.model.mode} r={cfg.model.lora.r} handoff {cfg.model.handoff}; data {Path(cfg.data.dir).name} "
-            f"(train cap {cfg.data.max_train_per_language}, validation {cfg.data.max_validation_per_language}); "
+            f"(train cap {cfg.data.max_train_per_corpus} per corpus, validation {cfg.data.validation}); "
             f"epochs {cfg.train.epochs:g}, batch {cfg.train.batch_size}, max_steps {cfg.train.max_steps}; "
             f"generate {cfg.eval.generate} at {cfg.eval.at_nodes} nodes, max_new_tokens {cfg.eval.max_new_tokens}")
 

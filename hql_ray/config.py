@@ -143,7 +143,8 @@ class TrainSection:
     max_grad_norm: float | None = 1.0
     group_by_length: bool = True
     eval_every: int = 500  # optimizer steps between validations (the original: 500); 0 = once per epoch. Always at the end.
-    checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation
+    checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation. And at the end.
+    checkpoints_kept: int = 2  # Ray Train keeps this many of a node's latest checkpoints (~2.3 GB each at r=256)
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
     log_every: int = 10
     # Same update rule either way: adafactor_foreach (hql_ray.adafactor) stacks same-shaped tensors
@@ -248,6 +249,9 @@ class Config:
         cfg.tree.file = absolute(cfg.tree.file)
         cfg.data.dir = absolute(cfg.data.dir)
         cfg.data.cache_dir = absolute(cfg.data.cache_dir)
+        cfg.eval.spbleu_model = absolute(cfg.eval.spbleu_model)
+        cfg.eval.lid_model = absolute(cfg.eval.lid_model)  # (an hf://... reference passes unchanged)
+        cfg.eval.lid_baseline = absolute(cfg.eval.lid_baseline)
         if cfg.model.base != "tiny" and Path(cfg.model.base).expanduser().exists():
             cfg.model.base = absolute(cfg.model.base)
         return cfg
@@ -268,6 +272,7 @@ class Config:
             ("model.lora.r", self.model.lora.r),
             ("data.validation_size (-ts)", self.data.validation_size),
             ("resources.max_workers_per_node", self.resources.max_workers_per_node),
+            ("train.checkpoints_kept", self.train.checkpoints_kept),
             ("eval.max_new_tokens", self.eval.max_new_tokens),
         ]:
             if value < 1:

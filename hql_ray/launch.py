@@ -65,7 +65,7 @@ class NodeJob:
 
 
 def make_trainer(job: NodeJob, callbacks: list | None = None):
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from hql_ray.ray_worker import node_train_loop
@@ -91,6 +91,8 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
         run_config=RunConfig(
             name=job.name,
             storage_path=job.storage,
+            # Older checkpoints go: a node only ever resumes from its latest.
+            checkpoint_config=CheckpointConfig(num_to_keep=int(job.cfg["train"]["checkpoints_kept"])),
             failure_config=FailureConfig(max_failures=job.max_failures,
                                          controller_failure_limit=limits["controller_failure_limit"]),
             callbacks=callbacks,

@@ -154,7 +154,13 @@ def save_checkpoint(path: Path, params, best, optimizer, scheduler, state: dict)
     save_file(snapshot(params), str(path / "trainable.safetensors"))
     if best is not None:
         save_file(best, str(path / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path / "optim.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    # The RNG state too: dropout after a resume draws what it would have drawn, so a retried node ends
+    # with the same adapter as one never interrupted.
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+               path / "optim.pt")
     (path / "state.json").write_text(json.dumps(state))
 
 
@@ -164,6 +170,11 @@ def load_checkpoint(path: Path, params, optimizer, scheduler) -> tuple[dict, dic
     optim = torch.load(path / "optim.pt", weights_only=True)  # tensors and numbers only, no pickled code
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
+    rng = optim.get("rng", {})  # (absent in checkpoints written before it was kept)
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return json.loads((path / "state.json").read_text()), best
 
 
@@ -327,10 +338,9 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
             st.best_loss, st.best = val, snapshot(st.params)
         st.progress(val_loss=val)
     # Every validation is reported (with the checkpoint when one is due): Tune's ASHA ranks trials on these.
-    if last:
-        return
+    # The last step always checkpoints: a worker lost during the evaluation that follows costs no training.
     extra = {} if val is None else {"val_loss": val}
-    if step % st.ckpt_every == 0:
+    if step % st.ckpt_every == 0 or last:
         report_checkpoint(st, extra)
     elif val is not None:
         st.ctx.report({"step": step, "best_val_loss": st.best_loss, **extra}, None)
@@ -360,6 +370,8 @@ def finish(st: TrainState) -> NodeResult:
         "examples": len(st.train_data),
         "validation_examples": len(st.val_data),
         "skipped_examples": ds_lib.skipped_count(st.train_data) + ds_lib.skipped_count(st.val_data),
+        # Examples cut at data.max_source_length / max_target_length (none without limits, the default).
+        "clipped_examples": ds_lib.clipped_counts(st.train_data),
         "train_seconds": round(time.time() - st.started, 2),
         "world_size": st.ctx.world_size,
         "resumed_from_step": st.resumed_step,

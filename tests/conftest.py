@@ -10,9 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU is skipped.
+# Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU needs eval.spbleu_model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HQL_RAY_SPBLEU", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 

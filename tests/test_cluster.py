@@ -223,7 +223,7 @@ class LocalCluster:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1", HQL_RAY_SPBLEU="0",
+    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600",
                PYTHONUNBUFFERED="1",
                # Every node and client of a multi-node cluster must agree: token auth, ~/.ray/auth_token.
