@@ -20,6 +20,15 @@ from hql_ray.errors import InputError
 
 TINY = "tiny"
 TINY_DIR_NAME = "tiny-mt5-v1"  # bump the suffix whenever the tiny config or its seed changes
+# The demo's base: the tiny mT5 pre-trained on the sample's training split, with its own BPE (tiny_pretrain.py).
+TINY_PRETRAINED = "tiny-pretrained"
+TINY_PRETRAINED_DIR_NAME = "tiny-mt5-pretrained-v1"  # bump whenever its config, data, tokenizer or recipe changes
+TINY_BASES = (TINY, TINY_PRETRAINED)
+
+
+def is_tiny(base_model: str) -> bool:
+    """A built-in tiny base (built under models_dir, no download): "tiny" or "tiny-pretrained"."""
+    return base_model in TINY_BASES
 
 
 def load_tokenizer(base_model: str):
@@ -28,19 +37,23 @@ def load_tokenizer(base_model: str):
         from transformers import ByT5Tokenizer
 
         return ByT5Tokenizer()
+    if base_model == TINY_PRETRAINED:
+        from hql_ray import tiny_pretrain
+
+        return tiny_pretrain.sample_tokenizer()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(base_model)
 
 
-def _tiny_config():
+def _tiny_config(vocab: int | None = None, **extra):
     from transformers import ByT5Tokenizer, MT5Config
 
-    vocab = len(ByT5Tokenizer())
+    vocab = vocab or len(ByT5Tokenizer())
     return MT5Config(
         vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
         num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, **extra,
     )
 
 
@@ -64,6 +77,8 @@ def resolve_base_model(base_model: str, cache_dir: str | Path) -> str:
     """
     if base_model == TINY:
         return _build_tiny(Path(cache_dir).expanduser().resolve())
+    if base_model == TINY_PRETRAINED:
+        return _build_tiny_pretrained(Path(cache_dir).expanduser().resolve())
     expanded = os.path.abspath(os.path.expanduser(base_model))  # absolute: Ray workers have other cwds
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
@@ -95,9 +110,7 @@ def _build_tiny(cache_dir: Path) -> str:
         with torch.random.fork_rng(devices=[]):  # do not disturb the caller's RNG stream
             torch.manual_seed(0)
             model = MT5ForConditionalGeneration(_tiny_config())
-        # is_main_process: inside a Ray Train worker group transformers would otherwise let only
-        # rank 0 write the weights, and another rank could publish a folder without them.
-        model.save_pretrained(tmp, safe_serialization=True, is_main_process=True)
+        save_on_any_rank(model, tmp)
         ByT5Tokenizer().save_pretrained(tmp)  # so load_tokenizer(<that dir>) works too
         try:
             os.rename(tmp, final)
@@ -108,6 +121,41 @@ def _build_tiny(cache_dir: Path) -> str:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
+
+
+def save_on_any_rank(model, folder: Path) -> None:
+    """``save_pretrained`` that writes whatever this process's rank: inside a Ray Train worker group,
+    transformers (5.x) lets only torch.distributed rank 0 write the weights whatever ``is_main_process``
+    says, and another rank would publish a folder without them."""
+    model.should_save_on_this_rank = lambda is_main_process: True  # this instance only
+    try:
+        model.save_pretrained(folder, safe_serialization=True, is_main_process=True)
+    finally:
+        del model.should_save_on_this_rank
+    if not ((folder / "config.json").exists() and (folder / "model.safetensors").exists()):
+        raise RuntimeError(f"saving the tiny model wrote no weights into {folder}")
+
+
+def _build_tiny_pretrained(cache_dir: Path) -> str:
+    """The tiny mT5 (its BPE's vocabulary, no dropout) pre-trained on the sample's training split, once:
+    under a file lock (one process builds, the others wait and load), published by an atomic rename."""
+    from hql_ray import tiny_pretrain
+
+    final = cache_dir / TINY_PRETRAINED_DIR_NAME
+    if (final / "config.json").exists() and (final / "model.safetensors").exists():
+        return str(final)
+    with tiny_pretrain.build_lock(cache_dir, TINY_PRETRAINED_DIR_NAME):
+        if (final / "config.json").exists() and (final / "model.safetensors").exists():
+            return str(final)  # built while this process waited for the lock
+        tokenizer = tiny_pretrain.sample_tokenizer()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_PRETRAINED_DIR_NAME}.tmp-", dir=cache_dir))
+        try:
+            tiny_pretrain.pretrain_into(tmp, _tiny_config(len(tokenizer), dropout_rate=0.0), tokenizer, save_on_any_rank)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
 
 
