@@ -43,8 +43,9 @@ class Run:
     storage: str  # Ray Train storage path (absolute, or a URI)
     board: Any  # the RunBoard actor
     watch: RunWatch
-    refs: dict[str, ray.ObjectRef] = field(default_factory=dict)  # node -> ref of its own adapter
-    states: dict[str, AdapterState] = field(default_factory=dict)  # node -> its own adapter (for export)
+    # node -> ref of its own adapter in the object store, kept while a node still to run starts from it.
+    # The driver holds no adapter itself: they are on disk (nodes/<id>/adapter), exports read them there.
+    refs: dict[str, ray.ObjectRef] = field(default_factory=dict)
     running: dict[Future, tuple[str, int]] = field(default_factory=dict)  # -> (node, workers)
     failed: set[str] = field(default_factory=set)
 
@@ -161,13 +162,34 @@ class Driver:
                     log.warning("node %s: saved adapter unusable (%s); it will be retrained", node_id, err)
                     manifest.update(node_id, status="pending", adapter=None)
                     continue
-                run.states[node_id] = st
-                run.refs[node_id] = ray.put(to_wire(st))
+                del st  # verified; put in the object store below only if a node still to run needs it
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
             elif node_id in self.skipped:  # -sv, not done: marked "skipped" (mark_skipped), never launched
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
             elif entry.status != "pending":
                 manifest.update(node_id, status="pending", started_at=None, finished_at=None)
+
+        for node_id in sorted(self._needed_refs(run)):
+            state = handoff.load_adapter_state(self.run_dir / manifest.nodes[node_id].adapter)
+            run.refs[node_id] = ray.put(to_wire(state))
+
+    def _needed_refs(self, run: Run) -> set[str]:
+        """Done nodes whose adapters a node that may still run starts from (not one below a failed node)."""
+        nodes = run.manifest.nodes
+        needed: set[str] = set()
+        for node_id, entry in nodes.items():
+            if entry.status in ("done", "failed", "skipped") or node_id in run.failed:
+                continue
+            if any(a.id in run.failed for a in self.tree.ancestors(node_id)):
+                continue
+            needed.update(a for a in self.chain_ids(node_id) if nodes[a].status == "done")
+        return needed
+
+    def _release_refs(self, run: Run) -> None:
+        """Let the object store free the adapters no node still to run needs (running nodes hold their own refs)."""
+        needed = self._needed_refs(run)
+        for node_id in [n for n in run.refs if n not in needed]:
+            del run.refs[node_id]
 
     # ---- the walk ---------------------------------------------------------------------------------
     def run(self) -> Manifest:
@@ -182,6 +204,7 @@ class Driver:
                 for future in done:
                     node_id, _workers = run.running.pop(future)
                     self._finish(run, future, node_id)
+                    self._release_refs(run)
                 run.watch.tick()
         except BaseException:
             # Ctrl-C or a driver error: finished nodes are already persisted; say so and get out
@@ -260,18 +283,23 @@ class Driver:
                             error=run.watch.explain(node_id, f"{type(err).__name__}: {err}")[:4000])
             self.on_event(RunEvent.NODE_FAILED, {"node": node_id, "error": run.watch.explain(node_id, last_error_line(err))})
             return
-        own = from_wire(out.adapter)
+        own = from_wire(out.adapter, copy=False)  # the fit result's arrays: no second copy on the head
         adapter_rel = Path("nodes") / node_id / "adapter"
         handoff.save_adapter_state(own, self.run_dir / adapter_rel)  # persisted before "done"
-        run.states[node_id] = own
-        run.refs[node_id] = ray.put(out.adapter)  # once; every child gets this ref
+        checksum = handoff.state_checksum(own)
+        del own
+        if any(node_id in self.chain_ids(child.id) for child in self.tree.children_of(node_id)):
+            run.refs[node_id] = ray.put(out.adapter)  # once; every child gets this ref
+        out.adapter = None  # the head keeps no adapter in memory
         workers = out.workers
         resources = dict(entry.resources or {})
         resources["gpu_ids"] = sorted({g for w in workers for g in w.get("gpu_ids", [])}, key=str)
         resources["hosts"] = sorted({w.get("node_ip", "") for w in workers})
         if out.trials:
             run.watch.release_all()  # the search's stopped trials free their slots before children start
-        exported = [] if self.simulate else self._export_leaves(node_id, run)
+        # Exports run on a real run, and on a dry run whose adapters have the real shapes.
+        exports = not self.simulate or self.simulate.get("adapters") == "real"
+        exported = self._export_leaves(node_id, run) if exports else []
         manifest.update(
             node_id,
             status="done",
@@ -279,7 +307,7 @@ class Driver:
             attempts=entry.attempts + max(attempts, 1),
             resources=resources,
             adapter=str(adapter_rel),
-            checksum=handoff.state_checksum(own),
+            checksum=checksum,
             received_checksums=out.received_checksums,
             handed_from=self.chain_ids(node_id),
             metrics=out.metrics,
@@ -294,12 +322,14 @@ class Driver:
         codes = [lang.code for lang in self.tree.languages if self.tree.leaf_for(lang.code).id == node_id]
         if not codes:
             return []
-        chain = [run.states[a] for a in self.chain_ids(node_id)] + [run.states[node_id]]
-        chain = handoff.handed_on(chain, self.cfg.model.handoff, self.cfg.model.mode)
+        nodes = run.manifest.nodes
+        chain = [self.run_dir / (nodes[a].adapter or "") for a in self.chain_ids(node_id)]
+        chain = handoff.handed_on(chain + [self.run_dir / "nodes" / node_id / "adapter"],
+                                  self.cfg.model.handoff, self.cfg.model.mode)
         for code in codes:
             out_dir = self.run_dir / "final" / code
             if self.cfg.model.mode == "fft":
-                export.export_full_model(self.cfg, chain[-1], out_dir)
-            else:
-                export.export_adapter(chain, out_dir, export.base_model_reference(self.cfg))
+                export.export_full_model(self.cfg, handoff.load_adapter_state(chain[-1]), out_dir)
+            else:  # read from the saved node adapters one module at a time
+                export.export_saved_chain(chain, out_dir, export.base_model_reference(self.cfg))
         return codes

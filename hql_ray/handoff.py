@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from hql_ray import tensorfile
 from hql_ray.config import HANDOFFS
 from hql_ray.errors import InputError
 from hql_ray.config import LoraShape
@@ -91,16 +92,25 @@ def concat_adapters(chain: list[AdapterState]) -> AdapterState:
     per = [_modules(state) for state in chain]
     if any(set(p) != set(per[0]) for p in per[1:]):
         raise ValueError("adapters in the chain cover different modules")
-    total = sum(state.config["r"] for state in chain)
-    mods = {}
-    for prefix in per[0]:
-        dtype = torch.promote_types(per[0][prefix][0].dtype, torch.float32)
-        a = torch.cat([p[prefix][0].to(dtype) for p in per], dim=0)
-        b = torch.cat([p[prefix][1].to(dtype) * _scaling(s.config) for p, s in zip(per, chain)], dim=1)
-        mods[prefix] = (a, b)
-    cfg = {"r": total, "lora_alpha": total, "use_rslora": False, "lora_dropout": 0.0,
-           "target_modules": targets}
-    return _state(cfg, mods)
+    scalings = [_scaling(state.config) for state in chain]
+    mods = {prefix: concat_module([p[prefix][0] for p in per], [p[prefix][1] for p in per], scalings)
+            for prefix in per[0]}
+    return _state(concat_config([state.config for state in chain]), mods)
+
+
+def concat_module(a_parts: list[torch.Tensor], b_parts: list[torch.Tensor], scalings: list[float]):
+    """One module of `concat_adapters`: (A stacked, B side by side with each scaling folded in), fp32 or wider."""
+    dtype = torch.promote_types(a_parts[0].dtype, torch.float32)
+    a = torch.cat([a.to(dtype) for a in a_parts], dim=0)
+    b = torch.cat([b.to(dtype) * s for b, s in zip(b_parts, scalings)], dim=1)
+    return a, b
+
+
+def concat_config(configs: list[dict]) -> dict:
+    """The LoRA config of `concat_adapters`'s result: r = alpha = the ranks' sum, no rsLoRA (scaling 1)."""
+    total = sum(c["r"] for c in configs)
+    return {"r": total, "lora_alpha": total, "use_rslora": False, "lora_dropout": 0.0,
+            "target_modules": sorted(configs[0]["target_modules"])}
 
 
 def delta_weights(state: AdapterState) -> dict[str, torch.Tensor]:
@@ -296,10 +306,7 @@ def atomic_dir(out_dir: str | Path, write) -> Path:
 
 
 def save_tensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"format": "pt"})
+    tensorfile.save_tensors(tensors, path)  # one tensor at a time: no second copy of the adapter
 
 
 def state_checksum(state: AdapterState) -> str:

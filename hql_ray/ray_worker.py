@@ -8,6 +8,7 @@ adapters; out comes rank 0's `NodeResult`, its adapter tensors as numpy. The tra
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import os
 import socket
 import tempfile
@@ -33,10 +34,17 @@ def to_wire(state: AdapterState) -> AdapterState:
     return AdapterState(state.config, tensors, dtypes)
 
 
-def from_wire(wire: AdapterState) -> AdapterState:
+def from_wire(wire: AdapterState, copy: bool = True) -> AdapterState:
+    """Torch tensors again. The object store hands out read-only arrays: copied, unless `copy=False`
+    for a caller that only reads them (the driver saving a node's adapter: no second 1.17 GB)."""
     tensors = {}
     for key, array in wire.tensors.items():
-        t = torch.from_numpy(array.copy())  # the object store hands out read-only arrays
+        if copy or array.flags.writeable:
+            t = torch.from_numpy(array.copy() if copy else array)
+        else:
+            with warnings.catch_warnings():  # "non-writable array": read only, never written
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(array)
         tensors[key] = t.to(getattr(torch, wire.dtypes[key])) if key in wire.dtypes else t
     return AdapterState(wire.config, tensors)
 
@@ -120,7 +128,7 @@ def node_train_loop(loop_config: dict):
     if loop_config.get("simulate"):
         from hql_ray.simulate import simulated_node
 
-        result = simulated_node(loop_config["simulate"], node, ctx)
+        result = simulated_node(loop_config["simulate"], node, ctx, loop_config["config"])
     else:
         from hql_ray.node import train_node  # heavy imports (transformers, peft): only when training
 

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "hql_ray"
 LAYERS = {
     1: "errors config search_space tree amr corpus records",
-    2: "dataset batching",
+    2: "dataset batching tensorfile",
     3: "modeling handoff node context adafactor losses evaluation metrics flops tiny_pretrain",
     4: "manifest results export report plots progress generate",
     5: "driver cluster scheduling launch ray_worker tune board watch placement preflight simulate",

@@ -79,6 +79,10 @@ def add_parser(sub) -> None:
     ours.add_argument("--resume", action="store_true", help="continue a run: finished nodes are kept, the rest retrained")
     ours.add_argument("--simulate", type=float, metavar="SEC_PER_EXAMPLE",
                       help="dry run of the schedule: nodes sleep SEC_PER_EXAMPLE x examples / workers, no model")
+    ours.add_argument("--simulate-adapters", choices=["tiny", "real"], default="tiny",
+                      help="with --simulate: each node returns a token adapter (tiny), or random tensors with the "
+                           "real LoRA shapes of model.base and model.lora (real: the driver, object store, "
+                           "node adapters and exports move the bytes a real run moves)")
     ours.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     ours.add_argument("-v", "--verbose", action="store_true", help="show Ray and worker logs")
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
@@ -147,7 +151,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs} if args.simulate else None
+    simulate = None
+    if args.simulate is not None:
+        simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs, "adapters": args.simulate_adapters}
     driver = Driver(cfg, simulate=simulate)
     reporter = make_reporter(cfg, plain=args.plain, tree=driver.tree)
     driver.on_event = reporter.event
