@@ -38,6 +38,25 @@ def test_node_learns_and_keeps_best_step(tmp_path, small_corpus, four_language_t
     assert any(p.get("step") == 12 for p in progress) and any(p.get("phase") == "evaluate" for p in progress)
 
 
+def test_node_returns_its_best_step_not_its_last(tmp_path, small_corpus, four_language_tree):
+    """A learning rate far too large for the tiny model (warmed up to 1.0 over 3 steps): validation, every step,
+    jumps about and ends above its best. The adapter the node returns must be the best step's, measured
+    again from that adapter, not the last step's."""
+    cfg = node_config(tmp_path, small_corpus, four_language_tree, **{
+        "train.max_steps": 6, "train.eval_every": 1, "train.learning_rate": 1.0, "train.warmup_steps": 3,
+        "eval.generate": "false"})
+    out = train_node(cfg, GERMAN, [], LocalContext())
+    trained = [h["val_loss"] for h in out.history if "val_loss" in h and h["step"] > 0]
+    assert len(trained) == 6
+    best, last = min(trained), trained[-1]
+    assert last > 1.05 * best, f"the set-up should make validation rise after its best: {trained}"
+    assert out.metrics["val_loss"] == best
+    # Measured again: a child's first validation runs the base + this adapter (its own starts at zero).
+    again = train_node({**cfg, "train": {**cfg["train"], "max_steps": 1}}, GERMAN, [out.adapter], LocalContext())
+    assert again.metrics["initial_val_loss"] == pytest.approx(best, rel=1e-4)
+    assert again.metrics["initial_val_loss"] != pytest.approx(last, rel=1e-2)
+
+
 def test_child_starts_from_parent(tmp_path, small_corpus, four_language_tree):
     cfg = node_config(tmp_path, small_corpus, four_language_tree, **{"train.max_steps": 8, "eval.generate": "false"})
     parent = train_node(cfg, {**GERMAN, "id": "root"}, [], LocalContext())
