@@ -7,6 +7,7 @@ the refs of their ancestors' adapters. The manifest records every step as it hap
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -17,10 +18,11 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray import export, handoff, launch, preflight, results, search_space, tune
+from hql_ray import export, handoff, launch, model_card, preflight, results, search_space, tune
 from hql_ray.board import RunBoard
 from hql_ray.cluster import check_storage, detect_slots, init_ray
 from hql_ray.config import Config
+from hql_ray.dataset import make_pair
 from hql_ray.errors import ConfigError
 from hql_ray.launch import NodeJob, Slots
 from hql_ray.manifest import Manifest
@@ -299,7 +301,7 @@ class Driver:
             run.watch.release_all()  # the search's stopped trials free their slots before children start
         # Exports run on a real run, and on a dry run whose adapters have the real shapes.
         exports = not self.simulate or self.simulate.get("adapters") == "real"
-        exported = self._export_leaves(node_id, run) if exports else []
+        exported = self._export_leaves(node_id, run, out.metrics or {}) if exports else []
         manifest.update(
             node_id,
             status="done",
@@ -317,7 +319,7 @@ class Driver:
         )
         self.on_event(RunEvent.NODE_DONE, {"node": node_id, "metrics": out.metrics or {}})
 
-    def _export_leaves(self, node_id: str, run: Run) -> list[str]:
+    def _export_leaves(self, node_id: str, run: Run, metrics: dict) -> list[str]:
         """Languages whose last node this is get final/<code>/: one standard PEFT adapter (or full model)."""
         codes = [lang.code for lang in self.tree.languages if self.tree.leaf_for(lang.code).id == node_id]
         if not codes:
@@ -332,4 +334,48 @@ class Driver:
                 export.export_full_model(self.cfg, handoff.load_adapter_state(chain[-1]), out_dir)
             else:  # read from the saved node adapters one module at a time
                 export.export_saved_chain(chain, out_dir, export.base_model_reference(self.cfg))
+            model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
         return codes
+
+    def _card_info(self, node_id: str, code: str, out_dir: Path, metrics: dict) -> dict:
+        """What final/<code>/README.md says: plain fields for `model_card.card_text`."""
+        cfg, name = self.cfg, self.tree.language_name(code)
+        amr2text = cfg.data.direction == "amr2text"
+        prompt = make_pair(cfg.data.direction, name, "{amr}", "{text}")[0]
+        base = export.base_model_reference(cfg)
+        adapter_cfg = out_dir / "adapter_config.json"
+        rank = json.loads(adapter_cfg.read_text())["r"] if adapter_cfg.is_file() else None
+        cap = cfg.data.max_train_per_corpus
+        corpora = ", ".join(cfg.data.corpora or ["amr3", "flores"])
+        load = ["from peft import PeftModel", "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer"]
+        if cfg.model.mode == "qlora":
+            load += ["from transformers import BitsAndBytesConfig",
+                     f"quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type={cfg.model.quant_type!r}, "
+                     f"bnb_4bit_use_double_quant={cfg.model.double_quant})",
+                     f"base = AutoModelForSeq2SeqLM.from_pretrained({base!r}, quantization_config=quant)"]
+        elif cfg.model.mode == "lora":
+            load += [f"base = AutoModelForSeq2SeqLM.from_pretrained({base!r})"]
+        if cfg.model.mode == "fft":
+            load = ["from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
+                    f"model = AutoModelForSeq2SeqLM.from_pretrained('final/{code}')"]
+        else:
+            load += [f"model = PeftModel.from_pretrained(base, 'final/{code}')"]
+        load += [f"tokenizer = AutoTokenizer.from_pretrained({base!r})",
+                 f"inputs = tokenizer({prompt.replace('{amr}', '(w / want-01 :ARG0 (b / boy))')!r}, return_tensors='pt')"
+                 if amr2text else f"inputs = tokenizer({prompt.replace('{text}', 'The boy wants to go.')!r}, "
+                                  "return_tensors='pt')",
+                 "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_special_tokens=True))"]
+        return {
+            "code": code, "language": name, "direction": cfg.data.direction,
+            "prompt": prompt,
+            "tree_path": [a.id for a in self.tree.ancestors(node_id)] + [node_id],
+            "handoff": cfg.model.handoff, "mode": cfg.model.mode, "base_model": cfg.model.base, "run": self.cfg.run_name,
+            "quantization": {"quant_type": cfg.model.quant_type, "double_quant": cfg.model.double_quant,
+                             "compute_dtype": cfg.model.compute_dtype} if cfg.model.mode == "qlora" else None,
+            "lora_rank": rank, "target_modules": sorted(cfg.model.lora.target_modules),
+            "data": f"the {corpora} training splits of every language under each node of the path"
+                    + (f", at most {cap} examples per corpus and language" if cap else "")
+                    + f" ({Path(cfg.data.dir).name}/)",
+            "scores": (metrics.get("languages") or {}).get(code) or {},
+            "load": load,
+        }

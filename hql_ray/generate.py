@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hql_ray import model_card
 from hql_ray.amr import AMRSyntaxError, linearize, parse_tree, read_text_lines
 from hql_ray.dataset import make_pair
 from hql_ray.errors import InputError
@@ -147,6 +148,8 @@ class Generator:
             status = manifest.nodes[leaf.id].status if leaf.id in manifest.nodes else None
             raise InputError(f"no exported model for {self.language.code}: its leaf node {leaf.id} is {status}",
                              path=self.model_dir)
+        # The prompt the model card states (runs from before model cards: the one training used, rebuilt).
+        self.prompt = model_card.card_fields(self.model_dir).get("prompt")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._model = None
         self._tokenizer = None
@@ -188,14 +191,16 @@ class Generator:
         if self.direction == "text2amr":
             if not text.strip():
                 raise InputError("empty sentence", path=path, line=line)
-            return make_pair("text2amr", self.language.name, "", " ".join(text.split()))[0]
+            text = " ".join(text.split())
+            return self.prompt.replace("{text}", text) if self.prompt else make_pair("text2amr", self.language.name, "", text)[0]
         if not text.strip():
             raise InputError("empty AMR", path=path, line=line)
         try:
             tree = parse_tree(text, first_line=line or 1)
         except AMRSyntaxError as err:
             raise InputError(f"malformed AMR: {err}", path=path, line=line) from None
-        return make_pair("amr2text", self.language.name, linearize(tree, self.options), "")[0]
+        graph = linearize(tree, self.options)
+        return self.prompt.replace("{amr}", graph) if self.prompt else make_pair("amr2text", self.language.name, graph, "")[0]
 
     def run(self, texts: Sequence[str], *, batch_size: int | None = None, max_new_tokens: int | None = None,
             path: str | Path | None = None, lines: Sequence[int] | None = None,

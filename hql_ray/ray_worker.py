@@ -122,16 +122,20 @@ def node_train_loop(loop_config: dict):
         board.run_started.remote(loop_config.get("run"), node.id, None, ray.util.get_current_placement_group())
 
     refs = loop_config.get("parent_refs") or []
-    parent_chain = [from_wire(ray.get(ref)) for ref in refs]  # ancestors' adapters, via the object store
-    received = [handoff.state_checksum(s) for s in parent_chain]
+    # The ancestors' adapters, read in place from the object store (no copy for the checksums).
+    wires = [ray.get(ref) for ref in refs]
+    received = [handoff.state_checksum(from_wire(w, copy=False)) for w in wires]
 
     if loop_config.get("simulate"):
         from hql_ray.simulate import simulated_node
 
+        del wires
         result = simulated_node(loop_config["simulate"], node, ctx, loop_config["config"])
     else:
         from hql_ray.node import train_node  # heavy imports (transformers, peft): only when training
 
+        parent_chain = [from_wire(w) for w in wires]  # writable copies: they are loaded into the model
+        del wires
         result = train_node(loop_config["config"], node, parent_chain, ctx)
     if ctx.rank != 0:
         return None

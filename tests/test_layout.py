@@ -11,7 +11,7 @@ LAYERS = {
     1: "errors config search_space tree amr corpus records",
     2: "dataset batching tensorfile",
     3: "modeling handoff node context adafactor losses evaluation metrics flops tiny_pretrain",
-    4: "manifest results export report plots progress generate",
+    4: "manifest results export model_card report plots progress generate",
     5: "driver cluster scheduling launch ray_worker tune board watch placement preflight simulate",
     6: "datacheck translate parse_amr sample tiny_nllb seq2seq_actor sharded infer_cli",
     7: "cli commands __main__",

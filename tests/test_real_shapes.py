@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from hql_ray import export, handoff, modeling
+from hql_ray import export, handoff, model_card, modeling
 from hql_ray.config import LoraShape, make_config
 from hql_ray.driver import Driver
 from hql_ray.simulate import lora_shapes
@@ -56,3 +56,10 @@ def test_dry_run_with_real_shapes_exports_the_exact_stack(ray_session, small_cor
     base = modeling.load_base_model(export.base_model_reference(cfg), "lora", torch.device("cpu"))
     peft = PeftModel.from_pretrained(base, str(run_dir / "final" / "deu_Latn"))
     assert peft.peft_config["default"].r == 12
+    # Its model card: base, quantization, prompt, path, data; `hql-ray generate` takes the prompt from it.
+    card = model_card.card_fields(run_dir / "final" / "deu_Latn")
+    assert card["prompt"] == "Translate to German: {amr}" and card["lora_rank"] == 12
+    assert card["tree_path"] == ["level0.Indo_European", "level1.Germanic", "language.German"]
+    assert card["quantization"] == {"quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    text = (run_dir / "final" / "deu_Latn" / "README.md").read_text()
+    assert text.startswith("---\nlibrary_name: peft\n") and "PeftModel.from_pretrained(base, 'final/deu_Latn')" in text
