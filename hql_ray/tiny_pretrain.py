@@ -122,7 +122,13 @@ def _batch(src: list[list[int]], tgt: list[list[int]], rows: list[int], pad_id: 
 
 def pretrain(model, tokenizer, pairs: list[tuple[str, str]], settings: PretrainSettings,
              on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train every weight of ``model`` on ``pairs`` (CPU, AdamW, linear warm-up and decay); the loss per step."""
+    """Train every weight of ``model`` on ``pairs`` (CPU, AdamW, linear warm-up and decay, ``settings.threads``
+    torch threads); the loss per step."""
+    with _threads(settings.threads):
+        return _pretrain(model, tokenizer, pairs, settings, on_step)
+
+
+def _pretrain(model, tokenizer, pairs, settings: PretrainSettings, on_step) -> list[float]:
     src = tokenizer([s for s, _ in pairs]).input_ids
     tgt = tokenizer(text_target=[t for _, t in pairs]).input_ids
     lengths = [len(s) + len(t) for s, t in zip(src, tgt)]
@@ -176,11 +182,10 @@ def pretrain_into(folder: Path, config, tokenizer, save: Callable[[object, Path]
             log.info("tiny-pretrained: step %d/%d loss %.3f (%.0f s)", step, settings.steps, loss,
                      time.time() - started)
 
-    with torch.random.fork_rng(devices=[]), _threads(settings.threads):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = MT5ForConditionalGeneration(config)
         losses = pretrain(model, tokenizer, pairs, settings, on_step=progress)
-        threads = torch.get_num_threads()
     record = {
         "settings": asdict(settings),
         "data_dir": str(data_dir),
@@ -192,7 +197,7 @@ def pretrain_into(folder: Path, config, tokenizer, save: Callable[[object, Path]
         "loss_last_50": sum(losses[-50:]) / len(losses[-50:]),
         "loss_curve": [round(sum(losses[i:i + 25]) / len(losses[i:i + 25]), 4) for i in range(0, len(losses), 25)],
         "seconds": round(time.time() - started, 1),
-        "threads": threads,
+        "threads": settings.threads,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     if not math.isfinite(record["loss_last_50"]):
