@@ -252,7 +252,7 @@ class Config:
         cfg.eval.spbleu_model = absolute(cfg.eval.spbleu_model)
         cfg.eval.lid_model = absolute(cfg.eval.lid_model)  # (an hf://... reference passes unchanged)
         cfg.eval.lid_baseline = absolute(cfg.eval.lid_baseline)
-        if cfg.model.base != "tiny" and Path(cfg.model.base).expanduser().exists():
+        if cfg.model.base not in ("tiny", "tiny-pretrained") and Path(cfg.model.base).expanduser().exists():
             cfg.model.base = absolute(cfg.model.base)
         return cfg
 

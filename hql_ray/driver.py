@@ -113,9 +113,12 @@ class Driver:
         """Everything before the first node: checks, Ray, slots, the manifest, the board."""
         cfg = self.cfg
         sizes = preflight.check(cfg, self.tree, simulate=self.simulate, skipped=self.skipped)
-        if cfg.model.base == "tiny" and not self.simulate:
+        if cfg.model.base in ("tiny", "tiny-pretrained") and not self.simulate:
             from hql_ray import modeling  # torch: not for simulated runs
 
+            if cfg.model.base == modeling.TINY_PRETRAINED and not (cfg.models_dir / modeling.TINY_PRETRAINED_DIR_NAME).is_dir():
+                log.warning("building the demo's base once: the tiny mT5 pre-trained on the sample's training split "
+                            "(about 1-2 minutes on one core; later runs reuse %s)", cfg.models_dir)
             modeling.base_model_path(cfg)  # build the tiny model once here rather than racing in every worker
         manifest = self.open_manifest()  # an existing run folder is refused before Ray starts
         self.mark_skipped(manifest)

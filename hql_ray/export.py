@@ -14,7 +14,7 @@ from hql_ray.records import AdapterState
 
 def base_model_reference(cfg: Config) -> str:
     """What an exported adapter's config names as its base (the tiny model: its local folder)."""
-    if cfg.model.base != "tiny":
+    if cfg.model.base not in ("tiny", "tiny-pretrained"):  # (modeling.TINY_BASES, without importing torch)
         return cfg.model.base
     from hql_ray import modeling  # torch: only to build the tiny model
 

@@ -151,7 +151,7 @@ def test_run_name_defaults_to_tree_stem():
 
 def test_no_flags_runs_the_demo_config():
     cfg = resolve_config(parse_train([]))
-    assert cfg.model.base == "tiny" and cfg.data.dir == "data/sample" and cfg.run_name == "demo"
+    assert cfg.model.base == "tiny-pretrained" and cfg.data.dir == "data/sample" and cfg.run_name == "demo"
 
 
 def test_bad_flag_exits_with_usage(capsys):
