@@ -47,15 +47,6 @@ def micro_batches(rows: list[int], size: int | None) -> list[list[int]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def shard_batches(batches: list[list[int]], rank: int, world_size: int) -> list[list[int]]:
-    """This worker's batches; every worker gets the same number (DDP steps stay in lock-step)."""
-    if world_size <= 1 or not batches:
-        return batches
-    if len(batches) < world_size:  # fewer batches than workers: reuse rather than hang
-        return [batches[rank % len(batches)]]
-    return batches[rank::world_size][: len(batches) // world_size]
-
-
 def real_token_share(lengths: list[int], batches: list[list[int]]) -> float:
     """Share of real (non-pad) tokens when each batch is padded to its longest example."""
     real = sum(lengths[i] for b in batches for i in b)

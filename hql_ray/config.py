@@ -31,6 +31,8 @@ TEST_SETS = ("flores", "ldc2020t07", "amr3")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
+# model.base values built in (under models_dir, no download): the random tiny mT5 and the demo's pre-trained one.
+TINY_BASES = ("tiny", "tiny-pretrained")
 
 
 @dataclass
@@ -252,7 +254,7 @@ class Config:
         cfg.eval.spbleu_model = absolute(cfg.eval.spbleu_model)
         cfg.eval.lid_model = absolute(cfg.eval.lid_model)  # (an hf://... reference passes unchanged)
         cfg.eval.lid_baseline = absolute(cfg.eval.lid_baseline)
-        if cfg.model.base not in ("tiny", "tiny-pretrained") and Path(cfg.model.base).expanduser().exists():
+        if cfg.model.base not in TINY_BASES and Path(cfg.model.base).expanduser().exists():
             cfg.model.base = absolute(cfg.model.base)
         return cfg
 

@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from hql_ray import export, handoff, launch, model_card, preflight, results, search_space, tune
 from hql_ray.board import RunBoard
 from hql_ray.cluster import check_storage, detect_slots, init_ray
-from hql_ray.config import Config
+from hql_ray.config import TINY_BASES, Config
 from hql_ray.dataset import make_pair
 from hql_ray.errors import ConfigError
 from hql_ray.launch import NodeJob, Slots
@@ -113,7 +113,7 @@ class Driver:
         """Everything before the first node: checks, Ray, slots, the manifest, the board."""
         cfg = self.cfg
         sizes = preflight.check(cfg, self.tree, simulate=self.simulate, skipped=self.skipped)
-        if cfg.model.base in ("tiny", "tiny-pretrained") and not self.simulate:
+        if cfg.model.base in TINY_BASES and not self.simulate:
             from hql_ray import modeling  # torch: not for simulated runs
 
             if cfg.model.base == modeling.TINY_PRETRAINED and not (cfg.models_dir / modeling.TINY_PRETRAINED_DIR_NAME).is_dir():

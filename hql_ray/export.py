@@ -8,13 +8,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from hql_ray import handoff, tensorfile
-from hql_ray.config import Config, LoraShape
+from hql_ray.config import TINY_BASES, Config, LoraShape
 from hql_ray.records import AdapterState
 
 
 def base_model_reference(cfg: Config) -> str:
     """What an exported adapter's config names as its base (the tiny model: its local folder)."""
-    if cfg.model.base not in ("tiny", "tiny-pretrained"):  # (modeling.TINY_BASES, without importing torch)
+    if cfg.model.base not in TINY_BASES:
         return cfg.model.base
     from hql_ray import modeling  # torch: only to build the tiny model
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hql_ray.config import MODES, TARGET_MODULES
+from hql_ray.config import MODES, TARGET_MODULES, TINY_BASES
 from hql_ray.errors import InputError
 
 TINY = "tiny"
@@ -23,7 +23,6 @@ TINY_DIR_NAME = "tiny-mt5-v1"  # bump the suffix whenever the tiny config or its
 # The demo's base: the tiny mT5 pre-trained on the sample's training split, with its own BPE (tiny_pretrain.py).
 TINY_PRETRAINED = "tiny-pretrained"
 TINY_PRETRAINED_DIR_NAME = "tiny-mt5-pretrained-v1"  # bump whenever its config, data, tokenizer or recipe changes
-TINY_BASES = (TINY, TINY_PRETRAINED)
 
 
 def is_tiny(base_model: str) -> bool:

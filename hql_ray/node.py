@@ -303,14 +303,15 @@ def train_step(st: TrainState, micro_batches: list[dict]) -> float:
         loss.backward()
         value = float(loss.detach())
     else:
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        tokens = torch.zeros((), dtype=torch.float64)
+        # Summed on the device: no host sync per micro-batch (sync_gradients reads them once).
+        loss_sum = torch.zeros((), dtype=torch.float64, device=st.ctx.device)
+        tokens = torch.zeros((), dtype=torch.float64, device=st.ctx.device)
         for batch in micro_batches:
             n = (batch["labels"] != -100).sum()
             loss = forward_loss(st, batch)
             (loss * n).backward()
-            loss_sum += float(loss.detach()) * float(n)
-            tokens += float(n)
+            loss_sum += loss.detach().double() * n
+            tokens += n
         value = sync_gradients(params, st.ctx, loss_sum, tokens)
     if st.cfg.train.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, st.cfg.train.max_grad_norm)

@@ -173,14 +173,6 @@ def test_length_grouped_batches_cover_everything_once_and_cut_padding():
     assert grouped != B.length_grouped_batches(lengths, 8, seed=4)  # a new order every epoch
 
 
-def test_shard_batches_equal_counts():
-    batches = [[i] for i in range(10)]
-    shards = [B.shard_batches(batches, r, 3) for r in range(3)]
-    assert [len(s) for s in shards] == [3, 3, 3]
-    assert not set(map(tuple, shards[0])) & set(map(tuple, shards[1]))
-    assert B.shard_batches(batches[:1], 2, 3) == [[0]]
-
-
 def test_collate_pads_inputs_and_masks_labels():
     batch = B.collate([{"input_ids": [5, 6, 1], "labels": [7, 1]}, {"input_ids": [5, 1], "labels": [8, 9, 1]}], 0)
     assert batch["input_ids"].tolist() == [[5, 6, 1], [5, 1, 0]]
