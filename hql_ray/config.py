@@ -28,6 +28,7 @@ OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
 TEST_SETS = ("flores", "ldc2020t07", "amr3")
+EXPORT_MODES = ("adapter", "adapter-bf16", "merged", "compact")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -192,6 +193,26 @@ class ResourcesSection:
 
 
 @dataclass
+class ExportSection:
+    # What each language's final/<code>/ holds: adapter (the exact chain as one PEFT adapter, fp32),
+    # adapter-bf16 (the same in bf16), merged (a whole bf16 model, from_pretrained loads it),
+    # compact (the chain re-projected to rank model.lora.r by SVD; its logit error is recorded).
+    mode: str = "adapter"
+
+
+@dataclass
+class TrackingSection:
+    """Where a run's curves and scores go besides the manifest (logged by rank 0 of each node)."""
+
+    tensorboard: bool = True  # event files under <run>/tensorboard/<node>/
+    wandb: bool = False  # one W&B run per node, grouped by the tree run (WANDB_MODE=offline works)
+    wandb_project: str = "hql-ray"
+    wandb_entity: str | None = None
+    mlflow_uri: str | None = None  # an MLflow tracking URI: a parent run per tree run, a nested run per node
+    mlflow_experiment: str = "hql-ray"
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     tree: TreeSection = field(default_factory=TreeSection)
@@ -200,6 +221,8 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     tune: dict = field(default_factory=dict)  # per-level search, as written (see hql_ray/search_space.py)
 
     # ---- conversion -------------------------------------------------------------------------
@@ -267,6 +290,7 @@ class Config:
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
+        _choice("export.mode", self.export.mode, EXPORT_MODES)
         for name in self.eval.test_sets:
             _choice("eval.test_sets", name, TEST_SETS)
         for key, value in [
