@@ -195,11 +195,38 @@ def _merge_chain(model, chain: list[AdapterState]):
     return model
 
 
-def attach_node_adapter(model, lora: LoraShape, handoff: str, parent_chain: list[AdapterState]):
+def base_compute_dtype(model) -> torch.dtype:
+    """The dtype the base computes in: bnb's compute dtype for a 4-bit base, else its parameters' dtype."""
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    dtype = getattr(quant, "bnb_4bit_compute_dtype", None) if quant is not None else None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."))
+    return dtype or next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def hold_frozen_in(peft_model, dtype: torch.dtype) -> int:
+    """Cast the frozen "ancestors" adapter to ``dtype``; returns the number of tensors cast.
+
+    Why: at a PTHQL leaf the ancestors are rank 768 at mT5-large r=256, 3.5 GB in fp32 on the GPU; in
+    the base's bf16 compute dtype they take half, and PEFT casts each LoRA input to the adapter's dtype
+    anyway. The exported adapter stays the exact fp32 chain: the difference to the model as trained
+    is the rounding of the ancestors' factors to ``dtype`` (tests/test_handoff_dtype.py measures it)."""
+    n = 0
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if f".{ANCESTORS}." in name and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+                n += 1
+    return n
+
+
+def attach_node_adapter(model, lora: LoraShape, handoff: str, parent_chain: list[AdapterState],
+                        frozen_dtype: torch.dtype | None = None):
     """Wrap the base ``model`` as a PeftModel whose only trainable parameters are adapter "node".
 
     - stack: frozen "ancestors" = concat_adapters(chain) plus a fresh "node", both active. Exact:
-      the 4-bit base is never touched. Do NOT call ``model.set_adapter("node")`` afterwards: it
+      the 4-bit base is never touched. The ancestors are held in ``frozen_dtype`` (None = the base's
+      compute dtype, `base_compute_dtype`: bf16 on GPUs, fp32 on CPU). Do NOT call ``model.set_adapter("node")`` afterwards: it
       would deactivate the ancestors (use ``model.base_model.set_adapter([ANCESTORS, NODE])``).
     - merge: each ancestor merged into the base (4-bit: dequantize + re-quantize, lossy), fresh node.
     - continue: "node" starts as the parent's adapter (chain = [parent]); reprojected first when
@@ -222,6 +249,7 @@ def attach_node_adapter(model, lora: LoraShape, handoff: str, parent_chain: list
         ancestors = concat_adapters(chain)
         peft_model.add_adapter(ANCESTORS, frozen_shape(ancestors).to_peft(inference_mode=True))
         _load_into(peft_model, ancestors, ANCESTORS)
+        hold_frozen_in(peft_model, frozen_dtype or base_compute_dtype(model))
         peft_model.base_model.set_adapter([ANCESTORS, NODE])
     elif chain and handoff == "continue":
         parent, target = chain[0], lora.to_state()
