@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import datasets
 
@@ -25,6 +27,44 @@ from hql_ray.amr import LinearizeOptions
 
 CACHE_VERSION = 2
 _COUNTS = ("skipped", "clipped_source", "clipped_target")  # metadata summed over a node's languages
+
+
+class StepProgress:
+    """A long step's progress (tokenizing a language, generating for a test set) as live-progress updates
+    {"phase": ..., "task": {...}} for `NodeContext.progress` (`hql_ray.progress.task_text` words them).
+
+    Sends at most one update per `min_interval` s, except the first and the last of a task (done == total),
+    so a per-batch callback costs the board a few calls a second at most. `send` None: nothing is sent."""
+
+    def __init__(self, send: Callable[[dict], None] | None, node_id: str | None = None, min_interval: float = 0.5):
+        self.send = send
+        self.node_id = node_id
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._task_key: tuple | None = None
+
+    def __call__(self, phase: str, **task) -> None:
+        if self.send is None:
+            return
+        now = time.monotonic()
+        key = tuple((k, v) for k, v in task.items() if k not in ("done",))
+        new_task = key != self._task_key
+        finished = task.get("done") is not None and task.get("done") == task.get("total")
+        if not (new_task or finished) and now - self._last < self.min_interval:
+            return
+        self._task_key, self._last = key, now
+        update = {"phase": phase, "task": dict(task)}
+        if self.node_id is not None:
+            update["node"] = self.node_id
+        try:
+            self.send(update)
+        except Exception:  # noqa: BLE001 - progress is best effort, never the reason a node fails
+            pass
+
+
+def as_step_progress(progress) -> StepProgress:
+    """A StepProgress from what a caller passes: one already, a `ctx.progress`-like callable, or None."""
+    return progress if isinstance(progress, StepProgress) else StepProgress(progress)
 
 
 def make_pair(direction: str, language_name: str, amr: str, text: str) -> tuple[str, str]:
@@ -241,14 +281,22 @@ def language_dataset(
 
 
 def node_dataset(
-    settings: DataSettings, languages: list[tuple[str, str]], split: str, tokenizer, cache_dir: str | Path
+    settings: DataSettings, languages: list[tuple[str, str]], split: str, tokenizer, cache_dir: str | Path,
+    progress: Callable[[dict], None] | StepProgress | None = None,
 ) -> datasets.Dataset:
     """Union of the languages' datasets for one split (languages = [(code, display name), ...]).
 
     Validation "first" (the original): each corpus of each language gives its first
-    validation_size // len(languages) // corpora rows."""
+    validation_size // len(languages) // corpora rows. `progress` (e.g. `ctx.progress`) hears each
+    language as it is tokenized, or loaded from the cache: phase "prepare", task "tokenize"."""
     rows = settings.validation_rows(len(languages)) if split == "validation" else None
-    parts = [language_dataset(settings, code, name, split, tokenizer, cache_dir, rows) for code, name in languages]
+    steps = as_step_progress(progress)
+    parts = []
+    for i, (code, name) in enumerate(languages, 1):
+        key = cache_key(settings, code, name, split, tokenizer, rows)
+        cached = (Path(cache_dir) / "tokenized" / code / f"{split}-{key}" / "dataset_info.json").exists()
+        steps("prepare", what="tokenize", code=code, split=split, index=i, count=len(languages), cached=cached)
+        parts.append(language_dataset(settings, code, name, split, tokenizer, cache_dir, rows))
     if len(parts) == 1:
         return parts[0]
     ds = datasets.concatenate_datasets(parts)

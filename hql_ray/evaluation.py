@@ -170,8 +170,10 @@ def _baseline(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 def evaluate_test_set(model, tokenizer, cfg: Config, code: str, test_set: str, sources: Sequence[str],
-                      references: Sequence[str], baseline: dict, device, keep_texts: bool = False) -> dict:
-    """One language's one test set, scored; a failure is recorded (the trained node is not lost to it)."""
+                      references: Sequence[str], baseline: dict, device, keep_texts: bool = False,
+                      on_batch: Callable[[int, int], None] | None = None) -> dict:
+    """One language's one test set, scored; a failure is recorded (the trained node is not lost to it).
+    ``on_batch(done, total)``: generation progress (`generate`)."""
     if not sources:
         return not_scored("the test set has no examples", direction=cfg.data.direction)
     reference_lid = (baseline.get(test_set) or {}).get(code)
@@ -180,7 +182,7 @@ def evaluate_test_set(model, tokenizer, cfg: Config, code: str, test_set: str, s
             model, tokenizer, sources, references, direction=cfg.data.direction, code=code,
             spbleu_model=cfg.eval.spbleu_model, lid_model=cfg.eval.lid_model, reference_lid=reference_lid,
             keep_texts=keep_texts, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-            max_source_length=cfg.data.max_source_length, device=device)
+            max_source_length=cfg.data.max_source_length, device=device, on_batch=on_batch)
     except Exception as exc:  # noqa: BLE001 - an out-of-memory or a bad gold graph: say so, keep the node
         log.exception("evaluation of %s on %s failed", code, test_set)
         return not_scored(f"evaluation failed: {type(exc).__name__}: {exc}", len(sources), cfg.data.direction)
@@ -190,18 +192,25 @@ def evaluate_test_set(model, tokenizer, cfg: Config, code: str, test_set: str, s
 
 
 def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device,
-                  node_id: str | None = None) -> dict:
+                  node_id: str | None = None,
+                  progress: Callable[[dict], None] | ds_lib.StepProgress | None = None) -> dict:
     """Generate on each test set of each language and score it: {code: {test set: scores}}.
 
     Test sets in eval.test_sets order; a language without a test set (LDC2020T07 has four languages)
     simply lacks that key. With ``node_id``, the texts are also written under the run folder
-    (`write_node_texts`) and each record names them under "texts".
+    (`write_node_texts`) and each record names them under "texts". ``progress`` (e.g. `ctx.progress`)
+    hears the generation of each test set batch by batch, then its scoring: phase "evaluate", task
+    "generate" / "score" (`hql_ray.progress.task_text`).
     """
     model.eval()
     baseline = _baseline(cfg)
+    steps = ds_lib.as_step_progress(progress)
+    if steps.node_id is None:
+        steps.node_id = node_id
     results: dict[str, dict] = {}
-    for code, name in languages:
+    for index, (code, name) in enumerate(languages, 1):
         per_set: dict[str, dict] = {}
+        where = {"code": code, "index": index, "count": len(languages)}
         for test_set in cfg.eval.test_sets:
             try:
                 test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
@@ -212,8 +221,17 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
                 continue
             if test is None:
                 continue
+
+            def on_batch(done: int, total: int, test_set=test_set) -> None:
+                steps("evaluate", what="generate", test_set=test_set, done=done, total=total, **where)
+                if done == total:
+                    steps("evaluate", what="score", test_set=test_set, **where)
+
+            if len(test):
+                on_batch(0, len(test))
             per_set[test_set] = evaluate_test_set(model, tokenizer, cfg, code, test_set, test["source"],
-                                                  test["target"], baseline, device, keep_texts=node_id is not None)
+                                                  test["target"], baseline, device, keep_texts=node_id is not None,
+                                                  on_batch=on_batch)
         if node_id is not None:
             try:
                 write_node_texts(cfg.run_dir, texts_folder(cfg, node_id), code, per_set)

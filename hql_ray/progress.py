@@ -12,11 +12,67 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from hql_ray.records import RunEvent
 
 STATES = ("pending", "running", "done", "failed", "skipped")
+
+# The driver's export of a leaf's languages (final/<code>/): events besides `RunEvent`'s, sent through the
+# same `on_event` (`export_started` / `export_done` below).
+EXPORT_STARTED = "export_started"  # node, code, index, count
+EXPORT_DONE = "export_done"  # node, code, index, count, seconds
+
+
+def task_text(task: dict | None) -> str:
+    """A long step of a node in words, from the "task" of its progress update (`dataset.StepProgress`) or of
+    an export event: "tokenizing deu_Latn train (3/12)", "generating flores deu_Latn 64/1012 (language 3/12)",
+    "scoring flores deu_Latn (language 3/12)", "exporting deu_Latn (1/2)". "" for nothing known."""
+    if not isinstance(task, dict):
+        return ""
+    what, code = task.get("what"), task.get("code", "?")
+    of = f"{task.get('index')}/{task.get('count')}" if task.get("count") else ""
+    if what == "tokenize":
+        verb = "loading" if task.get("cached") else "tokenizing"
+        return f"{verb} {code} {task.get('split', '')}".rstrip() + (f" ({of}{', cached' if task.get('cached') else ''})" if of else "")
+    if what == "generate":
+        done = f" {task.get('done')}/{task.get('total')}" if task.get("total") is not None else ""
+        return f"generating {task.get('test_set', '')} {code}{done}" + (f" (language {of})" if of else "")
+    if what == "score":
+        return f"scoring {task.get('test_set', '')} {code}" + (f" (language {of})" if of else "")
+    if what == "export":
+        return f"exporting {code}" + (f" ({of})" if of else "")
+    return str(what or "")
+
+
+def export_started(on_event, node_id: str, code: str, index: int = 1, count: int = 1) -> None:
+    """Tell the reporters (the driver's `on_event`) that final/<code>/ of leaf `node_id` is being written."""
+    _safe_event(on_event, EXPORT_STARTED, {"node": node_id, "code": code, "index": index, "count": count})
+
+
+def export_done(on_event, node_id: str, code: str, index: int = 1, count: int = 1,
+                seconds: float | None = None) -> None:
+    _safe_event(on_event, EXPORT_DONE, {"node": node_id, "code": code, "index": index, "count": count,
+                                        "seconds": seconds})
+
+
+@contextmanager
+def exporting(on_event, node_id: str, code: str, index: int = 1, count: int = 1):
+    """`with progress.exporting(self.on_event, node_id, code, i, len(codes)):` around one language's export:
+    started, then done (only when the export did not raise; a failure is the node's NODE_FAILED)."""
+    t0 = time.time()
+    export_started(on_event, node_id, code, index, count)
+    yield
+    export_done(on_event, node_id, code, index, count, round(time.time() - t0, 2))
+
+
+def _safe_event(on_event, kind: str, info: dict) -> None:
+    try:
+        if on_event is not None:
+            on_event(kind, info)
+    except Exception:  # noqa: BLE001 - the display never stops an export
+        pass
 
 
 def chrf_means(languages: dict) -> list[str]:
@@ -50,6 +106,8 @@ class NodeView:
     loss: float | None = None
     val_loss: float | None = None
     phase: str | None = None
+    task: dict | None = None  # the long step it is in besides training (task_text)
+    exporting: bool = False  # the driver writes its final/<code>/: the workers' progress is over
     error: str | None = None
     waiting: str | None = None  # why its run waits for resources (cleared by the next progress)
     waiting_at: float = 0.0
@@ -107,7 +165,8 @@ class RunView:
                 n = self.node(info["node"])
                 n.status, n.started, n.finished, n.error = "running", now, None, None
                 n.workers = info.get("workers")
-                n.step = n.epoch = n.loss = n.val_loss = n.phase = None
+                n.step = n.epoch = n.loss = n.val_loss = n.phase = n.task = None
+                n.exporting = False
             elif kind == RunEvent.NODE_DONE:
                 n = self.node(info["node"])
                 n.status, n.finished = "done", now
@@ -119,7 +178,13 @@ class RunView:
                 if m.get("steps") is not None:
                     n.step = n.total_steps = m["steps"]
                 n.epoch = self.epochs
-                n.phase = n.waiting = None
+                n.phase = n.waiting = n.task = None
+                n.exporting = False
+            elif kind == EXPORT_STARTED:
+                n = self.node(info["node"])
+                n.exporting, n.phase = True, "export"
+                n.task = {"what": "export", "code": info.get("code"), "index": info.get("index"),
+                          "count": info.get("count")}
             elif kind == RunEvent.NODE_WAITING:
                 n = self.node(info["node"])
                 n.waiting, n.waiting_at = str(info.get("message", "")), now
@@ -139,13 +204,15 @@ class RunView:
         with self.lock:
             for node_id, p in (snapshot or {}).items():
                 n = self.node(node_id)
-                if n.status != "running" or not isinstance(p, dict):
+                if n.status != "running" or n.exporting or not isinstance(p, dict):
                     continue
                 if n.waiting and (p.get("time") or 0) > n.waiting_at:
                     n.waiting = None  # it trains again
                 for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase"):
                     if p.get(key) is not None:
                         setattr(n, key, p[key])
+                # The board keeps a node's last task: it is current only outside training.
+                n.task = p.get("task") if n.phase in ("prepare", "evaluate") else None
 
     def counts(self) -> dict[str, int]:
         with self.lock:
@@ -197,6 +264,10 @@ def state_text(n: NodeView) -> str:
         return "waiting"
     if n.status == "running" and n.phase == "evaluate":
         return "evaluating"
+    if n.status == "running" and n.phase == "prepare":
+        return "preparing"
+    if n.status == "running" and n.phase == "export":
+        return "exporting"
     if n.status == "pending" and n.phase == "not run":
         return "not run"
     if n.status == "skipped":
@@ -304,26 +375,49 @@ class PlainReporter(_Guarded):
     """
 
     def __init__(self, cfg, stream=None, progress_every: float | None = 30.0, poll_interval: float = 0.5,
-                 poll_timeout: float = 2.0, tree=None):
+                 poll_timeout: float = 2.0, tree=None, task_every: float | None = 10.0):
         super().__init__(cfg, poll_interval, poll_timeout, tree)
         self.stream = stream or sys.stdout
         self.t0 = time.time()
         self.done = 0
         self.total = 0
         self.progress_every = progress_every
+        self.task_every = task_every  # a line per changed long step (tokenizing, generating) this often
         self._last_progress = time.time()
+        self._last_task = 0.0
         self._last_steps: dict[str, object] = {}
+        self._last_tasks: dict[str, str] = {}
 
     def _print(self, text: str) -> None:
         elapsed = time.time() - self.t0
         print(f"[{elapsed:7.1f}s] {text}", file=self.stream, flush=True)
 
     def _after_poll(self) -> None:
-        if not self.progress_every or time.time() - self._last_progress < self.progress_every:
+        now = time.time()
+        if self.task_every and now - self._last_task >= self.task_every:
+            lines = self.task_lines()
+            if lines:
+                self._last_task = now
+            for line in lines:
+                self._print(line)
+        if not self.progress_every or now - self._last_progress < self.progress_every:
             return
-        self._last_progress = time.time()
+        self._last_progress = now
         for line in self.progress_lines():
             self._print(line)
+
+    def task_lines(self, only_changed: bool = True) -> list[str]:
+        """`node: tokenizing deu_Latn train (3/12)` / `node: generating flores deu_Latn 64/1012 (language 1/4)`
+        for running nodes in a long step other than training, whose text moved since the last line."""
+        lines = []
+        with self.view.lock:
+            for n in self.view.nodes.values():
+                text = task_text(n.task) if n.status == "running" else ""
+                if not text or (only_changed and self._last_tasks.get(n.id) == text):
+                    continue
+                self._last_tasks[n.id] = text
+                lines.append(f"  {n.id}: {text}")
+        return lines
 
     def progress_lines(self, only_changed: bool = True) -> list[str]:
         """`node: step a/b, epoch e, loss x, val y` for running nodes whose numbers moved."""
@@ -368,6 +462,11 @@ class PlainReporter(_Guarded):
                 parts.append(f"val_loss {m['val_loss']:.3f}")
             parts += chrf_means(m.get("languages") or {})
             self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
+        elif kind == EXPORT_STARTED:
+            self._print(f"{info['node']}: {task_text({'what': 'export', **info})}")
+        elif kind == EXPORT_DONE:
+            took = f" in {info['seconds']:.1f} s" if isinstance(info.get("seconds"), (int, float)) else ""
+            self._print(f"{info['node']}: exported {info.get('code')} ({info.get('index')}/{info.get('count')}){took}")
         elif kind == RunEvent.NODE_WAITING:
             self._print(f"{info['node']}: WAITING for resources: {info['message']}")
         elif kind == RunEvent.NODE_FAILED:
@@ -377,8 +476,8 @@ class PlainReporter(_Guarded):
             self._print(f"run {status}")
 
 
-STYLES = {"waiting": "bold yellow", "pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan", "done": "green", "failed": "bold red",
-          "skipped (resume)": "blue"}
+STYLES = {"waiting": "bold yellow", "pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan",
+          "preparing": "yellow", "exporting": "cyan", "done": "green", "failed": "bold red", "skipped (resume)": "blue"}
 ICONS = {"pending": "·", "running": "▶", "done": "✔", "failed": "✖", "skipped": "↷"}
 
 
@@ -436,6 +535,8 @@ class LiveReporter(_Guarded):
                         parts.append(Text(f"✖ {n.id}: {n.error}", style="red"))
                     elif n.status == "running" and n.waiting:
                         parts.append(Text(f"⏳ {n.waiting}", style="yellow"))
+                    elif n.status == "running" and task_text(n.task):
+                        parts.append(Text(f"▸ {n.id}: {task_text(n.task)}", style="cyan"))
                 if view.poll_errors and view.last_poll_error and view.finished is None:
                     parts.append(Text(f"(live numbers delayed: board poll failed {view.poll_errors}x: "
                                       f"{view.last_poll_error})", style="dim"))

@@ -67,8 +67,9 @@ def feed(reporter, board, finish=True):
     reporter.event("node_started", {"node": "level1.Germanic", "workers": 1})
     reporter.event("node_started", {"node": "level1.Romance", "workers": 1})
     deadline = time.time() + 5
-    while board is not None and board.calls < 2 and time.time() < deadline:
-        time.sleep(0.02)  # let the poller see the board
+    seen = board.calls if board is not None else 0  # polls before the nodes started do not count
+    while board is not None and board.calls < seen + 2 and time.time() < deadline:
+        time.sleep(0.02)  # let the poller see the board with both nodes running
     reporter.event("node_failed", {"node": "language.German", "error": "RuntimeError: out of memory"})
     if finish:
         reporter.event("run_finished", {"failed": ["language.German"], "not_done": ["language.German",
