@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import ray
 
@@ -11,20 +13,57 @@ from hql_ray.errors import ConfigError
 from hql_ray.launch import Slots
 
 
-def init_ray(cfg: Config) -> bool:
-    """Connect to (or start) Ray; True if this call did, so the driver also shuts it down."""
-    # Faster turn-around between nodes; the controller reads it from the driver's environment.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train V2: runs recorded for the dashboard's Train view
+
+
+def wants_verbose(verbose: bool | None = None) -> bool:
+    """`hql-ray train -v` sets the root logger to INFO (commands/train.py); that is the switch when the
+    caller does not say."""
+    if verbose is not None:
+        return bool(verbose)
+    return logging.getLogger().getEffectiveLevel() <= logging.INFO
+
+
+def ray_settings(cfg: Config, verbose: bool | None = None) -> tuple[dict, dict]:
+    """(ray.init keyword arguments, environment defaults for this process) for a run.
+
+    - Workers' logs reach the driver's output only with -v (`log_to_driver`).
+    - Ray Train's state tracking (each node's run in the dashboard's Train view) is on wherever there is a
+      dashboard: always on a cluster, and on a local Ray with -v, which then also starts the dashboard.
+      The trainer reads it when `fit()` builds the controller's callbacks, i.e. in this process.
+    - A local Ray without -v has no dashboard to feed nor spot preemption to watch: the extra actor
+      processes Ray Train would start for every node are spared.
+    """
+    verbose = wants_verbose(verbose)
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}  # faster turn-around between nodes
+    if cfg.resources.address:
+        env[STATE_TRACKING] = "1"
+        kwargs = {"address": cfg.resources.address, "log_to_driver": verbose}
+    else:
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        if verbose:
+            env[STATE_TRACKING] = "1"
+        else:
+            env["RAY_TRAIN_METRICS_ENABLED"] = "0"
+        kwargs = {"address": "local", "num_gpus": cfg.resources.num_gpus, "include_dashboard": verbose,
+                  "log_to_driver": verbose}
+    return kwargs, env
+
+
+def init_ray(cfg: Config, verbose: bool | None = None) -> bool:
+    """Connect to (or start) Ray; True if this call did, so the driver also shuts it down.
+
+    `verbose` None: on when the root logger shows INFO (`hql-ray train -v`)."""
+    kwargs, env = ray_settings(cfg, verbose)
+    for key, value in env.items():  # the user's own setting wins
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
-    if cfg.resources.address:
-        ray.init(address=cfg.resources.address, log_to_driver=False)
-    else:
-        # A local Ray on one machine: no spot preemption to watch and no dashboard to feed, so spare
-        # the extra actor processes Ray Train would start for every node.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-        ray.init(address="local", num_gpus=cfg.resources.num_gpus, include_dashboard=False, log_to_driver=False)
+    context = ray.init(**kwargs)
+    url = getattr(context, "dashboard_url", None)
+    if url:
+        url = url if "://" in url else f"http://{url}"
+        print(f"hql-ray: Ray dashboard {url} (Jobs, Logs; Train: one run per tree node)", file=sys.stderr)
     return True
 
 
