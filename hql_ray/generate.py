@@ -1,9 +1,10 @@
 """Use a trained language: AMR graphs in, sentences out (or sentences in, AMRs out for text2amr runs).
 
 A run's exported leaf `RUN_DIR/final/<code>/` is a standard PEFT adapter over the run's base model
-(or a whole model for fft runs). Inputs are prepared exactly as training prepared them: the run's
-linearization options, the prompt of `dataset.make_pair`, the language's name from the run's tree,
-and the run's max source length (longer inputs are clipped, as they were in training, and flagged).
+(export modes adapter, adapter-bf16, compact) or a whole model (fft runs; export mode merged). Inputs
+are prepared exactly as training prepared them: the run's linearization options, the prompt of
+`dataset.make_pair`, the language's name from the run's tree, and the run's max source length
+(longer inputs are clipped, as they were in training, and flagged).
 
     gen = load_generator("runs/demo", "deu_Latn")
     gen(["(w / want-01 :ARG0 (g / girl))"])          # -> ["Das Mädchen will."]
@@ -160,9 +161,15 @@ class Generator:
         if self._tokenizer is None:
             from hql_ray import modeling
 
-            fft_dir = self.cfg.model.mode == "fft" and self.cfg.model.base != "tiny"
-            self._tokenizer = modeling.load_tokenizer(str(self.model_dir) if fft_dir else self.cfg.model.base)
+            own = self.whole_model and self.cfg.model.base != "tiny"  # a whole model's folder has its tokenizer
+            self._tokenizer = modeling.load_tokenizer(str(self.model_dir) if own else self.cfg.model.base)
         return self._tokenizer
+
+    @property
+    def whole_model(self) -> bool:
+        """final/<code>/ is a whole model (fft, or export mode merged), not a PEFT adapter over the base."""
+        return self.cfg.model.mode == "fft" or (
+            (self.model_dir / "config.json").is_file() and not (self.model_dir / "adapter_config.json").is_file())
 
     @property
     def model(self):
@@ -174,10 +181,13 @@ class Generator:
         from hql_ray import modeling
 
         cfg = self.cfg
-        if cfg.model.mode == "fft":
+        if self.whole_model:
+            import torch
             from transformers import AutoModelForSeq2SeqLM
 
-            return AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir)).to(self.device).eval()
+            # a merged export is stored in bf16: computed in fp32 on a CPU, as the adapters are
+            dtype = torch.float32 if self.device.type == "cpu" else "auto"
+            return AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir), dtype=dtype).to(self.device).eval()
         from peft import PeftModel
 
         model = modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
