@@ -8,11 +8,14 @@ results.md. A run of an older hql-ray shows its one score per language as test s
 
 from __future__ import annotations
 
+import socket
+from itertools import islice
 from pathlib import Path
 
 from hql_ray.errors import InputError
+from hql_ray.evaluation import TEXT_FILES
 from hql_ray.manifest import RunRecord, atomic_write_text, read_manifest, run_tree
-from hql_ray.metrics import METRIC_NAMES, is_legacy
+from hql_ray.metrics import METRIC_NAMES, is_legacy, scores_by_test_set
 from hql_ray.results import (LEGACY_NOTE, not_computed_notes, num_or_none, path_csv, path_markdown, path_scores,
                              path_second_metric, score_rows, scores_csv, scores_markdown, signature_notes)
 
@@ -91,6 +94,65 @@ def summary_markdown(runs: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
+# ---- examples: sources, hypotheses and references the scores come from ---------------------------------
+def _first_lines(path: Path, n: int) -> list[str]:
+    with path.open(encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in islice(f, n)]
+
+
+def read_examples(run: RunRecord, node_id: str, code: str, test_set: str, n: int) -> dict:
+    """The first `n` (source, hypothesis, reference) of a node's language and test set, from the line-aligned
+    files evaluation wrote (evaluation/<node>/<code>/<test set>/, as the score record's "texts" names them).
+    {"examples": [{"source", "hypothesis", "reference"}], "where": folder or "manifest", "note": str | None}:
+    without the files (another host's disk, an older run), the few samples the manifest keeps."""
+    entry = ((run.nodes[node_id].metrics or {}).get("languages") or {}).get(code)
+    record = scores_by_test_set(entry).get(test_set) or {}
+    texts = record.get("texts") if isinstance(record.get("texts"), dict) else {}
+    folder = run.path / (texts.get("dir") or f"evaluation/{node_id}/{code}/{test_set}")
+    files = {key: folder / name for key, name in TEXT_FILES.items()}
+    if all(f.is_file() for f in files.values()):
+        columns = {key: _first_lines(f, n) for key, f in files.items()}
+        rows = [{"source": s, "hypothesis": h, "reference": r}
+                for s, h, r in zip(columns["sources"], columns["hypotheses"], columns["references"])]
+        return {"examples": rows, "where": str(folder.relative_to(run.path)), "note": None}
+    samples = [x for x in record.get("samples") or [] if isinstance(x, dict)][:n]
+    why = texts.get("error") or "its text files are not in the run folder"
+    if texts.get("host") and texts["host"] != socket.gethostname():
+        why = f"its text files were written on {texts['host']}"
+    note = f"{why}; " + (f"the {len(samples)} sample(s) the manifest keeps" if samples else "no samples kept")
+    return {"examples": samples, "where": "manifest", "note": note}
+
+
+def _one_line(text, limit: int = 400) -> str:
+    text = " ".join(str(text if text is not None else "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def examples_markdown(runs: list[RunRecord], rows: list[dict], n: int) -> str:
+    """`n` examples per language and test set at the leaves (each run's language leaf), as the report's section."""
+    by_label = {run.label: run for run in runs}
+    parts = ["## Examples", "",
+             f"The first {n} test example(s) per language and test set, at the language's leaf node: the model "
+             "input (source), the greedy output scored (hypothesis) and the reference.", ""]
+    for row in rows:
+        run = by_label.get(row["run"])
+        if run is None or row["test_set"] is None or row["node"] not in run.nodes:
+            continue
+        got = read_examples(run, row["node"], row["code"], row["test_set"], n)
+        label = f"{row['run']}: " if len(runs) > 1 else ""
+        parts += [f"### {label}{row['code']} ({row['language']}), {row['test_set']}, node {row['node']}", ""]
+        if got["note"]:
+            parts += [f"({got['note']})", ""]
+        elif got["where"]:
+            parts += [f"From `{got['where']}/`.", ""]
+        for i, ex in enumerate(got["examples"], 1):
+            parts += [f"{i}. source: {_one_line(ex.get('source'))}",
+                      f"   hypothesis: {_one_line(ex.get('hypothesis'))}",
+                      f"   reference: {_one_line(ex.get('reference'))}"]
+        parts.append("")
+    return "\n".join(parts)
+
+
 # ---- the whole report ---------------------------------------------------------------------------
 def _write(path: Path, text: str) -> Path:
     atomic_write_text(path, text)  # readable by all, like the manifest
@@ -101,7 +163,8 @@ def default_out_dir(run_dirs: list[str | Path]) -> Path:
     return Path(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
 
 
-def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str], out_dir: Path) -> str:
+def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str], out_dir: Path,
+                   examples: int = 0) -> str:
     title = f"Report: run {runs[0].label}" if len(runs) == 1 else "Report: " + ", ".join(r.label for r in runs)
     parts = [f"# {title}", "", summary_markdown(runs), "",
              "## Scores per language and test set (the language's leaf node)", "", scores_markdown(rows, runs), "",
@@ -131,6 +194,8 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
     notes = [f"- {run.label}: {note}" for run in runs for note in run.notes]
     if notes:
         parts += ["## Notes", "", "Scores shown are what exists; missing values are `-`.", "", *notes, ""]
+    if examples > 0:
+        parts += [examples_markdown(runs, rows, examples)]
     if plots:
         parts += ["## Plots", ""]
         for title_, path in plots.items():
@@ -140,8 +205,10 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
     return "\n".join(parts)
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, *, with_plots: bool = True) -> dict:
-    """Tables (report.md, report.csv, path_scores.csv for one run) and PNG plots into out_dir.
+def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, *, with_plots: bool = True,
+                 examples: int = 0) -> dict:
+    """Tables (report.md, report.csv, path_scores.csv for one run) and PNG plots into out_dir; with
+    `examples` > 0, that many source/hypothesis/reference triples per language and test set (`examples_markdown`).
 
     Returns {"markdown": text, "files": [paths written], "runs": [RunRecord]}.
     """
@@ -157,7 +224,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         from hql_ray import plots as plots_lib
 
         plots = plots_lib.draw_all(runs, rows, out / "plots", paths=path_scores(runs[0]) if len(runs) == 1 else None)
-    markdown = build_markdown(runs, rows, plots, out)
+    markdown = build_markdown(runs, rows, plots, out, examples)
     files.append(_write(out / "report.md", markdown))
     files.append(_write(out / "report.csv", scores_csv(rows)))
     if len(runs) == 1:

@@ -2,6 +2,7 @@
 
     hql-ray report runs/12langs_pthql                     # into the run's folder
     hql-ray report runs/12langs_pthql runs/multi --out cmp   # compare runs (default out: ./report)
+    hql-ray report runs/12langs_pthql --examples 3          # + 3 source/hypothesis/reference per language
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ def add_parser(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder(s) holding a manifest.json")
     p.add_argument("--out", help="output folder (default: the run's folder for one run, ./report for several)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--examples", type=int, default=0, metavar="N",
+                   help="also show N source/hypothesis/reference triples per language and test set at the leaves, "
+                   "read from the run's evaluation/<node>/<code>/<test set>/*.txt (default 0: none)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from hql_ray.errors import InputError
     from hql_ray.report import write_report
 
-    result = write_report(args.runs, args.out, with_plots=not args.no_plots)
+    if args.examples < 0:
+        raise InputError(f"--examples must be 0 or more, not {args.examples}")
+    result = write_report(args.runs, args.out, with_plots=not args.no_plots, examples=args.examples)
     print(result["markdown"])
     print("wrote: " + ", ".join(str(f) for f in result["files"]))
     return 0
