@@ -8,7 +8,7 @@ waiting run waits for and release what a killed run left behind.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hql_ray.errors import HQLError
@@ -44,6 +44,14 @@ def wait_limits(wait_timeout_s: float, max_failures: int) -> dict:
     return {"timeout_s": wait_timeout_s / attempts, "controller_failure_limit": max_failures}
 
 
+def ray_train_env() -> dict[str, str]:
+    """This process's RAY_TRAIN_* settings (state tracking for the dashboard, metrics, health checks, ...).
+
+    Ray Train reads them in the process that calls `fit()` and hands some on to the run's controller; a
+    Tune trial calls `fit()` in its own actor, which on a cluster does not have the driver's environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}
+
+
 @dataclass
 class NodeJob:
     """One Ray Train run of a node (or of one of its Tune trials): everything `make_trainer` needs."""
@@ -58,6 +66,7 @@ class NodeJob:
     board: Any  # the RunBoard actor (a tune.TrialBoard inside a trial)
     simulate: dict | None = None
     max_failures: int = 0
+    train_env: dict = field(default_factory=ray_train_env)  # the driver's, applied where fit() runs
 
     @property
     def wants(self) -> dict:
@@ -70,6 +79,8 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
 
     from hql_ray.ray_worker import node_train_loop
 
+    for key, value in job.train_env.items():  # in a Tune trial's actor: the driver's settings
+        os.environ.setdefault(key, value)
     limits = wait_limits(float(job.cfg["resources"]["wait_timeout_s"]), job.max_failures)
     if limits["timeout_s"] is not None:
         # Read by the run's controller, which gets it from this process's environment.

@@ -109,3 +109,19 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
                for node in manifest.nodes}
     assert all(by_node.values()), by_node
     assert all("FINISHED" in statuses for statuses in by_node.values()), by_node
+
+
+def test_a_tune_trials_fit_gets_the_drivers_ray_train_settings(monkeypatch, clean_env):
+    """A trial calls fit() in its own actor (on a cluster, without the driver's environment): the job carries
+    the driver's RAY_TRAIN_* settings there, so its run is tracked for the dashboard too."""
+    from hql_ray.launch import NodeJob, Slots, make_trainer
+    from hql_ray.records import NodeSpec
+
+    monkeypatch.setenv(STATE_TRACKING, "1")
+    job = NodeJob(cfg=make_config().to_dict(), node=NodeSpec("level0.Top", "Top", "level0", 0, None, True, (("deu_Latn", "German"),), 1),
+                  workers=1, parent_refs=[], name="level0.Top.launch1.0", slots=Slots(1, False, False, 1.0),
+                  storage="/tmp/unused", board=None)
+    assert job.train_env[STATE_TRACKING] == "1"
+    monkeypatch.delenv(STATE_TRACKING)  # the trial actor's process
+    make_trainer(job)
+    assert os.environ[STATE_TRACKING] == "1"
