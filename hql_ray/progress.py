@@ -23,6 +23,7 @@ STATES = ("pending", "running", "done", "failed", "skipped")
 # same `on_event` (`export_started` / `export_done` below).
 EXPORT_STARTED = "export_started"  # node, code, index, count
 EXPORT_DONE = "export_done"  # node, code, index, count, seconds
+TASK_PHASES = {"tokenize": "prepare", "generate": "evaluate", "score": "evaluate"}  # a task's phase
 
 
 def task_text(task: dict | None) -> str:
@@ -211,8 +212,9 @@ class RunView:
                 for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase"):
                     if p.get(key) is not None:
                         setattr(n, key, p[key])
-                # The board keeps a node's last task: it is current only outside training.
-                n.task = p.get("task") if n.phase in ("prepare", "evaluate") else None
+                # The board keeps a node's last task: it is current only in the phase it belongs to.
+                task = p.get("task")
+                n.task = task if isinstance(task, dict) and TASK_PHASES.get(task.get("what")) == n.phase else None
 
     def counts(self) -> dict[str, int]:
         with self.lock:

@@ -174,6 +174,8 @@ def test_plain_lines_name_the_step_each_node_is_in(tmp_path, data, tok):
     reporter.poller.poll_once()
     assert reporter.view.nodes[NODE].task is None  # training: the board's stale task is not shown
     ctx.progress({"node": NODE, "phase": "evaluate"})
+    reporter.poller.poll_once()
+    assert reporter.view.nodes[NODE].task is None  # nor the tokenizing while it evaluates
     evaluate_node(tiny_model(tok), tok, cfg, ds_lib.DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu",
                   node_id=NODE, progress=lambda u: (ctx.progress(u), reporter.poller.poll_once()))
     with progress.exporting(reporter.event, NODE, "deu_Latn", 1, 2):
