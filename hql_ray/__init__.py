@@ -8,7 +8,7 @@ The layers, bottom up; a module imports only from its own layer or those below i
 2. Data: `dataset` (prompts, tokenization cache), `batching` (length-grouped batches).
 3. Training one node, no Ray: `modeling` (base model, 4-bit), `handoff` (adapters parent -> child,
    persistence), `node` (the node's loop), `context` (what the loop needs from its runner),
-   `adafactor`, `losses`, `evaluation`, `metrics`, `flops`.
+   `adafactor`, `losses`, `evaluation`, `metrics`, `flops`, `tracking` (TensorBoard, W&B, MLflow).
 4. Outputs: `manifest` (the run record, written and read), `results` (score tables), `export` (what
    people ship), `report` + `plots`, `progress` (terminal view), `generate` (inference from a run).
 5. Orchestration on Ray: `driver` (walks the tree), `cluster` (Ray start, slots), `scheduling`

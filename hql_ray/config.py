@@ -210,6 +210,8 @@ class TrackingSection:
     wandb_entity: str | None = None
     mlflow_uri: str | None = None  # an MLflow tracking URI: a parent run per tree run, a nested run per node
     mlflow_experiment: str = "hql-ray"
+    # Set by the driver (the parent run it opened), not by hand: the nodes' MLflow runs nest under it.
+    mlflow_parent_run_id: str | None = None
 
 
 @dataclass

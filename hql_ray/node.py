@@ -25,7 +25,7 @@ from transformers.optimization import get_linear_schedule_with_warmup
 
 from hql_ray import adafactor, batching
 from hql_ray import dataset as ds_lib
-from hql_ray import evaluation, handoff, losses, modeling
+from hql_ray import evaluation, handoff, losses, modeling, tracking
 from hql_ray.config import Config
 from hql_ray.context import LocalContext, NodeContext
 from hql_ray.records import AdapterState, NodeResult, NodeSpec
@@ -226,6 +226,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     initial_loss: float | None = None
     resumed_step: int | None = None
+    tracker: tracking.NodeTracker | None = None  # curves and scores to TensorBoard / W&B / MLflow (rank 0)
+    batch_rows: list[int] | None = None  # the global batch of the step being trained (tokens/s)
 
     @property
     def pad_id(self) -> int:
@@ -283,7 +285,8 @@ def batches_from_step(st: TrainState):
         if step // st.steps_per_epoch != epoch:
             epoch = step // st.steps_per_epoch
             batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx.world_size)
-        share = batching.worker_share(batches[step % st.steps_per_epoch], st.ctx.rank, st.ctx.world_size)
+        st.batch_rows = batches[step % st.steps_per_epoch]
+        share = batching.worker_share(st.batch_rows, st.ctx.rank, st.ctx.world_size)
         yield [to_device(batching.collate(list(st.train_data.select(rows)), st.pad_id), st.ctx.device)
                for rows in batching.micro_batches(share, st.cfg.train.micro_batch_size)]
 
@@ -345,6 +348,8 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
         report_checkpoint(st, extra)
     elif val is not None:
         st.ctx.report({"step": step, "best_val_loss": st.best_loss, **extra}, None)
+    if st.tracker is not None and st.history[-1]["step"] == step:
+        st.tracker.point(st.history[-1], lr=st.scheduler.get_last_lr()[0])
 
 
 def report_checkpoint(st: TrainState, extra: dict) -> None:
@@ -386,6 +391,8 @@ def finish(st: TrainState) -> NodeResult:
         except Exception as err:  # noqa: BLE001 - a failed evaluation must never discard the trained adapter
             log.exception("node %s: evaluation failed; the trained adapter is kept", st.node.id)
             metrics["evaluation_error"] = f"{type(err).__name__}: {err}"
+    if st.tracker is not None:
+        st.tracker.finish(metrics)
     state = handoff.full_state(st.model) if cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
     ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
     return NodeResult(state if ctx.is_main else None, metrics, history)
@@ -404,12 +411,24 @@ def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[Adapter
     st = setup(cfg, node, parent_chain or [], ctx)
     torch.manual_seed(seed + 1 + ctx.rank)  # dropout: each worker its own stream
     st.started = started  # train_seconds counts the set-up too
-    resume_or_start(st)
-    st.progress()
-    since_validation, since_point = LossMeter(), LossMeter()
-    for batch in batches_from_step(st):
-        loss = train_step(st, batch)
-        since_validation.add(loss)
-        since_point.add(loss)
-        when_due(st, since_validation, since_point)
-    return finish(st)
+    st.tracker = tracking.NodeTracker.open(cfg, node, ctx.rank, st.train_data, ctx.device)
+    ok = False
+    try:
+        resume_or_start(st)
+        if st.resumed_step is None:
+            st.tracker.point(st.history[0])  # the untrained validation loss, step 0
+        st.progress()
+        since_validation, since_point = LossMeter(), LossMeter()
+        mark = time.perf_counter()
+        for batch in batches_from_step(st):
+            loss = train_step(st, batch)
+            st.tracker.trained(st.batch_rows, time.perf_counter() - mark)
+            since_validation.add(loss)
+            since_point.add(loss)
+            when_due(st, since_validation, since_point)
+            mark = time.perf_counter()
+        result = finish(st)
+        ok = True
+        return result
+    finally:
+        st.tracker.close(ok)

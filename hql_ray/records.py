@@ -35,6 +35,7 @@ class NodeSpec:
     is_leaf: bool
     languages: tuple[tuple[str, str], ...]
     examples: int = 0
+    step_offset: int = 0  # steps its ancestors trained: its steps counted from the root start here (tracking)
 
     @classmethod
     def of(cls, node, examples: int) -> "NodeSpec":
@@ -49,7 +50,8 @@ class NodeSpec:
             return value
         return cls(value["id"], value.get("name", value["id"]), value.get("level", ""), int(value.get("depth", 0)),
                    value.get("parent"), bool(value.get("is_leaf", True)),
-                   tuple((code, name) for code, name in value["languages"]), int(value.get("examples", 0)))
+                   tuple((code, name) for code, name in value["languages"]), int(value.get("examples", 0)),
+                   int(value.get("step_offset", 0)))
 
 
 @dataclass
