@@ -11,11 +11,12 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
 from hql_ray import export, export_modes, model_card
 from hql_ray.config import Config, LoraShape
-from hql_ray.handoff import attach_node_adapter, node_adapter_state, save_adapter_state
+from hql_ray.handoff import attach_node_adapter, load_adapter_state, node_adapter_state, save_adapter_state
 from hql_ray.modeling import TINY, load_base_model, resolve_base_model
 
 CPU = torch.device("cpu")
@@ -76,8 +77,10 @@ def exact(tiny, chain_dirs, tmp_path_factory) -> tuple[Path, torch.Tensor]:
 
 def test_adapter_is_the_exact_export(tiny, chain_dirs, exact, tmp_path):
     out, logits = exact
-    before = export.export_saved_chain(chain_dirs, tmp_path / "before", tiny)  # today's export, byte for byte
-    assert (out / "adapter_model.safetensors").read_bytes() == (before / "adapter_model.safetensors").read_bytes()
+    # the in-memory concatenation of the chain (export_adapter), tensor for tensor
+    before = export.export_adapter([load_adapter_state(d) for d in chain_dirs], tmp_path / "before", tiny)
+    written, want = load_file(str(out / "adapter_model.safetensors")), load_file(str(before / "adapter_model.safetensors"))
+    assert written.keys() == want.keys() and all(torch.equal(written[k], want[k]) for k in want)
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"]) == (15, 15, False)
     # not vacuous: the chain moves the logits a lot
@@ -231,3 +234,18 @@ def test_generate_loads_merged_and_compact(tiny, merged, compact, tmp_path):
         outputs = gen(["(w / want-01 :ARG0 (g / girl))"])
         assert len(outputs) == 1 and isinstance(outputs[0], str)
         assert isinstance(gen.model, PeftModel) is not whole
+
+
+def test_fft_runs_export_their_whole_model(tiny, tmp_path):
+    """The one entry point serves fft runs too: their leaf's state is the whole model, whatever export.mode."""
+    from hql_ray.handoff import full_state
+
+    model = load_base_model(tiny, "fft", CPU)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # not the base
+    state_dir = save_adapter_state(full_state(model), tmp_path / "node" / "adapter")
+    cfg = _cfg("compact")
+    cfg.model.mode, cfg.data.cache_dir = "fft", str(tmp_path / "cache")  # its base: built under the test's folder
+    info = export_modes.export_language(cfg, [state_dir], tmp_path / "deu_Latn", tiny)
+    assert info == {"mode": "full", "bytes": export_modes.dir_bytes(tmp_path / "deu_Latn")}
+    torch.testing.assert_close(_logits(AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "deu_Latn"))), _logits(model))
