@@ -18,7 +18,7 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray import export, handoff, launch, model_card, preflight, results, search_space, tune
+from hql_ray import export, handoff, launch, model_card, preflight, progress, reevaluate, results, search_space, tracking, tune
 from hql_ray.board import RunBoard
 from hql_ray.cluster import check_storage, detect_slots, init_ray
 from hql_ray.config import TINY_BASES, Config
@@ -26,6 +26,7 @@ from hql_ray.dataset import make_pair
 from hql_ray.errors import ConfigError
 from hql_ray.launch import NodeJob, Slots
 from hql_ray.manifest import Manifest
+from hql_ray.progress import chrf_means
 from hql_ray.records import AdapterState, NodeResult, NodeSpec, RunEvent
 from hql_ray.ray_worker import from_wire, to_wire
 from hql_ray.scheduling import allocate_workers, max_workers
@@ -50,6 +51,9 @@ class Run:
     refs: dict[str, ray.ObjectRef] = field(default_factory=dict)
     running: dict[Future, tuple[str, int]] = field(default_factory=dict)  # -> (node, workers)
     failed: set[str] = field(default_factory=set)
+    # --resume: done nodes whose evaluation failed, to be evaluated again (not retrained); those in flight.
+    evaluate: set[str] = field(default_factory=set)
+    evaluating: set[str] = field(default_factory=set)
 
     @property
     def busy_slots(self) -> int:
@@ -122,6 +126,8 @@ class Driver:
             modeling.base_model_path(cfg)  # build the tiny model once here rather than racing in every worker
         manifest = self.open_manifest()  # an existing run folder is refused before Ray starts
         self.mark_skipped(manifest)
+        # TensorBoard's config/tree text; the MLflow parent run (its id reaches the nodes in cfg.tracking).
+        self.tracking = tracking.RunTracking.open(cfg, self.tree, self.run_dir, enabled=self.simulate is None)
         self._owns_ray = init_ray(cfg)
         slots = detect_slots(cfg)
         storage = self.storage_path()
@@ -169,6 +175,10 @@ class Driver:
                     continue
                 del st  # verified; put in the object store below only if a node still to run needs it
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
+                if (entry.metrics or {}).get("evaluation_error") and self.cfg.eval.generate and not self.simulate:
+                    log.warning("node %s: its evaluation failed in the earlier run (%s); evaluating it again",
+                                node_id, entry.metrics["evaluation_error"])
+                    run.evaluate.add(node_id)
             elif node_id in self.skipped:  # -sv, not done: marked "skipped" (mark_skipped), never launched
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
             elif entry.status != "pending":
@@ -188,7 +198,13 @@ class Driver:
             if any(a.id in run.failed for a in self.tree.ancestors(node_id)):
                 continue
             needed.update(a for a in self.chain_ids(node_id) if nodes[a].status == "done")
+        for node_id in run.evaluate:
+            needed.update(self._evaluation_chain(node_id))
         return needed
+
+    def _evaluation_chain(self, node_id: str) -> list[str]:
+        """Whose adapters a re-evaluation loads: the node's trained model's parents, then the node itself."""
+        return reevaluate.evaluation_parents(self.chain_ids(node_id), self.cfg) + [node_id]
 
     def _release_refs(self, run: Run) -> None:
         """Let the object store free the adapters no node still to run needs (running nodes hold their own refs)."""
@@ -203,12 +219,16 @@ class Driver:
         try:
             while True:
                 self._launch_ready(pool, run)
+                self._launch_evaluations(pool, run)
                 if not run.running:
                     break
                 done, _ = wait(list(run.running), timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
                     node_id, _workers = run.running.pop(future)
-                    self._finish(run, future, node_id)
+                    if node_id in run.evaluating:
+                        self._finish_evaluation(run, future, node_id)
+                    else:
+                        self._finish(run, future, node_id)
                     self._release_refs(run)
                 run.watch.tick()
         except BaseException:
@@ -231,6 +251,7 @@ class Driver:
         if not self.simulate:
             results.write_results(manifest, self.tree, self.run_dir)
         manifest.set_run_status("done" if not pending else "failed", finished_at=time.time())
+        self.tracking.close(manifest, self.run_dir)  # manifest, results, model cards: the MLflow parent's artifacts
         self.on_event(RunEvent.RUN_FINISHED, {"failed": sorted(run.failed), "not_done": pending})
         return manifest
 
@@ -259,7 +280,8 @@ class Driver:
         for node_id, workers in alloc.items():
             self._launches += 1
             job = NodeJob(
-                cfg=self.cfg.to_dict(), node=self.node_spec(node_id, run.sizes), workers=workers,
+                cfg=self.cfg.to_dict(), workers=workers,
+                node=tracking.with_step_offset(self.node_spec(node_id, run.sizes), self.tree, run.manifest),
                 parent_refs=[run.refs[a] for a in self.chain_ids(node_id)],
                 name=f"{node_id}.launch{self._launches}.{int(time.time())}",
                 slots=run.slots, storage=run.storage, board=run.board, simulate=self.simulate,
@@ -269,6 +291,42 @@ class Driver:
                                 resources={"workers": workers, "gpu": run.slots.use_gpu})
             self.on_event(RunEvent.NODE_STARTED, {"node": node_id, "workers": workers})
             run.running[pool.submit(self._fit_node, job)] = (node_id, workers)
+
+    def _launch_evaluations(self, pool: ThreadPoolExecutor, run: Run) -> None:
+        """--resume: evaluate again, one worker each, the done nodes whose evaluation failed (slots allowing)."""
+        for node_id in sorted(run.evaluate):
+            if run.slots.total - run.busy_slots < 1:
+                return
+            self._launches += 1
+            job = NodeJob(
+                cfg=self.cfg.to_dict(), node=self.node_spec(node_id, run.sizes), workers=1,
+                parent_refs=[run.refs[a] for a in self._evaluation_chain(node_id)],
+                name=f"{node_id}.evaluate{self._launches}.{int(time.time())}",
+                slots=run.slots, storage=run.storage, board=run.board, max_failures=self.cfg.resources.max_failures,
+                evaluate_only=True,
+            )
+            run.evaluate.discard(node_id)
+            run.evaluating.add(node_id)
+            run.running[pool.submit(launch.fit_node, job)] = (node_id, 1)
+
+    def _finish_evaluation(self, run: Run, future: Future, node_id: str) -> None:
+        """A re-evaluation's scores replace the error; the node, its adapter and its exports stay as they were."""
+        run.evaluating.discard(node_id)
+        entry = run.manifest.nodes[node_id]
+        try:
+            scores = future.result().metrics or {}
+        except Exception as err:  # noqa: BLE001 - the node stays done; a later --resume tries again
+            scores = {"evaluation_error": f"{type(err).__name__}: {last_error_line(err)}"}
+        metrics = {k: v for k, v in (entry.metrics or {}).items() if k != "evaluation_error"}
+        metrics.update(scores)
+        run.manifest.update(node_id, metrics=metrics)
+        for code in entry.exported or []:  # the model cards carry the scores
+            out_dir = self.run_dir / "final" / code
+            model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
+        if "evaluation_error" in scores:
+            log.warning("node %s: evaluation failed again: %s", node_id, scores["evaluation_error"])
+        else:
+            log.warning("node %s: evaluated again: %s", node_id, "; ".join(chrf_means(metrics.get("languages") or {})))
 
     def _fit_node(self, job: NodeJob) -> NodeResult:
         if self.simulate is None and search_space.searches_level(self.cfg, job.node.level):
@@ -331,13 +389,14 @@ class Driver:
         chain = [self.run_dir / (nodes[a].adapter or "") for a in self.chain_ids(node_id)]
         chain = handoff.handed_on(chain + [self.run_dir / "nodes" / node_id / "adapter"],
                                   self.cfg.model.handoff, self.cfg.model.mode)
-        for code in codes:
+        for i, code in enumerate(codes, 1):
             out_dir = self.run_dir / "final" / code
-            if self.cfg.model.mode == "fft":
-                export.export_full_model(self.cfg, handoff.load_adapter_state(chain[-1]), out_dir)
-            else:  # read from the saved node adapters one module at a time
-                export.export_saved_chain(chain, out_dir, export.base_model_reference(self.cfg))
-            model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
+            with progress.exporting(self.on_event, node_id, code, i, len(codes)):
+                if self.cfg.model.mode == "fft":
+                    export.export_full_model(self.cfg, handoff.load_adapter_state(chain[-1]), out_dir)
+                else:  # read from the saved node adapters one module at a time
+                    export.export_saved_chain(chain, out_dir, export.base_model_reference(self.cfg))
+                model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
         return codes
 
     def _card_info(self, node_id: str, code: str, out_dir: Path, metrics: dict) -> dict:

@@ -66,6 +66,7 @@ class NodeJob:
     board: Any  # the RunBoard actor (a tune.TrialBoard inside a trial)
     simulate: dict | None = None
     max_failures: int = 0
+    evaluate_only: bool = False  # --resume after a failed evaluation: parent_refs end with the node's own adapter
     train_env: dict = field(default_factory=ray_train_env)  # the driver's, applied where fit() runs
 
     @property
@@ -94,6 +95,7 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
             "board": job.board,
             "simulate": job.simulate,
             "run": job.name,  # rank 0 tells the board which placement group this run holds
+            "evaluate_only": job.evaluate_only,
         },
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.slots.use_gpu,
                                      resources_per_worker=per_worker_resources(job.slots)),

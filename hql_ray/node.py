@@ -243,8 +243,9 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     languages = list(node.languages)
     settings = ds_lib.DataSettings.from_config(cfg)
     tokenizer = modeling.load_tokenizer(cfg.model.base)
-    train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir)
-    val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir)
+    train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir, progress=ctx.progress)
+    val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir,
+                                   progress=ctx.progress)
     model = build_model(cfg, parent_chain, ctx.device)
     model.train()
     params = trainable(model)
@@ -387,7 +388,8 @@ def finish(st: TrainState) -> NodeResult:
         ctx.progress({"node": st.node.id, "phase": "evaluate"})
         try:
             metrics["languages"] = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
-                                                            cfg.cache_dir, ctx.device, node_id=st.node.id)
+                                                            cfg.cache_dir, ctx.device, node_id=st.node.id,
+                                                            progress=ctx.progress)
         except Exception as err:  # noqa: BLE001 - a failed evaluation must never discard the trained adapter
             log.exception("node %s: evaluation failed; the trained adapter is kept", st.node.id)
             metrics["evaluation_error"] = f"{type(err).__name__}: {err}"

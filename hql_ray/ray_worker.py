@@ -126,6 +126,13 @@ def node_train_loop(loop_config: dict):
     wires = [ray.get(ref) for ref in refs]
     received = [handoff.state_checksum(from_wire(w, copy=False)) for w in wires]
 
+    if loop_config.get("evaluate_only"):  # --resume after a failed evaluation: the last ref is the node's own
+        from hql_ray.reevaluate import evaluate_trained_node
+
+        chain = [from_wire(w) for w in wires]
+        del wires
+        result = evaluate_trained_node(loop_config["config"], node, chain, ctx)
+        return dataclasses.replace(result, workers=workers) if ctx.rank == 0 else None
     if loop_config.get("simulate"):
         from hql_ray.simulate import simulated_node
 

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hql_ray"
 LAYERS = {
     1: "errors config search_space tree amr corpus records",
     2: "dataset batching tensorfile",
-    3: "modeling handoff node context adafactor losses evaluation metrics flops tiny_pretrain tracking",
+    3: "modeling handoff node context adafactor losses evaluation metrics flops tiny_pretrain tracking memory reevaluate",
     4: "manifest results export export_modes model_card report plots progress generate",
     5: "driver cluster scheduling launch ray_worker tune board watch placement preflight simulate plan",
     6: "datacheck translate parse_amr sample tiny_nllb seq2seq_actor sharded infer_cli",

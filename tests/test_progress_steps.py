@@ -238,18 +238,6 @@ def test_export_helpers_never_raise():
 
 
 # ---- through a whole node (node.py passes ctx.progress on) -------------------------------------------
-def node_passes_progress() -> bool:
-    """node.setup/finish hand `progress=ctx.progress` to node_dataset / evaluate_node (the lead's lines)."""
-    import inspect
-
-    from hql_ray import node
-
-    return inspect.getsource(node).count("progress=ctx.progress") + inspect.getsource(node).count(
-        "progress=st.ctx.progress") >= 2
-
-
-@pytest.mark.xfail(not node_passes_progress(), strict=True,
-                   reason="node.py does not yet pass progress=ctx.progress to node_dataset and evaluate_node")
 def test_a_nodes_updates_name_its_tokenizing_and_generation(tmp_path, small_corpus, four_language_tree):
     from conftest import tiny_overrides
     from hql_ray.node import train_node
