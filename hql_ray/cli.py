@@ -18,11 +18,26 @@ from hql_ray.errors import HQLError
 COMMANDS = [train, tree, data, report, generate, translate, parse]
 
 
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("hql-ray")
+    except PackageNotFoundError:
+        from hql_ray import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hql-ray",
-        description="Hierarchical QLoRA AMR-to-text training over a language tree, on Ray.",
+        description="Hierarchical QLoRA AMR-to-text training over a language tree, on Ray. "
+        "The demo: hql-ray train (PTHQL on the bundled sample, a tiny mT5, local Ray on CPU).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -32,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv:
-        # The built-in default job: the demo (PTHQL on the bundled sample, tiny model, local Ray).
-        argv = ["train"]
+    if not argv:  # bare `hql-ray`: the commands (the demo is `hql-ray train`)
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

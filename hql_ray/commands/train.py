@@ -33,6 +33,15 @@ def add_parser(sub) -> None:
         "With no --config and no flags it runs the demo (configs/demo.yaml).",
     )
     p.add_argument("--config", help="YAML config (see configs/); flags and overrides win over it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML (defaults < --config < flags < overrides; "
+                        "--config reads it back) and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check config, tree, data and run folder without Ray, print the plan (per node: "
+                        "languages, examples, steps, workers, adapter size, GPU memory) and exit")
+    p.add_argument("--slots", type=int, metavar="N",
+                   help="with --dry-run: worker slots to plan for (default: --num-gpus, else the GPUs "
+                        "visible here, else resources.num_cpu_slots or the CPUs)")
     orig = p.add_argument_group("the original train.py's flags")
     orig.add_argument("-bm", "--base-model", help="hub name, local dir, or 'tiny' (built-in random tiny mT5)")
     orig.add_argument("-tm", "--training-mode", choices=MODES, help="qlora (4-bit base + LoRA), lora, or fft")
@@ -141,16 +150,47 @@ def resolve_config(args: argparse.Namespace):
         if not Path(config_file).is_file():
             raise ConfigError(f"no --config given and the demo config {DEMO_CONFIG} is not here; "
                               "run from the hql-ray checkout or pass --config")
-        print(f"hql-ray train: no config given, running the demo ({DEMO_CONFIG})", file=sys.stderr)
+        print(f"hql-ray train: no config given, using the demo's ({DEMO_CONFIG})", file=sys.stderr)
     return make_config(config_file, flags, args.overrides)
 
 
+def config_yaml(cfg) -> str:
+    """The resolved config as YAML that `--config` reads back to the same config."""
+    import yaml
+
+    header = "# the resolved config of `hql-ray train` (defaults < --config < flags < overrides); --config reads it\n"
+    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+
+
 def run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.print_config:
+        sys.stdout.write(config_yaml(cfg))
+        return 0
+    if args.slots is not None and args.slots < 1:
+        raise ConfigError(f"--slots must be >= 1, got {args.slots}")
+    if args.dry_run:
+        from hql_ray import plan
+
+        dry = plan.make_plan(cfg, slots=args.slots)
+        print(plan.render(dry))
+        return 2 if dry.problems else 0
+    return train(cfg, args)
+
+
+def train(cfg, args: argparse.Namespace) -> int:
+    from hql_ray import plan
+    from hql_ray.tree import load_tree
+
+    # An existing run folder (no --resume) is refused first: before the data check, the demo base's
+    # build or Ray.
+    tree = load_tree(cfg.tree.file, cfg.tree.levels)
+    plan.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
+
     from hql_ray.driver import Driver
     from hql_ray.progress import make_reporter
 
-    cfg = resolve_config(args)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     simulate = None
     if args.simulate is not None:
         simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs, "adapters": args.simulate_adapters}

@@ -1,0 +1,158 @@
+"""CLI conventions: bare `hql-ray` lists the commands, --version, `train --print-config` (read back by
+--config), `train --dry-run` (every check without Ray, and the plan), and an existing run folder refused
+before anything starts. Fast: no Ray, no training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from hql_ray import plan, preflight
+from hql_ray.cli import build_parser, main
+from hql_ray.commands import train as train_cmd
+from hql_ray.commands.train import resolve_config
+from hql_ray.config import make_config
+from hql_ray.manifest import Manifest
+from hql_ray.tree import load_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_checkout(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name language_files/... and data/sample relative to the checkout
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> str:
+    """One verdict cache for the module's dry runs: the sample is parsed once."""
+    return f"data.cache_dir={tmp_path_factory.mktemp('cache')}"
+
+
+def test_bare_hql_ray_lists_the_commands_and_trains_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(train_cmd, "run", lambda args: pytest.fail("bare hql-ray must not train"))
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "tree", "data", "report", "generate", "translate", "parse"):
+        assert command in out
+    assert "hql-ray train" in out  # where the demo went
+
+
+def test_version_is_the_installed_packages(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hql-ray {version('hql-ray')}"
+
+
+@pytest.mark.parametrize("argv", [
+    [],  # the demo's config
+    ["--config", "configs/tune_demo.yaml", "-le", "2", "-ls", "8", "-sv", "Germanic", "train.learning_rate=1e-4",
+     "data.max_source_length=null", "eval.test_sets=[flores, amr3]"],
+    ["-bm", "tiny", "--data-dir", "data/sample", "--num-gpus", "0", "run.name=x", "tracking.wandb=true"],
+])
+def test_print_config_is_read_back_to_the_same_config(argv, tmp_path, capsys):
+    assert main(["train", *argv, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    path = tmp_path / "resolved.yaml"
+    path.write_text(printed, encoding="utf-8")
+    resolved = resolve_config(build_parser().parse_args(["train", *argv]))
+    assert make_config(path).to_dict() == resolved.to_dict()
+    if "-le" in argv:  # the flags and overrides are in it, over the file's values
+        again = make_config(path)
+        assert (again.train.epochs, again.model.lora.r, again.train.learning_rate) == (2.0, 8, 1e-4)
+        assert again.tree.skip == ["Germanic"] and again.tune == make_config("configs/tune_demo.yaml").tune
+
+
+def _dry(argv, capsys) -> tuple[int, str]:
+    rc = main(["train", "--dry-run", *argv])
+    return rc, capsys.readouterr().out
+
+
+def test_dry_run_plans_the_demo(tmp_path, capsys, cache):
+    argv = ["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache]
+    rc, out = _dry(argv, capsys)
+    assert rc == 0, out
+    assert "2 CPU slot(s)" in out and "nothing started (no Ray)" in out
+    cfg = make_config("configs/demo.yaml", overrides=argv[2:])
+    tree = load_tree(cfg.tree.file, cfg.tree.levels)
+    shown = [line.split()[0] for line in out.splitlines()[3:3 + len(tree.nodes)]]
+    assert shown == list(tree.nodes)  # one row per node, parents first
+    sizes = preflight.check(cfg, tree)
+    nodes = {n.id: n for n in plan.make_plan(cfg).nodes}
+    root, leaf = nodes["level0.Indo_European"], nodes["language.German"]
+    assert (root.examples, root.steps, root.workers) == (sizes[root.id], -(-sizes[root.id] // 8), 2)
+    assert (leaf.examples, leaf.steps, leaf.workers) == (sizes[leaf.id], -(-sizes[leaf.id] // 8), 1)
+    assert root.languages == [lang.code for lang in tree.languages]
+    # the tiny mT5's r=16 LoRA on every linear layer, as a node's adapter holds it (simulate.lora_shapes)
+    from hql_ray.simulate import lora_shapes
+
+    shapes = lora_shapes("tiny", tuple((k, tuple(v) if isinstance(v, list) else v)
+                                       for k, v in sorted(cfg.model.lora.to_state().items())))
+    params = sum(a * b for a, b in shapes.values())
+    assert root.adapter == {"params": params, "bytes": 4 * params}
+
+
+def test_dry_run_of_pthql_reports_missing_data_and_still_plans(capsys):
+    rc, out = _dry(["--config", "configs/pthql.yaml", "--num-gpus", "4"], capsys)
+    assert rc == 2
+    assert "problem: data: no corpus in the data directory" in out  # the folder named
+    assert "4 GPU slot(s)" in out
+    assert "level0.Indo_European" in out and "language.Haitian_Creole" in out
+    assert "292.55M params, 1.17 GB" in out  # mt5-large's r=256 LoRA: 292,552,704 fp32 parameters
+
+
+def test_dry_run_of_pthql_starts_no_ray(tmp_path, cache):
+    """In a fresh interpreter: the plan of the real config (on the sample) never imports Ray."""
+    code = ("import sys; from hql_ray.cli import main; "
+            "rc = main(['train', '--dry-run', '--config', 'configs/pthql.yaml', 'data.dir=data/sample', "
+            "'eval.test_sets=[flores]', 'run.output_dir=' + sys.argv[1], sys.argv[2], '--slots', '8']); "
+            "print('RAY', 'ray' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), cache], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert "RAY False 0" in out.stdout, out.stdout + out.stderr
+    assert "8 GPU slot(s)" in out.stdout
+
+
+def _existing_run(tmp_path, cache) -> list[str]:
+    cfg = make_config("configs/demo.yaml", overrides=[f"run.output_dir={tmp_path}"])
+    Manifest.create(cfg.run_dir / "manifest.json", load_tree(cfg.tree.file, cfg.tree.levels), cfg.to_dict(), cfg.run_name)
+    return ["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache]
+
+
+def test_an_existing_run_folder_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys, cache):
+    argv = _existing_run(tmp_path, cache)
+    rc, out = _dry(argv, capsys)
+    assert rc == 2 and "problem: run folder" in out and "add --resume" in out
+    rc, out = _dry([*argv, "--resume"], capsys)  # --resume: allowed
+    assert "problem: run folder" not in out
+    # The real run: refused before the data check (which comes before the base's build and Ray).
+    monkeypatch.setattr(preflight, "check", lambda *a, **k: pytest.fail("the data check ran first"))
+    assert main(["train", *argv]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_schedule_and_steps_follow_the_driver():
+    cfg = make_config("configs/demo.yaml")
+    tree = load_tree(cfg.tree.file, cfg.tree.levels)
+    sizes = {n: 1000 for n in tree.nodes}
+    workers = plan.schedule(cfg, tree, sizes, 4, finished=set())
+    assert workers["level0.Indo_European"] == 4  # alone: the whole cluster
+    assert workers["level1.Germanic"] == 2 and workers["level1.Romance"] == 2
+    assert set(workers) == set(tree.nodes)
+    assert plan.steps_for(cfg, 1000, 4) == 125  # a global batch of 8 whatever the workers
+    cfg.train.batch_per_worker = True
+    assert plan.steps_for(cfg, 1000, 4) == 32
+    cfg.train.max_steps = 10
+    assert plan.steps_for(cfg, 1000, 4) == 10
+    assert plan.frozen_ranks(cfg, tree, "language.German") == [16, 16, 16]
+
+
+def test_unknown_base_says_unknown(tmp_path, capsys, cache):
+    rc, out = _dry(["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache,
+                    "model.base=nobody/no-such-model"], capsys)
+    assert rc == 0 and "adapter size unknown" in out and out.splitlines()[3].endswith("unknown")
