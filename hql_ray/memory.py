@@ -172,7 +172,11 @@ def activation_bytes(cfg: Config, ancestor_ranks: list[int], batch: int, source_
         for name, param in peft_model.named_parameters():
             param.requires_grad = "lora_" in name and ".node." in name
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (as modeling.load_base_model)
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             model.enable_input_require_grads()
         model.config.use_cache = False
         peft_model.train()
