@@ -108,11 +108,82 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
+MEASURE = """
+import json, sys, time
+from pathlib import Path
+import torch, transformers, peft
+from hql_ray import export_modes
+from hql_ray.config import Config
+def hwm():  # this process's peak RSS (VmHWM starts afresh at exec; ru_maxrss would start at the parent's)
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+before = hwm()
+mode, r, base, out, *chain = sys.argv[1:]
+cfg = Config()
+cfg.model.base, cfg.model.mode, cfg.model.lora.r, cfg.export.mode = "tiny", "lora", int(r), mode  # tiny: its tokenizer
+start = time.time()
+info = export_modes.export_language(cfg, [Path(c) for c in chain], Path(out), base)
+peak = hwm()
+print(json.dumps({**info, "seconds": time.time() - start, "rss_after_imports": before, "peak_rss": peak}))
+"""
+
+
+def measure(layers: int, r: int, nodes: int) -> None:
+    """Each mode's export in a fresh process on mT5-large's widths and vocabulary with `layers` layers a
+    side (random weights, written to a temp folder): its peak RSS (VmHWM) against the fp32 base's bytes."""
+    import subprocess
+    import tempfile
+
+    import torch
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    from hql_ray import flops
+    from hql_ray.config import LoraShape
+    from hql_ray.handoff import save_adapter_state
+    from hql_ray.records import AdapterState
+    from hql_ray.simulate import lora_shapes
+
+    with tempfile.TemporaryDirectory(prefix="export-sizes-") as tmp:
+        root = Path(tmp)
+        # MT5Config as transformers 5.24 loads google/mt5-large: embeddings and head tied (it forces that)
+        model = MT5ForConditionalGeneration(MT5Config(**{**flops.MT5_LARGE, "num_layers": layers,
+                                                         "num_decoder_layers": layers}))
+        n_base = sum(p.numel() for p in model.parameters())  # tied parameters once
+        model.save_pretrained(str(root / "base"))
+        del model
+        state = LoraShape(r=r).to_state()
+        shapes = lora_shapes(str(root / "base"), tuple((k, tuple(v) if isinstance(v, list) else v)
+                                                       for k, v in sorted(state.items())))
+        chain = []
+        for i in range(nodes):
+            g = torch.Generator().manual_seed(i)
+            tensors = {k: torch.randn(s, generator=g) * (0.02 if ".lora_A." in k else 0.001) for k, s in shapes.items()}
+            chain.append(str(save_adapter_state(AdapterState(state, tensors), root / f"n{i}")))
+            del tensors
+        print(f"mT5-large widths, {layers}+{layers} layers: {n_base / 1e6:.0f}M parameters "
+              f"(fp32 {4 * n_base / 1e9:.2f} GB); a chain of {nodes} x r={r}\n")
+        print("| export.mode | on disk | wall | peak RSS | peak RSS - RSS after imports | logit error (max abs / rel) |")
+        print("|---|---|---|---|---|---|")
+        for mode in ("adapter", "adapter-bf16", "merged", "compact"):
+            out = subprocess.run([sys.executable, "-c", MEASURE, mode, str(r), str(root / "base"), str(root / mode),
+                                  *chain], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+            m = json.loads(out.strip().splitlines()[-1])
+            err = (f"{m['logit_max_abs_error']:.3g} / {m['logit_rel_error']:.3g}" if mode == "compact" else "-")
+            print(f"| `{mode}` | {m['bytes'] / 1e9:.2f} GB | {m['seconds']:.0f} s | {m['peak_rss'] / 1e9:.2f} GB "
+                  f"| {(m['peak_rss'] - m['rss_after_imports']) / 1e9:.2f} GB | {err} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--r", type=int, default=256, help="each node's LoRA rank (model.lora.r)")
     parser.add_argument("--nodes", type=int, default=4, help="nodes in the leaf's chain (stack hand-off)")
+    parser.add_argument("--measure", type=int, metavar="LAYERS", default=0,
+                        help="also run each mode on mT5-large's widths with LAYERS layers a side (random weights) "
+                             "and print its peak RSS")
     args = parser.parse_args(argv)
+    if args.measure:
+        measure(args.measure, args.r, args.nodes)
+        return
     rows = table(args.r, args.nodes)
     exact = rows[0][3]
     print(f"A leaf of {BASE}, a stacked chain of {args.nodes} nodes at r={args.r} (rank {args.r * args.nodes}):\n")

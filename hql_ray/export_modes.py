@@ -111,16 +111,18 @@ def export_merged(chain_dirs: list[Path], out_dir: Path, base_ref: str, tokenize
 def compact_module(a, b, rank: int):
     """The best rank-``rank`` approximation of B @ A (a: [R x in], b: [out x R]) as factors (A', B') with
     B' A' ~ B A: QR of B and of A^T, SVD of the R x R core, the singular values split evenly (sqrt on
-    each side). Fewer singular values than ``rank`` (a small module): zero rows / columns pad it."""
+    each side). Fewer singular values than ``rank`` (a small module): zero rows / columns pad it. Computed
+    in the factors' precision (fp32 for saved adapters: the result is stored in fp32 anyway)."""
     import torch
 
-    qb, rb = torch.linalg.qr(b.double())
-    qa, ra = torch.linalg.qr(a.double().T)
-    u, sv, vh = torch.linalg.svd(rb @ ra.T)
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    qb, rb = torch.linalg.qr(b.to(dtype))
+    qa, ra = torch.linalg.qr(a.to(dtype).T)
+    u, sv, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
     k = min(rank, sv.numel())
     root = torch.sqrt(sv[:k])
-    a2 = torch.zeros(rank, a.shape[1], dtype=torch.float64)
-    b2 = torch.zeros(b.shape[0], rank, dtype=torch.float64)
+    a2 = torch.zeros(rank, a.shape[1], dtype=dtype)
+    b2 = torch.zeros(b.shape[0], rank, dtype=dtype)
     a2[:k] = root[:, None] * (vh[:k] @ qa.T)
     b2[:, :k] = (qb @ u[:, :k]) * root
     return a2.to(a.dtype), b2.to(b.dtype)
