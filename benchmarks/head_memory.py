@@ -53,6 +53,15 @@ def snapshot(ref: str | None, into: Path) -> Path:
     return into
 
 
+def anonymous_bytes(pid: int) -> int:
+    """The process's own memory (heap, arrays it allocated): `Anonymous:` of /proc/<pid>/smaps_rollup.
+    Unlike RSS it leaves out file pages (mapped adapter files) and shared object-store pages."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def measure(code: Path, config: str, out: Path, label: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "hql_ray", "train", "--config", str(REPO / config), "--simulate", "0",
@@ -62,13 +71,17 @@ def measure(code: Path, config: str, out: Path, label: str) -> dict:
     shm0 = shutil.disk_usage("/dev/shm").used
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = {"rss": 0, "uss": 0, "shm": 0, "exports": 0, "exported": 0}
+    peak = {"rss": 0, "uss": 0, "anon": 0, "shm": 0, "exports": 0, "exported": 0}
+    now = {"rss": 0, "anon": 0}
+    by_nodes: list[tuple[int, float, float]] = []  # (nodes done, driver RSS GB, anonymous GB) as each finishes
     done = threading.Event()
     lines: list[str] = []
 
     def reader():
         for line in proc.stdout:
             lines.append(line)
+            if ": done (" in line:
+                by_nodes.append((len(by_nodes) + 1, now["rss"] / 1e9, now["anon"] / 1e9))
 
     def sampler():
         driver = psutil.Process(proc.pid)
@@ -77,7 +90,9 @@ def measure(code: Path, config: str, out: Path, label: str) -> dict:
             try:
                 info = driver.memory_full_info()
                 peak["rss"], peak["uss"] = max(peak["rss"], info.rss), max(peak["uss"], info.uss)
-            except psutil.Error:
+                now["rss"], now["anon"] = info.rss, anonymous_bytes(proc.pid)
+                peak["anon"] = max(peak["anon"], now["anon"])
+            except (psutil.Error, OSError):
                 pass
             peak["shm"] = max(peak["shm"], shutil.disk_usage("/dev/shm").used - shm0)
             if final.exists():  # a finished export is a folder without a temp name: count it, free the disk
@@ -95,7 +110,8 @@ def measure(code: Path, config: str, out: Path, label: str) -> dict:
     threads[1].join()
     seconds = time.time() - started
     result = {"label": label, "rc": rc, "seconds": round(seconds), "peak_rss_gb": peak["rss"] / 1e9,
-              "peak_uss_gb": peak["uss"] / 1e9, "peak_shm_gb": peak["shm"] / 1e9,
+              "peak_uss_gb": peak["uss"] / 1e9, "peak_anon_gb": peak["anon"] / 1e9, "by_nodes": by_nodes,
+              "peak_shm_gb": peak["shm"] / 1e9,
               "run_folder_gb": tree_bytes(out / "hm") / 1e9, "exports_gb": peak["exports"] / 1e9,
               "exports": peak["exported"]}
     if rc != 0:
@@ -117,17 +133,20 @@ def main() -> int:
             row = measure(code, args.config, work / f"out-{len(rows)}", label)
             rows.append(row)
             print(f"{row['label']}: rc {row['rc']}, {row['seconds']} s, driver peak RSS {row['peak_rss_gb']:.2f} GB "
-                  f"(USS {row['peak_uss_gb']:.2f}), object store (/dev/shm) peak {row['peak_shm_gb']:.2f} GB, "
+                  f"(USS {row['peak_uss_gb']:.2f}, anonymous {row['peak_anon_gb']:.2f}), object store (/dev/shm) peak {row['peak_shm_gb']:.2f} GB, "
                   f"run folder {row['run_folder_gb']:.2f} GB + exports {row['exports_gb']:.2f} GB "
                   f"({row['exports']} leaves)", flush=True)
+            print("  driver RSS / anonymous GB as nodes finish: " + ", ".join(
+                f"{n}: {rss:.2f}/{anon:.2f}" for n, rss, anon in row["by_nodes"]), flush=True)
             shutil.rmtree(work / f"out-{len(rows) - 1}", ignore_errors=True)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| driver | wall | driver peak RSS | peak USS | object store peak | node adapters written | exports written |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| driver | wall | driver peak RSS | peak USS | peak anonymous | object store peak | node adapters written | exports written |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['seconds']} s | {r['peak_rss_gb']:.2f} GB | {r['peak_uss_gb']:.2f} GB | "
+              f"{r['peak_anon_gb']:.2f} GB | "
               f"{r['peak_shm_gb']:.2f} GB | {r['run_folder_gb']:.2f} GB | {r['exports_gb']:.2f} GB ({r['exports']}) |")
     return 0 if all(r["rc"] == 0 for r in rows) else 1
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray import export, handoff, launch, model_card, preflight, progress, reevaluate, results, search_space, tracking, tune
+from hql_ray import export, export_modes, handoff, keeper, launch, model_card, preflight, progress, reevaluate, results, search_space, tracking, tune
 from hql_ray.board import RunBoard
 from hql_ray.cluster import check_storage, detect_slots, init_ray
 from hql_ray.config import TINY_BASES, Config
@@ -28,7 +28,7 @@ from hql_ray.launch import NodeJob, Slots
 from hql_ray.manifest import Manifest
 from hql_ray.progress import chrf_means
 from hql_ray.records import AdapterState, NodeResult, NodeSpec, RunEvent
-from hql_ray.ray_worker import from_wire, to_wire
+from hql_ray.ray_worker import from_wire
 from hql_ray.scheduling import allocate_workers, max_workers
 from hql_ray.tree import LanguageTree, load_tree
 from hql_ray.watch import RunWatch
@@ -54,10 +54,17 @@ class Run:
     # --resume: done nodes whose evaluation failed, to be evaluated again (not retrained); those in flight.
     evaluate: set[str] = field(default_factory=set)
     evaluating: set[str] = field(default_factory=set)
+    keeper: Any = None  # the AdapterKeeper actor: finished nodes' adapters, saved and held for the children
+    head: str = ""  # Ray node id of the driver's machine (the run folder): where the keeper and exports run
 
     @property
     def busy_slots(self) -> int:
         return sum(workers for _, workers in self.running.values())
+
+
+def _check_only(path: str, checksum: str | None) -> None:
+    """keeper.check_saved without sending the adapter back (run on the head by `keeper.on_head`)."""
+    keeper.check_saved(path, checksum)
 
 
 def last_error_line(err: BaseException) -> str:
@@ -137,6 +144,7 @@ class Driver:
         here = ray.get_runtime_context().get_node_id()
         board = RunBoard.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         run = Run(manifest, slots, sizes, storage, board, RunWatch(board, cfg.resources.wait_warning_s, self.on_event))
+        run.head, run.keeper = here, keeper.start_keeper(here)
         self.restore_done(run)
         self.on_event(RunEvent.RUN_STARTED, {"run_dir": str(self.run_dir), "slots": slots.total,
                                              "gpu": slots.use_gpu, "nodes": len(self.tree.nodes), "board": board})
@@ -162,10 +170,8 @@ class Driver:
         for node_id, entry in manifest.nodes.items():
             if entry.status == "done" and entry.adapter:
                 adapter_dir = self.run_dir / entry.adapter
-                try:
-                    st = handoff.load_adapter_state(adapter_dir)
-                    if handoff.state_checksum(st) != entry.checksum:
-                        raise ValueError("checksum mismatch")
+                try:  # read and checked on the head by a task: the driver holds no adapter
+                    keeper.on_head(run.head, _check_only, str(adapter_dir), entry.checksum)
                 except Exception as err:  # noqa: BLE001 - any damage means: train again
                     if node_id in self.skipped:
                         raise ConfigError(f"tree.skip (-sv): the saved adapter of skipped node {node_id} is unusable "
@@ -173,7 +179,7 @@ class Driver:
                     log.warning("node %s: saved adapter unusable (%s); it will be retrained", node_id, err)
                     manifest.update(node_id, status="pending", adapter=None)
                     continue
-                del st  # verified; put in the object store below only if a node still to run needs it
+                # verified; put in the object store below only if a node still to run needs it
                 self.on_event(RunEvent.SKIPPED, {"node": node_id})
                 if (entry.metrics or {}).get("evaluation_error") and self.cfg.eval.generate and not self.simulate:
                     log.warning("node %s: its evaluation failed in the earlier run (%s); evaluating it again",
@@ -185,8 +191,7 @@ class Driver:
                 manifest.update(node_id, status="pending", started_at=None, finished_at=None)
 
         for node_id in sorted(self._needed_refs(run)):
-            state = handoff.load_adapter_state(self.run_dir / manifest.nodes[node_id].adapter)
-            run.refs[node_id] = ray.put(to_wire(state))
+            run.refs[node_id] = keeper.load_saved(run.head, self.run_dir / manifest.nodes[node_id].adapter)
 
     def _needed_refs(self, run: Run) -> set[str]:
         """Done nodes whose adapters a node that may still run starts from (not one below a failed node)."""
@@ -283,6 +288,7 @@ class Driver:
                 cfg=self.cfg.to_dict(), workers=workers,
                 node=tracking.with_step_offset(self.node_spec(node_id, run.sizes), self.tree, run.manifest),
                 parent_refs=[run.refs[a] for a in self.chain_ids(node_id)],
+                keeper=run.keeper, adapter_path=str((self.run_dir / "nodes" / node_id / "adapter").absolute()),
                 name=f"{node_id}.launch{self._launches}.{int(time.time())}",
                 slots=run.slots, storage=run.storage, board=run.board, simulate=self.simulate,
                 max_failures=self.cfg.resources.max_failures,
@@ -322,7 +328,8 @@ class Driver:
         run.manifest.update(node_id, metrics=metrics)
         for code in entry.exported or []:  # the model cards carry the scores
             out_dir = self.run_dir / "final" / code
-            model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
+            model_card.write_model_card(out_dir, {**self._card_info(node_id, code, out_dir, metrics),
+                                                  "export": entry.exports.get(code)})
         if "evaluation_error" in scores:
             log.warning("node %s: evaluation failed again: %s", node_id, scores["evaluation_error"])
         else:
@@ -345,15 +352,24 @@ class Driver:
                             attempts=entry.attempts + max(attempts, 1),
                             error=run.watch.explain(node_id, f"{type(err).__name__}: {err}")[:4000])
             self.on_event(RunEvent.NODE_FAILED, {"node": node_id, "error": run.watch.explain(node_id, last_error_line(err))})
+            run.keeper.drop.remote(node_id)  # what a failed attempt may have handed over
             return
-        own = from_wire(out.adapter, copy=False)  # the fit result's arrays: no second copy on the head
         adapter_rel = Path("nodes") / node_id / "adapter"
-        handoff.save_adapter_state(own, self.run_dir / adapter_rel)  # persisted before "done"
-        checksum = handoff.state_checksum(own)
-        del own
-        if any(node_id in self.chain_ids(child.id) for child in self.tree.children_of(node_id)):
-            run.refs[node_id] = ray.put(out.adapter)  # once; every child gets this ref
-        out.adapter = None  # the head keeps no adapter in memory
+        handed_on = any(node_id in self.chain_ids(child.id) for child in self.tree.children_of(node_id))
+        if out.kept_checksum is not None:  # saved by the keeper (persisted before "done"); only its reference here
+            checksum = out.kept_checksum
+            ref = ray.get(run.keeper.take.remote(node_id))[0]
+            if handed_on:
+                run.refs[node_id] = ref
+            del ref
+        else:  # a searched node: the best trial's adapter came back as the result
+            own = from_wire(out.adapter, copy=False)  # the fit result's arrays: no second copy on the head
+            handoff.save_adapter_state(own, self.run_dir / adapter_rel)  # persisted before "done"
+            checksum = handoff.state_checksum(own)
+            del own
+            if handed_on:
+                run.refs[node_id] = ray.put(out.adapter)  # once; every child gets this ref
+        out.adapter = None  # the driver keeps no adapter in memory
         workers = out.workers
         resources = dict(entry.resources or {})
         resources["gpu_ids"] = sorted({g for w in workers for g in w.get("gpu_ids", [])}, key=str)
@@ -361,8 +377,8 @@ class Driver:
         if out.trials:
             run.watch.release_all()  # the search's stopped trials free their slots before children start
         # Exports run on a real run, and on a dry run whose adapters have the real shapes.
-        exports = not self.simulate or self.simulate.get("adapters") == "real"
-        exported = self._export_leaves(node_id, run, out.metrics or {}) if exports else []
+        real_bytes = not self.simulate or self.simulate.get("adapters") == "real"
+        exports = self._export_leaves(node_id, run, out.metrics or {}) if real_bytes else {}
         manifest.update(
             node_id,
             status="done",
@@ -376,28 +392,30 @@ class Driver:
             metrics=out.metrics,
             history=out.history,
             trials=out.trials,
-            exported=exported,
+            exported=sorted(exports),
+            exports=exports,
         )
         self.on_event(RunEvent.NODE_DONE, {"node": node_id, "metrics": out.metrics or {}})
 
-    def _export_leaves(self, node_id: str, run: Run, metrics: dict) -> list[str]:
-        """Languages whose last node this is get final/<code>/: one standard PEFT adapter (or full model)."""
+    def _export_leaves(self, node_id: str, run: Run, metrics: dict) -> dict[str, dict]:
+        """Languages whose last node this is get final/<code>/ in export.mode (a PEFT adapter, a merged
+        model, ...), written by a task on the head from the saved node adapters; {code: export info}."""
         codes = [lang.code for lang in self.tree.languages if self.tree.leaf_for(lang.code).id == node_id]
         if not codes:
-            return []
+            return {}
         nodes = run.manifest.nodes
         chain = [self.run_dir / (nodes[a].adapter or "") for a in self.chain_ids(node_id)]
         chain = handoff.handed_on(chain + [self.run_dir / "nodes" / node_id / "adapter"],
                                   self.cfg.model.handoff, self.cfg.model.mode)
+        base_ref = export.base_model_reference(self.cfg)
+        infos = {}
         for i, code in enumerate(codes, 1):
             out_dir = self.run_dir / "final" / code
             with progress.exporting(self.on_event, node_id, code, i, len(codes)):
-                if self.cfg.model.mode == "fft":
-                    export.export_full_model(self.cfg, handoff.load_adapter_state(chain[-1]), out_dir)
-                else:  # read from the saved node adapters one module at a time
-                    export.export_saved_chain(chain, out_dir, export.base_model_reference(self.cfg))
-                model_card.write_model_card(out_dir, self._card_info(node_id, code, out_dir, metrics))
-        return codes
+                infos[code] = keeper.on_head(run.head, export_modes.export_language, self.cfg, chain, out_dir, base_ref)
+                model_card.write_model_card(out_dir, {**self._card_info(node_id, code, out_dir, metrics),
+                                                      "export": infos[code]})
+        return infos
 
     def _card_info(self, node_id: str, code: str, out_dir: Path, metrics: dict) -> dict:
         """What final/<code>/README.md says: plain fields for `model_card.card_text`."""

@@ -66,6 +66,8 @@ class NodeJob:
     board: Any  # the RunBoard actor (a tune.TrialBoard inside a trial)
     simulate: dict | None = None
     max_failures: int = 0
+    keeper: Any = None  # the run's AdapterKeeper: rank 0 hands it the adapter (None: returned, as in Tune trials)
+    adapter_path: str | None = None  # where the keeper saves it (nodes/<id>/adapter in the run folder)
     evaluate_only: bool = False  # --resume after a failed evaluation: parent_refs end with the node's own adapter
     train_env: dict = field(default_factory=ray_train_env)  # the driver's, applied where fit() runs
 
@@ -96,6 +98,8 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
             "simulate": job.simulate,
             "run": job.name,  # rank 0 tells the board which placement group this run holds
             "evaluate_only": job.evaluate_only,
+            "keeper": job.keeper,
+            "adapter_path": job.adapter_path,
         },
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.slots.use_gpu,
                                      resources_per_worker=per_worker_resources(job.slots)),

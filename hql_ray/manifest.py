@@ -69,6 +69,7 @@ class NodeRecord:
     history: list[dict] | None = None
     trials: list[dict] | None = None  # a searched node (hql_ray.tune)
     exported: list[str] = field(default_factory=list)  # languages written under final/
+    exports: dict = field(default_factory=dict)  # code -> export.mode, bytes on disk, compact's logit error
     error: str | None = None
     extra: dict = field(default_factory=dict)  # keys this version does not know, written back as they were
 

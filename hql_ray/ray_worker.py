@@ -146,4 +146,9 @@ def node_train_loop(loop_config: dict):
         result = train_node(loop_config["config"], node, parent_chain, ctx)
     if ctx.rank != 0:
         return None
-    return dataclasses.replace(result, adapter=to_wire(result.adapter), received_checksums=received, workers=workers)
+    result = dataclasses.replace(result, received_checksums=received, workers=workers)
+    keeper = loop_config.get("keeper")
+    if keeper is not None and result.adapter is not None:  # saved and kept on the head: no bytes to the driver
+        checksum = ray.get(keeper.keep.remote(node.id, to_wire(result.adapter), loop_config["adapter_path"]))
+        return dataclasses.replace(result, adapter=None, kept_checksum=checksum)
+    return dataclasses.replace(result, adapter=to_wire(result.adapter))

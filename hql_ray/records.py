@@ -90,3 +90,5 @@ class NodeResult:
     trials: list[dict] | None = None  # a searched node: every trial (hql_ray.tune)
     workers: list[dict] = field(default_factory=list)  # host, node_ip, pid, gpu_ids of each worker
     received_checksums: list[str] = field(default_factory=list)  # the ancestors' adapters it started from
+    # The adapter went to the run's keeper (hql_ray.keeper), which saved it: its checksum; adapter is None.
+    kept_checksum: str | None = None

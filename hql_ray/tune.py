@@ -208,7 +208,7 @@ def search_node(cfg, job: launch.NodeJob) -> NodeResult:
         trial_id = tune.get_context().get_trial_id()
         run_name = f"{name}.trial_{trial_id}"  # unique under the storage path: a reused name would resume
         ray.get(state.began.remote(trial_id, dict(params), run_name))
-        trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, params), workers=1, name=run_name,
+        trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, params), workers=1, name=run_name, keeper=None,
                                         board=TrialBoard(board, state, trial_id))
         trainer = launch.make_trainer(trial_job, callbacks=[_report_callback(spec.metric)])
         result, error = None, None
