@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,36 +162,42 @@ def base_config(cfg: Config):
 def adapter_size(cfg: Config, model_config) -> dict | None:
     """Parameters and bytes (fp32, as saved) of one node's trainable part: its LoRA (model.lora on the
     real shapes, built on the meta device), or the whole model with model.mode fft."""
-    import warnings
-
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, not the user's
         model = AutoModelForSeq2SeqLM.from_config(model_config)
-    if cfg.model.mode == "fft":
-        params = sum(p.numel() for p in model.parameters())
-    else:
-        from peft import get_peft_model, get_peft_model_state_dict
+        if cfg.model.mode == "fft":
+            params = sum(p.numel() for p in model.parameters())
+        else:
+            from peft import get_peft_model, get_peft_model_state_dict
 
-        peft_model = get_peft_model(model, cfg.model.lora.to_peft())
-        trainable = {k: v for k, v in peft_model.named_parameters() if "lora_" in k}
-        params = sum(v.numel() for v in get_peft_model_state_dict(peft_model, state_dict=trainable).values())
+            peft_model = get_peft_model(model, cfg.model.lora.to_peft())
+            trainable = {k: v for k, v in peft_model.named_parameters() if "lora_" in k}
+            params = sum(v.numel() for v in get_peft_model_state_dict(peft_model, state_dict=trainable).values())
     return {"params": int(params), "bytes": int(params) * 4}
 
 
-def memory_estimator():
-    """hql_ray.memory.estimate_node_memory where that module is there, else None."""
+def memory_estimator(activations: bool = False):
+    """(cfg, frozen ancestor ranks) -> bytes by part and "total", from hql_ray.memory where it is there:
+    its estimate_node_memory, else node_memory (the static part only unless `activations`: measuring them
+    on the meta device takes 20-60 s per depth for mT5-large). None without hql_ray.memory."""
     try:
         from hql_ray.memory import estimate_node_memory  # noqa: PLC0415
+
+        return estimate_node_memory
+    except ImportError:
+        pass
+    try:
+        from hql_ray.memory import node_memory  # noqa: PLC0415
     except ImportError:
         return None
-    return estimate_node_memory
+    return lambda cfg, ranks: node_memory(cfg, ranks, activations=activations)
 
 
 # ---- the plan --------------------------------------------------------------------------------------
-def make_plan(cfg: Config, slots: int | None = None) -> Plan:
+def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) -> Plan:
     """Every check that needs no Ray, and the plan; raises only when there is no tree to plan."""
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     skipped = tree.skip_nodes(cfg.tree.skip)
@@ -218,7 +225,7 @@ def make_plan(cfg: Config, slots: int | None = None) -> Plan:
         plan.nodes.append(NodePlan(
             node.id, node.depth, node.codes, sizes[node.id] if known else None,
             steps_for(cfg, sizes[node.id], w) if known and w else None, w if state == "train" else None, state))
-    _memory(plan, cfg, tree)
+    _memory(plan, cfg, tree, activations)
     for node in plan.nodes:
         node.adapter = adapter
     return plan
@@ -249,11 +256,17 @@ def frozen_ranks(cfg: Config, tree: LanguageTree, node_id: str) -> list[int]:
     return [cfg.model.lora.r] * len(tree.ancestors(node_id))
 
 
-def _memory(plan: Plan, cfg: Config, tree: LanguageTree) -> None:
-    estimate = memory_estimator()
+def _memory(plan: Plan, cfg: Config, tree: LanguageTree, activations: bool) -> None:
+    estimate = memory_estimator(activations)
     if estimate is None:
-        plan.notes.append("GPU memory: not estimated (hql_ray.memory is not in this version)")
+        plan.notes.append("GPU memory: not estimated (this version has no hql_ray.memory)")
         return
+    plan.notes.append(
+        "GPU memory per worker (hql_ray.memory, without the CUDA context): " + (
+            "4-bit base, frozen ancestors, LoRA, gradients, optimizer and the activations' peak measured on "
+            "the meta device (an upper bound)" if activations else
+            "the static part only (4-bit base, frozen ancestors, LoRA, gradients, optimizer); "
+            "--memory-activations adds the activations' peak (slow: measured per depth on the meta device)"))
     known: dict[tuple, dict | None] = {}  # the estimate depends on the node only through its frozen ranks
     for node in plan.nodes:
         if node.status != "train":
@@ -261,7 +274,9 @@ def _memory(plan: Plan, cfg: Config, tree: LanguageTree) -> None:
         ranks = tuple(frozen_ranks(cfg, tree, node.id))
         if ranks not in known:
             try:
-                known[ranks] = estimate(cfg, list(ranks))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations
+                    known[ranks] = estimate(cfg, list(ranks))
             except Exception as err:  # noqa: BLE001 - an estimate that fails must not hide the plan
                 plan.notes.append(f"GPU memory with {len(ranks)} frozen ancestor(s): not estimated ({err})")
                 known[ranks] = None

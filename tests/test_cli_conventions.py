@@ -95,6 +95,9 @@ def test_dry_run_plans_the_demo(tmp_path, capsys, cache):
                                        for k, v in sorted(cfg.model.lora.to_state().items())))
     params = sum(a * b for a, b in shapes.values())
     assert root.adapter == {"params": params, "bytes": 4 * params}
+    if plan.memory_estimator() is not None:  # hql_ray.memory: more frozen ancestors, more memory
+        assert 0 < root.memory["total"] < leaf.memory["total"]
+        assert "GPU memory" in out.splitlines()[2]
 
 
 def test_dry_run_of_pthql_reports_missing_data_and_still_plans(capsys):
