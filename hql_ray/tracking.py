@@ -92,7 +92,7 @@ class _Backend:
 class TensorBoardBackend(_Backend):
     name = "tensorboard"
 
-    def __init__(self, folder: Path, node: NodeSpec, cfg_text: str | None = None):
+    def __init__(self, folder: Path, node: NodeSpec):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder))
@@ -322,18 +322,21 @@ def with_step_offset(spec: NodeSpec, tree, manifest) -> NodeSpec:
     return dataclasses.replace(spec, step_offset=step_offset([a.id for a in tree.ancestors(spec.id)], manifest.nodes))
 
 
-def write_run_text(folder: Path, cfg: Config, tree) -> None:
+def write_run_text(folder: Path, cfg: Config, tree) -> _Backend:
     """The config (YAML) and the tree as TensorBoard text, once per run folder."""
     import yaml
     from torch.utils.tensorboard import SummaryWriter
 
+    done = _Backend()
+    done.name = "tensorboard"
     if any(folder.glob("events.out.tfevents.*")):
-        return
+        return done
     writer = SummaryWriter(log_dir=str(folder))
     config = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
     writer.add_text("config", "    " + config.replace("\n", "\n    "))
     writer.add_text("tree", "    " + tree.render().replace("\n", "\n    "))
     writer.close()
+    return done
 
 
 class RunTracking:
@@ -353,7 +356,7 @@ class RunTracking:
             return self
         run_dir = Path(run_dir)
         if cfg.tracking.tensorboard:
-            self.tracked.add("tensorboard", lambda: write_run_text(run_dir / "tensorboard", cfg, tree) or _Backend())
+            self.tracked.add("tensorboard", lambda: write_run_text(run_dir / "tensorboard", cfg, tree))
         if cfg.tracking.mlflow_uri:
             self.tracked.add("mlflow", lambda: self._open_mlflow(run_dir))
         atexit.register(self._abandoned)

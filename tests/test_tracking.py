@@ -299,3 +299,26 @@ def test_other_ranks_log_nothing(tmp_path, config):
 
     tracker = tracking.NodeTracker.open(cfg, NodeSpec.coerce(GERMAN), rank=1)
     assert not tracker.active and not (cfg.run_dir / "tensorboard").exists()
+
+
+# ---- through the driver and Ray ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_driver_run_logs_every_node_from_the_root(ray_session, small_corpus, tmp_path):
+    """A real run (root + 2 leaves on Ray): each node's TensorBoard run, the leaves' steps counted from the root's."""
+    from hql_ray.driver import Driver
+
+    tree = tmp_path / "two.csv"
+    tree.write_text("code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n")
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{
+        "run.name": "tb", "tree.levels": "[level0, language]", "resources.num_gpus": 0,
+        "resources.cpus_per_worker": 1, "eval.generate": "false", "train.eval_every": 2}))
+    manifest = Driver(cfg).run()
+    assert {v.status for v in manifest.nodes.values()} == {"done"}
+    board = tmp_path / "tb" / "tensorboard"
+    root = scalars(board / "level0.Germanic")
+    assert sorted(root["loss_from_root/val"]) == [0, 2, 4]
+    for leaf in ("language.German", "language.Dutch"):
+        got = scalars(board / leaf)
+        assert sorted(got["loss/val"]) == [0, 2, 4] and sorted(got["loss_from_root/val"]) == [4, 6, 8]
+        assert got["loss/val"][0] == pytest.approx(manifest.nodes[leaf].metrics["initial_val_loss"])
+    assert list(board.glob("events.out.tfevents.*"))  # the run's config and tree
