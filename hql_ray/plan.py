@@ -4,7 +4,7 @@
 before anything else), runs the pre-flight data checks (`preflight.check`), replays the driver's
 scheduling on the given slots (`scheduling.allocate_workers`, a child ready once its parent is done)
 and sizes each node: examples, optimizer steps, workers, its adapter (the real model's LoRA shapes
-on the meta device, as `simulate.lora_shapes`) and, where `hql_ray.memory` is there, its GPU memory.
+on the meta device, as `simulate.lora_shapes`) and its GPU memory (`hql_ray.memory`).
 Problems are collected, not raised, so that the plan is printed as far as it can be.
 """
 
@@ -35,7 +35,7 @@ class NodePlan:
     workers: int | None  # None: not trained in this run (skipped, or done and kept by --resume)
     status: str = "train"  # train | skipped | done
     adapter: dict | None = None  # {"params", "bytes"}
-    memory: dict | None = None  # hql_ray.memory.estimate_node_memory's bytes by part and "total"
+    memory: dict | None = None  # hql_ray.memory.node_memory's bytes by part and "total"
 
 
 @dataclass
@@ -180,19 +180,10 @@ def adapter_size(cfg: Config, model_config) -> dict | None:
 
 
 def memory_estimator(activations: bool = False):
-    """(cfg, frozen ancestor ranks) -> bytes by part and "total", from hql_ray.memory where it is there:
-    its estimate_node_memory, else node_memory (the static part only unless `activations`: measuring them
-    on the meta device takes 20-60 s per depth for mT5-large). None without hql_ray.memory."""
-    try:
-        from hql_ray.memory import estimate_node_memory  # noqa: PLC0415
+    """(cfg, frozen ancestor ranks) -> GPU bytes by part and "total" (`memory.node_memory`): the static part
+    only unless `activations` (measured on the meta device: 20-60 s per depth for mT5-large)."""
+    from hql_ray.memory import node_memory  # torch and transformers: only when a plan is made
 
-        return estimate_node_memory
-    except ImportError:
-        pass
-    try:
-        from hql_ray.memory import node_memory  # noqa: PLC0415
-    except ImportError:
-        return None
     return lambda cfg, ranks: node_memory(cfg, ranks, activations=activations)
 
 
@@ -258,9 +249,6 @@ def frozen_ranks(cfg: Config, tree: LanguageTree, node_id: str) -> list[int]:
 
 def _memory(plan: Plan, cfg: Config, tree: LanguageTree, activations: bool) -> None:
     estimate = memory_estimator(activations)
-    if estimate is None:
-        plan.notes.append("GPU memory: not estimated (this version has no hql_ray.memory)")
-        return
     plan.notes.append(
         "GPU memory per worker (hql_ray.memory, without the CUDA context): " + (
             "4-bit base, frozen ancestors, LoRA, gradients, optimizer and the activations' peak measured on "
