@@ -58,15 +58,17 @@ def _model_config(base: str):
     return AutoConfig.from_pretrained(base, local_files_only=True)
 
 
-def _meta_model(base: str, dtype: torch.dtype):
-    """The base on the meta device as a 4-bit load holds it: `dtype` weights, `wo` in fp32, all frozen."""
+def _meta_model(base, dtype: torch.dtype):
+    """The base (a name, or its config) on the meta device as a 4-bit load holds it: `dtype` weights,
+    `wo` in fp32, all frozen."""
     from transformers import AutoModelForSeq2SeqLM
 
+    config = _model_config(base) if isinstance(base, str) else base
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = AutoModelForSeq2SeqLM.from_config(_model_config(base), attn_implementation="eager")
+            model = AutoModelForSeq2SeqLM.from_config(config, attn_implementation="eager")
     finally:
         torch.set_default_dtype(previous)
     for stack in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
@@ -83,6 +85,12 @@ def _meta_model(base: str, dtype: torch.dtype):
 
 @functools.lru_cache(maxsize=8)
 def shapes(base: str, target_modules: tuple[str, ...]) -> Shapes:
+    return shapes_of(base, target_modules)
+
+
+def shapes_of(base, target_modules: tuple[str, ...]) -> Shapes:
+    """`shapes` for a base given by name or by its transformers config (not cached). LoRA's count is
+    PEFT's: every nn.Linear but the head whose last name is a target gets A (r x in) and B (out x r)."""
     model = _meta_model(base, torch.bfloat16)
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
     head = model.get_output_embeddings()

@@ -165,17 +165,21 @@ def adapter_size(cfg: Config, model_config) -> dict | None:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, not the user's
-        model = AutoModelForSeq2SeqLM.from_config(model_config)
-        if cfg.model.mode == "fft":
-            params = sum(p.numel() for p in model.parameters())
-        else:
-            from peft import get_peft_model, get_peft_model_state_dict
+    from hql_ray import memory  # counts LoRA's shapes as PEFT would, without importing PEFT (seconds)
 
-            peft_model = get_peft_model(model, cfg.model.lora.to_peft())
-            trainable = {k: v for k, v in peft_model.named_parameters() if "lora_" in k}
-            params = sum(v.numel() for v in get_peft_model_state_dict(peft_model, state_dict=trainable).values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, not the user's
+        if cfg.model.mode == "fft":
+            with torch.device("meta"):
+                model = AutoModelForSeq2SeqLM.from_config(model_config)
+            params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        else:
+            lora, targets = cfg.model.lora, tuple(cfg.model.lora.target_modules)
+            try:  # by name: cached, and the GPU memory estimate reuses it (one meta build, not two)
+                shapes = memory.shapes(cfg.model.base, targets)
+            except Exception:  # noqa: BLE001 - a base memory cannot name: from the config found here
+                shapes = memory.shapes_of(model_config, targets)
+            params = lora.r * shapes.lora_per_rank
     return {"params": int(params), "bytes": int(params) * 4}
 
 

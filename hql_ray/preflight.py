@@ -199,10 +199,11 @@ def check_model(cfg: Config) -> None:
     if base != "tiny" and looks_local and not Path(base).expanduser().is_dir():
         raise ConfigError(f"base model directory not found: {base}")
     if cfg.model.mode == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-        except Exception as err:  # noqa: BLE001 - any import failure means: no 4-bit here
-            raise ConfigError(f"-tm qlora needs bitsandbytes, which cannot be imported here ({err}); use -tm lora")
+        import importlib.util
+
+        # Installed is enough here (importing it costs seconds: torch and its kernels); the workers import it.
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("-tm qlora needs bitsandbytes, which is not installed here; use -tm lora")
     if cfg.model.mode == "fft" and cfg.model.handoff != "stack":
         # fft hands full weights to children; the adapter hand-off modes do not apply.
         raise ConfigError("model.handoff applies to lora/qlora; with -tm fft leave it at its default (stack)")
