@@ -136,15 +136,21 @@ def test_wandb_offline_run_per_node(tmp_path, config, monkeypatch):
         out = train_node(cfg.to_dict(), {**GERMAN, "step_offset": 6}, [], LocalContext())
 
     [path] = glob.glob(str(tmp_path / "wandb-dir" / "wandb" / "offline-run-*" / "run-*.wandb"))
-    run, history, summary = None, [], {}
-    for record in wandb_records(path):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-        elif kind == "history":
-            history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
-        elif kind == "summary":
-            summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
+    deadline = time.time() + 60  # wandb's service process may still be writing the file on a busy machine
+    while True:
+        run, history, summary = None, [], {}
+        for record in wandb_records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                run = record.run
+            elif kind == "history":
+                history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
+            elif kind == "summary":
+                summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
+        if (run is not None and summary) or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert run is not None, f"no run record in {path}"
     assert run.display_name == GERMAN["id"] and run.run_group == "tracked"
     config_values = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert config_values["level"] == "language" and config_values["languages"] == ["deu_Latn"]
