@@ -46,16 +46,29 @@ class Shapes:
     lora_modules: int  # LoRA-wrapped linears (Adafactor keeps rows + columns of A and B: in + out + 2r each)
 
 
-def _model_config(base: str):
-    if base == "google/mt5-large":
-        return flops.mt5_config()
-    if base in ("tiny", "tiny-pretrained"):
-        from hql_ray.modeling import _tiny_config
+def base_model_config(base: str, models_dir=None, local_only: bool = True):
+    """The base model's config, with no weights and no download: the built-in tiny bases, mT5-large's
+    written out (flops.py), a local folder or the Hugging Face cache; raises where it is not known here.
+    `models_dir`: where the demo's pre-trained base is built (its config once built); `local_only=False`
+    lets another hub name be fetched (its config only)."""
+    import os
 
-        return _tiny_config()
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(base, local_files_only=True)
+    from hql_ray import modeling
+
+    if base == "tiny":
+        return modeling._tiny_config()
+    if base == "tiny-pretrained":
+        built = models_dir / modeling.TINY_PRETRAINED_DIR_NAME if models_dir is not None else None
+        if built is not None and (built / "config.json").is_file():
+            return AutoConfig.from_pretrained(str(built))
+        from hql_ray.tiny_pretrain import BPE_VOCAB
+
+        return modeling._tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
+    if base == "google/mt5-large":
+        return flops.mt5_config()
+    return AutoConfig.from_pretrained(os.path.expanduser(base), local_files_only=local_only)
 
 
 def _meta_model(base, dtype: torch.dtype):
@@ -63,7 +76,7 @@ def _meta_model(base, dtype: torch.dtype):
     `wo` in fp32, all frozen."""
     from transformers import AutoModelForSeq2SeqLM
 
-    config = _model_config(base) if isinstance(base, str) else base
+    config = base_model_config(base) if isinstance(base, str) else base
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:

@@ -135,26 +135,10 @@ def schedule(cfg: Config, tree: LanguageTree, sizes: dict[str, int], slots: int,
 # ---- adapter size and memory --------------------------------------------------------------------
 def base_config(cfg: Config):
     """The base model's config without weights or network, or None when it is not known here."""
-    from hql_ray import flops, modeling
-
-    base = cfg.model.base
-    if base == "tiny":
-        return modeling._tiny_config()
-    if base == "tiny-pretrained":
-        built = cfg.models_dir / modeling.TINY_PRETRAINED_DIR_NAME
-        if (built / "config.json").is_file():
-            from transformers import AutoConfig
-
-            return AutoConfig.from_pretrained(str(built))
-        from hql_ray.tiny_pretrain import BPE_VOCAB
-
-        return modeling._tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
-    if base == "google/mt5-large":
-        return flops.mt5_config()
-    from transformers import AutoConfig
+    from hql_ray import memory
 
     try:
-        return AutoConfig.from_pretrained(os.path.expanduser(base), local_files_only=True)
+        return memory.base_model_config(cfg.model.base, cfg.models_dir)
     except Exception:  # noqa: BLE001 - not in the local cache, or not a model: "unknown"
         return None
 

@@ -24,21 +24,6 @@ def simulated_seconds(sim: dict, node: NodeSpec, world_size: int) -> float:
     return float(sim["seconds_per_example"]) * node.examples * float(sim.get("epochs", 1.0)) / max(world_size, 1)
 
 
-def _model_config(base: str):
-    """The base model's config, without weights: tiny's, mT5-large's written out, or the hub's."""
-    if base == "tiny":
-        from hql_ray.modeling import _tiny_config
-
-        return _tiny_config()
-    from hql_ray import flops
-
-    if base == "google/mt5-large":  # written out in flops.py: works offline
-        return flops.mt5_config()
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(base)
-
-
 @functools.lru_cache(maxsize=4)
 def lora_shapes(base: str, lora_state: tuple) -> dict[str, tuple[int, ...]]:
     """The node adapter's tensors (PEFT state-dict keys, as `handoff.node_adapter_state` names them) and
@@ -47,10 +32,11 @@ def lora_shapes(base: str, lora_state: tuple) -> dict[str, tuple[int, ...]]:
     from transformers import AutoModelForSeq2SeqLM
 
     from hql_ray.config import LoraShape
+    from hql_ray.memory import base_model_config
 
     lora = LoraShape.from_state(dict(lora_state))
     with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(_model_config(base))
+        model = AutoModelForSeq2SeqLM.from_config(base_model_config(base, local_only=False))
     peft_model = get_peft_model(model, lora.to_peft())
     params = {k: v for k, v in peft_model.named_parameters() if "lora_" in k}
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model, state_dict=params).items()}
