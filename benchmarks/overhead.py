@@ -1,11 +1,15 @@
-"""Orchestration overhead: the same tree through Ray (Driver, 1 slot) against the bare node function.
+"""Orchestration overhead: the same tree through Ray (Driver, 1 slot), with each node a Ray Train run and
+with warm workers, against the bare node function.
 
-Both sides train the same nodes with the same config (configs/demo.yaml: the tiny mT5 in 4-bit
+The three sides train the same nodes with the same config (configs/demo.yaml: the tiny mT5 in 4-bit
 QLoRA on CPU, data/sample), one node at a time, parents before children:
 
   ray    hql_ray.driver.Driver on a local Ray with one CPU slot (resources.num_gpus=0,
-         num_cpu_slots=1): every node is a Ray Train run (new worker processes), adapters go through
-         the object store, the driver persists each adapter, exports the leaves, writes results.
+         num_cpu_slots=1), resources.executor=ray-train: every node is a Ray Train run (a controller,
+         its helper actors and a new worker process), adapters go through the object store, the
+         keeper persists each adapter, the leaves are exported, results written.
+  warm   the same driver with resources.executor=warm (what `auto` picks on a laptop): every node
+         runs on one long-lived warm worker (hql_ray/warm.py), the rest as above.
   bare   a plain loop in this process: hql_ray.node.train_node(cfg, node, chain, LocalContext()),
          each child handed its ancestors' adapter states as the driver does
          (handoff.handed_on), nothing persisted.
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     overrides = [*(QUICK_OVERRIDES if args.quick else []), *args.set, "resources.max_failures=0",
-                 "resources.num_gpus=0", "resources.num_cpu_slots=1"]
+                 "resources.num_gpus=0", "resources.num_cpu_slots=1", "resources.executor=ray-train"]
     total = Stopwatch()
     with temp_dir("hql-bench-overhead-", keep=args.keep) as out:
         overrides += [f"data.cache_dir={out / 'cache'}", f"run.output_dir={out}", "run.name=ray"]
@@ -97,22 +101,32 @@ def main(argv: list[str] | None = None) -> int:
         bare_wall, bare_metrics = bare_loop(cfg)
         print(f"  bare loop: {bare_wall:.1f} s", flush=True)
         start_ray(num_cpus=2, num_gpus=0)
-        print("  through Ray ...", flush=True)
+        print("  through Ray, a Ray Train run per node ...", flush=True)
         ray_wall, ray_span, ray_metrics = through_ray(cfg)
-        print(f"  through Ray: {ray_wall:.1f} s", flush=True)
+        print(f"  through Ray, a Ray Train run per node: {ray_wall:.1f} s", flush=True)
+        warm_cfg = demo_config(args.config, [o for o in overrides if not o.startswith("run.name")]
+                               + ["run.name=warm", "resources.executor=warm"])
+        print("  through Ray, warm workers ...", flush=True)
+        warm_wall, warm_span, warm_metrics = through_ray(warm_cfg)
+        print(f"  through Ray, warm workers: {warm_wall:.1f} s", flush=True)
 
     n = len(bare_metrics)
     print()
     header = ["side", "nodes", "wall s", "sum train_node train_seconds"]
     print_table(header, [
         ["bare train_node loop", str(n), f"{bare_wall:.1f}", f"{sum(m['train_seconds'] for m in bare_metrics.values()):.1f}"],
-        ["Ray driver, 1 slot", str(len(ray_metrics)), f"{ray_wall:.1f}",
+        ["Ray driver, 1 slot, a Ray Train run per node", str(len(ray_metrics)), f"{ray_wall:.1f}",
          f"{sum(m['train_seconds'] for m in ray_metrics.values()):.1f}"],
+        ["Ray driver, 1 slot, warm workers", str(len(warm_metrics)), f"{warm_wall:.1f}",
+         f"{sum(m['train_seconds'] for m in warm_metrics.values()):.1f}"],
     ])
-    print(f"\nray / bare: {ray_wall / bare_wall:.2f}x; orchestration overhead {(ray_wall - bare_wall) / n:.1f} s per node "
-          f"({ray_wall - bare_wall:.1f} s over {n} nodes); Ray makespan (first start .. last finish) {ray_span:.1f} s")
-    same = all(abs(bare_metrics[k]["val_loss"] - ray_metrics[k]["val_loss"]) < 1e-4 for k in bare_metrics)
-    print(f"(same best validation loss on every node, both sides: {same}; train_seconds: inside train_node, "
+    for name, wall, span in (("ray-train", ray_wall, ray_span), ("warm", warm_wall, warm_span)):
+        print(f"\n{name} / bare: {wall / bare_wall:.2f}x; orchestration overhead {(wall - bare_wall) / n:.1f} s per node "
+              f"({wall - bare_wall:.1f} s over {n} nodes); makespan (first start .. last finish) {span:.1f} s")
+    print(f"\nwarm / ray-train: {warm_wall / ray_wall:.2f}x wall")
+    same = all(abs(bare_metrics[k]["val_loss"] - m[k]["val_loss"]) < 1e-4 for k in bare_metrics
+               for m in (ray_metrics, warm_metrics))
+    print(f"(same best validation loss on every node, all sides: {same}; train_seconds: inside train_node, "
           f"data + model load + steps + validation, generation excluded)")
     print(f"(total {total():.0f} s)")
     return 0

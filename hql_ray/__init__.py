@@ -18,8 +18,8 @@ The layers, bottom up; a module imports only from its own layer or those below i
 5. Orchestration on Ray: `driver` (walks the tree), `cluster` (Ray start, slots), `scheduling`
    (workers per node), `launch` (a node as a Ray Train run: `NodeJob`), `ray_worker` (inside the
    workers), `tune` (a node's trials), `board` + `watch` + `placement` (the runs' life, waits, leaks),
-   `keeper` (adapters saved and held on the head, never in the driver), `preflight`, `simulate`, `plan`
-   (`train --dry-run`).
+   `keeper` (adapters saved and held on the head, never in the driver), `warm` (long-lived workers that
+   run single-worker nodes on a laptop's CPU slots), `preflight`, `simulate`, `plan` (`train --dry-run`).
 6. Data preparation and checks: `datacheck` (`hql-ray data`), `translate` and `parse_amr` (on Ray Data,
    with their helpers), `sample` (the bundled corpus's generator, not used by a run).
 7. `cli` and `commands/`: one thin module per subcommand.

@@ -29,6 +29,7 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
 TEST_SETS = ("flores", "ldc2020t07", "amr3")
 EXPORT_MODES = ("adapter", "adapter-bf16", "merged", "compact")
+EXECUTORS = ("auto", "warm", "ray-train")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -182,6 +183,12 @@ class ResourcesSection:
     max_workers_per_node: int = 8
     min_examples_per_worker: int = 64  # don't split a small node over many workers
     max_failures: int = 2  # worker failures retried from the last checkpoint
+    # Who runs a node that gets one worker: "ray-train" (its own Ray Train run: a controller, its helper
+    # actors and a worker process, ~30 CPU-seconds of start-up on a laptop), "warm" (a long-lived worker
+    # per slot that imports torch/transformers/peft once and runs node after node), or "auto" (warm on the
+    # CPU slots of a one-machine Ray with local storage: the laptop demo; ray-train on GPUs and clusters).
+    # Nodes on several workers, Tune trials and --simulate runs are always Ray Train runs.
+    executor: str = "auto"
     # Baseline for benchmarks: start a depth only when the whole previous depth is done (the
     # "one GPU per node, level by level" schedule); the default starts a child as soon as its parent is done.
     level_barrier: bool = False
@@ -293,6 +300,7 @@ class Config:
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
         _choice("export.mode", self.export.mode, EXPORT_MODES)
+        _choice("resources.executor", self.resources.executor, EXECUTORS)
         for name in self.eval.test_sets:
             _choice("eval.test_sets", name, TEST_SETS)
         for key, value in [

@@ -1,7 +1,8 @@
 """What node training needs from its surroundings: device, rank, reporting, checkpoints.
 
 `LocalContext` runs a node in-process without Ray (tests, debugging, the bare-loop benchmark);
-`hql_ray.ray_worker.RayTrainContext` is the same interface inside a Ray Train worker.
+`hql_ray.ray_worker.RayTrainContext` is the same interface inside a Ray Train worker, and
+`hql_ray.warm.WarmContext` inside a warm worker.
 Keeping this seam small is what lets `train_node` run without Ray.
 """
 
@@ -65,8 +66,10 @@ class LocalContext(NodeContext):
     def latest_checkpoint(self) -> Path | None:
         if self._root is None:
             return None
-        latest = self._root / "latest"
-        return latest if (latest / "state.json").exists() else None
+        for name in ("latest", ".old"):  # .old: killed between report's two renames
+            if (self._root / name / "state.json").exists():
+                return self._root / name
+        return None
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         self.reports.append(dict(metrics))

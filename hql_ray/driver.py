@@ -18,7 +18,7 @@ from typing import Any, Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray import export, export_modes, handoff, keeper, launch, model_card, preflight, progress, reevaluate, results, search_space, tracking, tune
+from hql_ray import export, export_modes, handoff, keeper, launch, model_card, preflight, progress, reevaluate, results, search_space, tracking, tune, warm
 from hql_ray.board import RunBoard
 from hql_ray.cluster import check_storage, detect_slots, init_ray
 from hql_ray.config import TINY_BASES, Config
@@ -85,6 +85,7 @@ class Driver:
         search_space.check_levels(cfg.tune, self.tree.levels)  # before Ray starts
         self._launches = 0
         self._owns_ray = False  # whether this driver started (or connected) Ray, and so shuts it down
+        self._warm: warm.WarmPool | None = None  # runs one-worker nodes when resources.executor picks warm workers
 
     # ---- set-up ---------------------------------------------------------------------------------
     def storage_path(self) -> str:
@@ -145,6 +146,8 @@ class Driver:
         board = RunBoard.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
         run = Run(manifest, slots, sizes, storage, board, RunWatch(board, cfg.resources.wait_warning_s, self.on_event))
         run.head, run.keeper = here, keeper.start_keeper(here)
+        if not self.simulate and warm.wanted(cfg.resources.executor, slots, storage):
+            self._warm = warm.WarmPool(here, threads=max(1, int(cfg.resources.cpus_per_worker)))
         self.restore_done(run)
         self.on_event(RunEvent.RUN_STARTED, {"run_dir": str(self.run_dir), "slots": slots.total,
                                              "gpu": slots.use_gpu, "nodes": len(self.tree.nodes), "board": board})
@@ -247,6 +250,8 @@ class Driver:
                 ray.shutdown()
             raise
         pool.shutdown(wait=True)
+        if self._warm is not None:
+            self._warm.shutdown()
         run.watch.release_all()  # what the last stopped trials left, before the run says it is done
         return self.finish(run)
 
@@ -294,8 +299,9 @@ class Driver:
                 max_failures=self.cfg.resources.max_failures,
             )
             run.manifest.update(node_id, status="running", started_at=time.time(), finished_at=None,
-                                resources={"workers": workers, "gpu": run.slots.use_gpu})
-            self.on_event(RunEvent.NODE_STARTED, {"node": node_id, "workers": workers})
+                                resources={"workers": workers, "gpu": run.slots.use_gpu,
+                                           "executor": self._executor(job)})
+            self.on_event(RunEvent.NODE_STARTED, {"node": node_id, "workers": workers, "executor": self._executor(job)})
             run.running[pool.submit(self._fit_node, job)] = (node_id, workers)
 
     def _launch_evaluations(self, pool: ThreadPoolExecutor, run: Run) -> None:
@@ -313,7 +319,7 @@ class Driver:
             )
             run.evaluate.discard(node_id)
             run.evaluating.add(node_id)
-            run.running[pool.submit(launch.fit_node, job)] = (node_id, 1)
+            run.running[pool.submit(self._run_job, job)] = (node_id, 1)
 
     def _finish_evaluation(self, run: Run, future: Future, node_id: str) -> None:
         """A re-evaluation's scores replace the error; the node, its adapter and its exports stay as they were."""
@@ -335,9 +341,20 @@ class Driver:
         else:
             log.warning("node %s: evaluated again: %s", node_id, "; ".join(chrf_means(metrics.get("languages") or {})))
 
+    def _executor(self, job: NodeJob) -> str:
+        """Who runs the node: "tune" (a searched level), "warm" (a warm worker) or "ray-train"."""
+        if self.simulate is None and not job.evaluate_only and search_space.searches_level(self.cfg, job.node.level):
+            return "tune"
+        return "warm" if self._warm is not None and job.workers == 1 else "ray-train"
+
     def _fit_node(self, job: NodeJob) -> NodeResult:
-        if self.simulate is None and search_space.searches_level(self.cfg, job.node.level):
+        if self._executor(job) == "tune":
             return tune.search_node(self.cfg, job)
+        return self._run_job(job)
+
+    def _run_job(self, job: NodeJob) -> NodeResult:
+        if self._warm is not None and job.workers == 1:
+            return self._warm.fit(job)
         return launch.fit_node(job)
 
     def _finish(self, run: Run, future: Future, node_id: str) -> None:

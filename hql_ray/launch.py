@@ -76,6 +76,21 @@ class NodeJob:
         return {"workers": self.workers, "per_worker": per_worker_resources(self.slots)}
 
 
+def loop_config(job: NodeJob) -> dict:
+    """What every worker of the node's run gets (`hql_ray.ray_worker.run_node`): plain data and refs."""
+    return {
+        "config": job.cfg,
+        "node": job.node,
+        "parent_refs": job.parent_refs,
+        "board": job.board,
+        "simulate": job.simulate,
+        "run": job.name,  # rank 0 tells the board which placement group this run holds
+        "evaluate_only": job.evaluate_only,
+        "keeper": job.keeper,
+        "adapter_path": job.adapter_path,
+    }
+
+
 def make_trainer(job: NodeJob, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -90,17 +105,7 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{limits['timeout_s']:g}"
     return TorchTrainer(
         node_train_loop,
-        train_loop_config={
-            "config": job.cfg,
-            "node": job.node,
-            "parent_refs": job.parent_refs,
-            "board": job.board,
-            "simulate": job.simulate,
-            "run": job.name,  # rank 0 tells the board which placement group this run holds
-            "evaluate_only": job.evaluate_only,
-            "keeper": job.keeper,
-            "adapter_path": job.adapter_path,
-        },
+        train_loop_config=loop_config(job),
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.slots.use_gpu,
                                      resources_per_worker=per_worker_resources(job.slots)),
         # Logical GPU slots without CUDA (tests, laptops) cannot use NCCL.

@@ -453,7 +453,8 @@ class PlainReporter(_Guarded):
             self.done += 1
             self._print(f"{info['node']}: already done (resume), skipped")
         elif kind == RunEvent.NODE_STARTED:
-            self._print(f"{info['node']}: started on {info['workers']} worker(s)")
+            warm = ", a warm worker" if info.get("executor") == "warm" else ""
+            self._print(f"{info['node']}: started on {info['workers']} worker(s){warm}")
         elif kind == RunEvent.NODE_DONE:
             self.done += 1
             m = info.get("metrics") or {}

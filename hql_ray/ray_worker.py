@@ -49,14 +49,31 @@ def from_wire(wire: AdapterState, copy: bool = True) -> AdapterState:
     return AdapterState(wire.config, tensors)
 
 
-class RayTrainContext(NodeContext):
+class BoardProgress:
+    """Live progress to the run board: rank 0 only, and at most a few times a second (a shared actor)."""
+
+    rank: int
+    _board = None
+    _node_id = ""
+    _last_progress = 0.0
+
+    def progress(self, update: dict) -> None:
+        if self._board is None or self.rank != 0:
+            return
+        now = time.time()
+        if update.get("phase") == "train" and now - self._last_progress < 0.5 and "val_loss" not in update:
+            return
+        self._last_progress = now
+        self._board.progress.remote(self._node_id, update)
+
+
+class RayTrainContext(BoardProgress, NodeContext):
     def __init__(self, board=None, node_id: str = ""):
         tc = ray.train.get_context()
         self.rank = tc.get_world_rank()
         self.world_size = tc.get_world_size()
         self._board = board
         self._node_id = node_id
-        self._last_progress = 0.0
         self._ckpt_tmp = None
 
     @property
@@ -78,16 +95,6 @@ class RayTrainContext(NodeContext):
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
-
-    def progress(self, update: dict) -> None:
-        # Rank 0 only, and at most a few times a second: the board is a shared actor.
-        if self._board is None or self.rank != 0:
-            return
-        now = time.time()
-        if update.get("phase") == "train" and now - self._last_progress < 0.5 and "val_loss" not in update:
-            return
-        self._last_progress = now
-        self._board.progress.remote(self._node_id, update)
 
 
 def worker_identity() -> dict:
@@ -120,7 +127,14 @@ def node_train_loop(loop_config: dict):
         ray.get(board.started.remote(node.id, {"workers": workers, "time": time.time()}))
         # The placement group this run holds: released by the driver if the run's caller is killed.
         board.run_started.remote(loop_config.get("run"), node.id, None, ray.util.get_current_placement_group())
+    return run_node(loop_config, ctx, workers)
 
+
+def run_node(loop_config: dict, ctx: NodeContext, workers: list[dict]):
+    """A node's work on one worker of its run, whoever runs it (a Ray Train worker, or a warm worker:
+    `hql_ray.warm`): the ancestors' adapters from the object store, the training (or the evaluation
+    only, or the simulation), and on rank 0 the result, its adapter handed to the run's keeper."""
+    node: NodeSpec = loop_config["node"]
     refs = loop_config.get("parent_refs") or []
     # The ancestors' adapters, read in place from the object store (no copy for the checksums).
     wires = [ray.get(ref) for ref in refs]

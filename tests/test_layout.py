@@ -12,7 +12,7 @@ LAYERS = {
     2: "dataset batching tensorfile",
     3: "modeling handoff node context adafactor losses evaluation metrics flops tiny_pretrain tracking memory reevaluate",
     4: "manifest results export export_modes model_card report plots progress generate",
-    5: "driver cluster scheduling launch ray_worker tune board watch placement preflight simulate plan keeper",
+    5: "driver cluster scheduling launch ray_worker tune board watch placement preflight simulate plan keeper warm",
     6: "datacheck translate parse_amr sample tiny_nllb seq2seq_actor sharded infer_cli",
     7: "cli commands __main__",
 }

@@ -1,0 +1,141 @@
+"""Warm workers (resources.executor): single-worker nodes on long-lived actors give the same adapters as
+their own Ray Train runs, resume from their checkpoint when killed, and are only used where they fit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import ray
+
+from conftest import tiny_overrides, unreleased_resources
+from hql_ray import warm
+from hql_ray.config import make_config
+from hql_ray.driver import Driver
+from hql_ray.errors import ConfigError
+from hql_ray.launch import Slots
+
+CPU_SLOTS = {"resources.num_gpus": 0, "resources.num_cpu_slots": 2}
+TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
+
+
+def node_workers_of_this_process() -> list[psutil.Process]:
+    """Warm worker processes of OUR local Ray (its raylet is a child of this test process)."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith("ray::NodeWorker"):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_executor_is_checked_and_chosen_where_warm_workers_fit(ray_session):
+    with pytest.raises(ConfigError, match="resources.executor must be one of auto, warm, ray-train"):
+        make_config(overrides=["resources.executor=fast"])
+    cpu, gpu = Slots(2, False, False, 1.0), Slots(4, True, False, 1.0)
+    assert warm.wanted("auto", cpu, "/tmp/storage")  # the laptop: CPU slots, one machine, local storage
+    assert not warm.wanted("ray-train", cpu, "/tmp/storage")
+    assert not warm.wanted("auto", gpu, "/tmp/storage")  # a GPU is held by the run that uses it
+    assert not warm.wanted("auto", cpu, "s3://bucket/runs")  # a cluster's shared storage
+    with pytest.raises(ConfigError, match="CPU slots of a one-machine Ray"):
+        warm.wanted("warm", gpu, "/tmp/storage")
+
+
+def test_warm_workers_give_the_adapters_of_ray_train_runs(ray_session, small_corpus, tmp_path):
+    tree = tmp_path / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    runs = {}
+    for executor in ("warm", "ray-train"):
+        cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{
+            "run.name": executor, "resources.executor": executor, "tree.levels": "[level0, language]",
+            "resources.min_examples_per_worker": 24, **CPU_SLOTS}))
+        events = []
+        runs[executor] = (Driver(cfg, on_event=lambda kind, info, ev=events: ev.append((kind, info))).run(), events)
+
+    warm_nodes, ray_nodes = runs["warm"][0].nodes, runs["ray-train"][0].nodes
+    assert {v.status for v in warm_nodes.values()} == {"done"} == {v.status for v in ray_nodes.values()}
+    # The root trains on both slots: a Ray Train run either way; every other node gets one worker.
+    assert warm_nodes["level0.Germanic"].resources["workers"] == 2
+    assert warm_nodes["level0.Germanic"].resources["executor"] == "ray-train"
+    single = [n for n in warm_nodes if n != "level0.Germanic"]
+    assert {warm_nodes[n].resources["executor"] for n in single} == {"warm"}
+    assert {ray_nodes[n].resources["executor"] for n in single} == {"ray-train"}
+    started = [info for kind, info in runs["warm"][1] if kind == "node_started"]
+    assert {info["executor"] for info in started} == {"warm", "ray-train"}
+    # Same seeds, same data order, one thread each: bit for bit the same adapters, scores and hand-offs.
+    for node_id, entry in warm_nodes.items():
+        other = ray_nodes[node_id]
+        assert entry.checksum == other.checksum, node_id
+        assert entry.received_checksums == other.received_checksums, node_id
+        assert entry.metrics["val_loss"] == other.metrics["val_loss"], node_id
+        assert entry.attempts == 1
+    leaf = warm_nodes["language.German"]
+    assert leaf.metrics["languages"] == ray_nodes["language.German"].metrics["languages"]
+    assert leaf.exported == ["deu_Latn"]
+    # The run ends its warm workers and frees everything.
+    deadline = time.time() + 30
+    while node_workers_of_this_process() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not node_workers_of_this_process()
+    assert unreleased_resources() == {}
+
+
+def test_killed_warm_worker_is_replaced_and_resumes_from_its_checkpoint(ray_session, small_corpus, tmp_path):
+    tree = tmp_path / "two.csv"
+    tree.write_text(TWO_LANGUAGES)
+    settings = {
+        "tree.levels": "[level0, language]", **CPU_SLOTS, "resources.executor": "warm",
+        "resources.max_failures": 2, "resources.min_examples_per_worker": 1000,  # one worker per node
+        "train.epochs": 1, "train.batch_size": 1, "train.max_steps": 60, "train.eval_every": 5,
+        "eval.generate": "false"}
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{"run.name": "kill", **settings}))
+    outcome: dict = {}
+
+    def drive():
+        try:
+            outcome["manifest"] = Driver(cfg).run()
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            outcome["error"] = err
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    storage = tmp_path / "kill" / "storage"
+    victim = None
+    deadline = time.time() + 400
+    while time.time() < deadline and driver.is_alive():
+        if list(storage.glob("level0.Germanic.launch*/latest/state.json")):  # a checkpoint to resume from
+            workers = node_workers_of_this_process()
+            if workers:
+                victim = workers[0]
+                os.kill(victim.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    assert victim is not None, "no checkpoint or warm worker seen"
+    killed_at = time.time()
+    driver.join(timeout=600)
+    assert not driver.is_alive() and "error" not in outcome, outcome
+    nodes = outcome["manifest"].nodes
+    root = nodes["level0.Germanic"]
+    assert root.status == "done", root.error
+    assert root.resources["executor"] == "warm"
+    assert root.started_at < killed_at < root.finished_at
+    assert root.attempts == 2  # the killed worker and its replacement
+    assert root.metrics["resumed_from_step"] >= 5 and root.metrics["resumed_from_step"] % 5 == 0
+    assert [h["step"] for h in root.history if "val_loss" in h] == list(range(0, 61, 5))
+    for leaf_id in ("language.German", "language.Dutch"):
+        assert nodes[leaf_id].status == "done" and nodes[leaf_id].received_checksums == [root.checksum]
+    assert not psutil.pid_exists(victim.pid) or psutil.Process(victim.pid).status() == psutil.STATUS_ZOMBIE
+
+    # Never interrupted (and on Ray Train): the same adapter, bit for bit.
+    quiet = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{
+        **settings, "run.name": "quiet", "tree.levels": "[level0]", "resources.executor": "ray-train"}))
+    unkilled = Driver(quiet).run().nodes["level0.Germanic"]
+    assert unkilled.metrics["resumed_from_step"] is None
+    assert unkilled.checksum == root.checksum
+    assert ray.is_initialized()
