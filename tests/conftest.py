@@ -94,3 +94,38 @@ def unreleased_resources(timeout_s: float = 30.0) -> dict:
 # The same savings the driver makes for a local Ray (see driver.init_ray).
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
+def ray_processes_of_this_process(title: str) -> list:
+    """Processes of OUR local Ray (its raylet is a child of this test process) whose title starts with
+    `title`: "ray::RayTrainWorker" (a Ray Train worker), "ray::NodeWorker" (a warm worker)."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith(title):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def driver_in_thread(cfg, on_event=None):
+    """`Driver(cfg).run()` started in a daemon thread, for a test that acts on the run meanwhile (kills a
+    worker): (the thread, a dict that gets "manifest", or "error" when the run raised)."""
+    import threading
+
+    from hql_ray.driver import Driver
+
+    outcome: dict = {}
+
+    def drive():
+        try:
+            outcome["manifest"] = Driver(cfg, on_event=on_event).run()
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    return thread, outcome

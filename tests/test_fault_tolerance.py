@@ -6,29 +6,16 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
 import pytest
 
-from conftest import tiny_overrides
+from conftest import driver_in_thread, ray_processes_of_this_process, tiny_overrides
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
 
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
-
-
-def train_workers_of_this_process() -> list[psutil.Process]:
-    """Ray Train worker processes of OUR local Ray (its raylet is a child of this test process)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(proc.cmdline()).startswith("ray::RayTrainWorker"):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, small_corpus, tmp_path):
@@ -42,16 +29,7 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
         "train.checkpoints_kept": 2, "eval.generate": "false"}
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{"run.name": "ft", **settings}))
     events: list[tuple[str, dict]] = []
-    outcome: dict = {}
-
-    def drive():
-        try:
-            outcome["manifest"] = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
-        except BaseException as err:  # noqa: BLE001 - reported by the test thread
-            outcome["error"] = err
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
+    driver, outcome = driver_in_thread(cfg, on_event=lambda kind, info: events.append((kind, info)))
     storage = tmp_path / "ft" / "storage"
     victim = None
     deadline = time.time() + 400
@@ -59,7 +37,7 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
         # The root has reported checkpoints (they land in storage/<launch name>/checkpoint_*; the controller
         # registers one after its upload, so wait for the second to be sure of the first): kill its worker.
         if len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2:
-            workers = train_workers_of_this_process()
+            workers = ray_processes_of_this_process("ray::RayTrainWorker")
             if workers:
                 victim = workers[0]
                 os.kill(victim.pid, signal.SIGKILL)

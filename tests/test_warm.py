@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
 import pytest
 import ray
 
-from conftest import tiny_overrides, unreleased_resources
+from conftest import driver_in_thread, ray_processes_of_this_process, tiny_overrides, unreleased_resources
 from hql_ray import warm
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
@@ -21,18 +20,6 @@ from hql_ray.launch import Slots
 
 CPU_SLOTS = {"resources.num_gpus": 0, "resources.num_cpu_slots": 2}
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
-
-
-def node_workers_of_this_process() -> list[psutil.Process]:
-    """Warm worker processes of OUR local Ray (its raylet is a child of this test process)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(proc.cmdline()).startswith("ray::NodeWorker"):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def test_executor_is_checked_and_chosen_where_warm_workers_fit(ray_session):
@@ -80,9 +67,9 @@ def test_warm_workers_give_the_adapters_of_ray_train_runs(ray_session, small_cor
     assert leaf.exported == ["deu_Latn"]
     # The run ends its warm workers and frees everything.
     deadline = time.time() + 30
-    while node_workers_of_this_process() and time.time() < deadline:
+    while ray_processes_of_this_process("ray::NodeWorker") and time.time() < deadline:
         time.sleep(0.5)
-    assert not node_workers_of_this_process()
+    assert not ray_processes_of_this_process("ray::NodeWorker")
     assert unreleased_resources() == {}
 
 
@@ -95,22 +82,13 @@ def test_killed_warm_worker_is_replaced_and_resumes_from_its_checkpoint(ray_sess
         "train.epochs": 1, "train.batch_size": 1, "train.max_steps": 60, "train.eval_every": 5,
         "eval.generate": "false"}
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{"run.name": "kill", **settings}))
-    outcome: dict = {}
-
-    def drive():
-        try:
-            outcome["manifest"] = Driver(cfg).run()
-        except BaseException as err:  # noqa: BLE001 - reported by the test thread
-            outcome["error"] = err
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
+    driver, outcome = driver_in_thread(cfg)
     storage = tmp_path / "kill" / "storage"
     victim = None
     deadline = time.time() + 400
     while time.time() < deadline and driver.is_alive():
         if list(storage.glob("level0.Germanic.launch*/latest/state.json")):  # a checkpoint to resume from
-            workers = node_workers_of_this_process()
+            workers = ray_processes_of_this_process("ray::NodeWorker")
             if workers:
                 victim = workers[0]
                 os.kill(victim.pid, signal.SIGKILL)
