@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     overrides = [*(QUICK_OVERRIDES if args.quick else []), *args.set, "resources.max_failures=0",
-                 "resources.num_gpus=0", "resources.num_cpu_slots=1", "resources.executor=ray-train"]
+                 "resources.num_gpus=0", "resources.num_cpu_slots=1"]
     total = Stopwatch()
     with temp_dir("hql-bench-overhead-", keep=args.keep) as out:
-        overrides += [f"data.cache_dir={out / 'cache'}", f"run.output_dir={out}", "run.name=ray"]
-        cfg = demo_config(args.config, overrides)
+        overrides += [f"data.cache_dir={out / 'cache'}", f"run.output_dir={out}"]
+        sides = {executor: demo_config(args.config, overrides + [f"run.name={executor}", f"resources.executor={executor}"])
+                 for executor in ("ray-train", "warm")}
+        cfg = sides["ray-train"]
         print(f"overhead benchmark ({'QUICK' if args.quick else 'full'}): {machine()}")
         print(f"settings: {settings_line(cfg)}")
         print(f"overrides of {Path(args.config).name}: "
@@ -101,14 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         bare_wall, bare_metrics = bare_loop(cfg)
         print(f"  bare loop: {bare_wall:.1f} s", flush=True)
         start_ray(num_cpus=2, num_gpus=0)
-        print("  through Ray, a Ray Train run per node ...", flush=True)
-        ray_wall, ray_span, ray_metrics = through_ray(cfg)
-        print(f"  through Ray, a Ray Train run per node: {ray_wall:.1f} s", flush=True)
-        warm_cfg = demo_config(args.config, [o for o in overrides if not o.startswith("run.name")]
-                               + ["run.name=warm", "resources.executor=warm"])
-        print("  through Ray, warm workers ...", flush=True)
-        warm_wall, warm_span, warm_metrics = through_ray(warm_cfg)
-        print(f"  through Ray, warm workers: {warm_wall:.1f} s", flush=True)
+        measured = {}
+        for executor, side_cfg in sides.items():
+            print(f"  through Ray, resources.executor={executor} ...", flush=True)
+            measured[executor] = through_ray(side_cfg)
+            print(f"  through Ray, resources.executor={executor}: {measured[executor][0]:.1f} s", flush=True)
+        (ray_wall, ray_span, ray_metrics), (warm_wall, warm_span, warm_metrics) = measured["ray-train"], measured["warm"]
 
     n = len(bare_metrics)
     print()

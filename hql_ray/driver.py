@@ -298,11 +298,11 @@ class Driver:
                 slots=run.slots, storage=run.storage, board=run.board, simulate=self.simulate,
                 max_failures=self.cfg.resources.max_failures,
             )
+            executor = self._executor(job)
             run.manifest.update(node_id, status="running", started_at=time.time(), finished_at=None,
-                                resources={"workers": workers, "gpu": run.slots.use_gpu,
-                                           "executor": self._executor(job)})
-            self.on_event(RunEvent.NODE_STARTED, {"node": node_id, "workers": workers, "executor": self._executor(job)})
-            run.running[pool.submit(self._fit_node, job)] = (node_id, workers)
+                                resources={"workers": workers, "gpu": run.slots.use_gpu, "executor": executor})
+            self.on_event(RunEvent.NODE_STARTED, {"node": node_id, "workers": workers, "executor": executor})
+            run.running[pool.submit(self._run, job)] = (node_id, workers)
 
     def _launch_evaluations(self, pool: ThreadPoolExecutor, run: Run) -> None:
         """--resume: evaluate again, one worker each, the done nodes whose evaluation failed (slots allowing)."""
@@ -319,7 +319,7 @@ class Driver:
             )
             run.evaluate.discard(node_id)
             run.evaluating.add(node_id)
-            run.running[pool.submit(self._run_job, job)] = (node_id, 1)
+            run.running[pool.submit(self._run, job)] = (node_id, 1)
 
     def _finish_evaluation(self, run: Run, future: Future, node_id: str) -> None:
         """A re-evaluation's scores replace the error; the node, its adapter and its exports stay as they were."""
@@ -347,13 +347,11 @@ class Driver:
             return "tune"
         return "warm" if self._warm is not None and job.workers == 1 else "ray-train"
 
-    def _fit_node(self, job: NodeJob) -> NodeResult:
-        if self._executor(job) == "tune":
+    def _run(self, job: NodeJob) -> NodeResult:
+        executor = self._executor(job)
+        if executor == "tune":
             return tune.search_node(self.cfg, job)
-        return self._run_job(job)
-
-    def _run_job(self, job: NodeJob) -> NodeResult:
-        if self._warm is not None and job.workers == 1:
+        if executor == "warm":
             return self._warm.fit(job)
         return launch.fit_node(job)
 

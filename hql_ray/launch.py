@@ -54,7 +54,7 @@ def ray_train_env() -> dict[str, str]:
 
 @dataclass
 class NodeJob:
-    """One Ray Train run of a node (or of one of its Tune trials): everything `make_trainer` needs."""
+    """One run of a node (a Ray Train run, one of its Tune trials, or a call to a warm worker): what it needs."""
 
     cfg: dict  # the run config as plain data (a trial's own values already in it)
     node: NodeSpec  # the node to train

@@ -42,10 +42,6 @@ class WarmContext(BoardProgress, LocalContext):
         self._board = board
         self._node_id = node_id
 
-    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
-        super().report(metrics, checkpoint_dir)
-        self.reports.clear()  # LocalContext keeps every report for tests; a warm worker runs many nodes
-
 
 @ray.remote(num_cpus=0)
 class NodeWorker:
@@ -66,11 +62,6 @@ class NodeWorker:
             return run_node(config, WarmContext(checkpoint_root, board, node.id), workers)
         finally:
             gc.collect()  # the node's model and data: the next node starts from a clean heap
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
 
 
 def wanted(executor: str, slots: Slots, storage: str) -> bool:

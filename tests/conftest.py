@@ -129,3 +129,19 @@ def driver_in_thread(cfg, on_event=None):
     thread = threading.Thread(target=drive, daemon=True)
     thread.start()
     return thread, outcome
+
+
+def kill_when(driver, ready, title: str, timeout_s: float = 400.0):
+    """While the `driver` thread runs: once `ready()` is true, SIGKILL the first of our Ray's processes
+    titled `title` (`ray_processes_of_this_process`). The killed process, or None if none was seen."""
+    import signal
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and driver.is_alive():
+        if ready():
+            workers = ray_processes_of_this_process(title)
+            if workers:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                return workers[0]
+        time.sleep(0.05)
+    return None

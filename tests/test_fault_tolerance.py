@@ -4,14 +4,11 @@ uninterrupted run makes, only the last checkpoints are kept, and the node's chil
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import psutil
-import pytest
 
-from conftest import driver_in_thread, ray_processes_of_this_process, tiny_overrides
+from conftest import driver_in_thread, kill_when, tiny_overrides
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
 
@@ -31,18 +28,10 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
     events: list[tuple[str, dict]] = []
     driver, outcome = driver_in_thread(cfg, on_event=lambda kind, info: events.append((kind, info)))
     storage = tmp_path / "ft" / "storage"
-    victim = None
-    deadline = time.time() + 400
-    while time.time() < deadline and driver.is_alive():
-        # The root has reported checkpoints (they land in storage/<launch name>/checkpoint_*; the controller
-        # registers one after its upload, so wait for the second to be sure of the first): kill its worker.
-        if len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2:
-            workers = ray_processes_of_this_process("ray::RayTrainWorker")
-            if workers:
-                victim = workers[0]
-                os.kill(victim.pid, signal.SIGKILL)
-                break
-        time.sleep(0.05)
+    # The root has reported checkpoints (they land in storage/<launch name>/checkpoint_*; the controller
+    # registers one after its upload, so wait for the second to be sure of the first): kill its worker.
+    victim = kill_when(driver, lambda: len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2,
+                       "ray::RayTrainWorker")
     assert victim is not None, f"no checkpoint or worker seen; events: {events}"
     killed_at = time.time()
     driver.join(timeout=600)

@@ -3,15 +3,13 @@ their own Ray Train runs, resume from their checkpoint when killed, and are only
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import psutil
 import pytest
 import ray
 
-from conftest import driver_in_thread, ray_processes_of_this_process, tiny_overrides, unreleased_resources
+from conftest import driver_in_thread, kill_when, ray_processes_of_this_process, tiny_overrides, unreleased_resources
 from hql_ray import warm
 from hql_ray.config import make_config
 from hql_ray.driver import Driver
@@ -84,16 +82,8 @@ def test_killed_warm_worker_is_replaced_and_resumes_from_its_checkpoint(ray_sess
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{"run.name": "kill", **settings}))
     driver, outcome = driver_in_thread(cfg)
     storage = tmp_path / "kill" / "storage"
-    victim = None
-    deadline = time.time() + 400
-    while time.time() < deadline and driver.is_alive():
-        if list(storage.glob("level0.Germanic.launch*/latest/state.json")):  # a checkpoint to resume from
-            workers = ray_processes_of_this_process("ray::NodeWorker")
-            if workers:
-                victim = workers[0]
-                os.kill(victim.pid, signal.SIGKILL)
-                break
-        time.sleep(0.05)
+    victim = kill_when(driver, lambda: bool(list(storage.glob("level0.Germanic.launch*/latest/state.json"))),
+                       "ray::NodeWorker")  # once there is a checkpoint to resume from
     assert victim is not None, "no checkpoint or warm worker seen"
     killed_at = time.time()
     driver.join(timeout=600)
