@@ -107,7 +107,7 @@ QUICK_OVERRIDES = [
 
 def demo_config(config_file: str | Path, overrides: list[str]):
     """The demo config (paths relative to the repo root) with overrides, absolute paths for Ray."""
-    from hql_ray.config import make_config
+    from hql_ray.settings.config import make_config
 
     os.chdir(ROOT)  # demo.yaml's paths are relative to the checkout
     return make_config(config_file, None, overrides).with_absolute_paths()
@@ -118,9 +118,9 @@ def warm_caches(cfg) -> float:
 
     Both sides of a comparison then read the same caches; neither pays for tokenizing.
     """
-    from hql_ray import dataset as ds_lib
-    from hql_ray import modeling
-    from hql_ray.tree import load_tree
+    from hql_ray.data import dataset as ds_lib
+    from hql_ray.training import modeling
+    from hql_ray.settings.tree import load_tree
 
     import transformers
 

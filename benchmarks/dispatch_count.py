@@ -43,18 +43,18 @@ class DispatchCounter(TorchDispatchMode):
 
 
 def make_optimizer(kind: str, params, lr: float):
-    """kind: "hf" (transformers.optimization.Adafactor) or "foreach" (hql_ray.adafactor.Adafactor)."""
+    """kind: "hf" (transformers.optimization.Adafactor) or "foreach" (hql_ray.training.adafactor.Adafactor)."""
     if kind == "hf":
         from transformers.optimization import Adafactor
     else:
-        from hql_ray.adafactor import Adafactor
+        from hql_ray.training.adafactor import Adafactor
     return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=0.0)
 
 
 def tiny_model(cache: Path, r: int):
-    """The demo's tiny mT5 in 4-bit with a fresh node adapter, as hql_ray.node.build_model makes it."""
-    from hql_ray import handoff, modeling
-    from hql_ray.config import LoraShape
+    """The demo's tiny mT5 in 4-bit with a fresh node adapter, as hql_ray.training.node.build_model makes it."""
+    from hql_ray.training import handoff, modeling
+    from hql_ray.settings.config import LoraShape
 
     path = modeling.resolve_base_model("tiny", cache)
     model = modeling.load_base_model(path, "qlora", torch.device("cpu"))
@@ -65,7 +65,7 @@ def tiny_model(cache: Path, r: int):
 
 
 def tiny_batch(seed: int, batch_size: int = 8, vocab: int = 384) -> dict:
-    from hql_ray.batching import collate
+    from hql_ray.data.batching import collate
 
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -113,7 +113,7 @@ def measure(kind: str, cache: Path, steps: int, r: int) -> dict[str, int]:
 def optimizer_calls_at_mt5_large(r: int = 256) -> dict[str, int]:
     """Optimizer-step calls for mT5-large's real LoRA shapes (864 tensors at r=256), on meta tensors:
     the dispatcher sees the same ops as on a GPU, and nothing is allocated."""
-    from hql_ray import flops
+    from hql_ray.training import flops
 
     model = flops.meta_model(flops.mt5_config())
     shapes = []

@@ -42,8 +42,8 @@ def safetensors_bytes(tensors: list[tuple[str, str, tuple[int, ...]]]) -> int:
 
 def modules(r: int) -> dict[str, tuple[int, int]]:
     """{PEFT module prefix: (out_features, in_features)} of mT5-large's LoRA targets."""
-    from hql_ray.config import LoraShape
-    from hql_ray.simulate import lora_shapes
+    from hql_ray.settings.config import LoraShape
+    from hql_ray.training.simulate import lora_shapes
 
     state = LoraShape(r=r).to_state()
     shapes = lora_shapes(BASE, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(state.items())))
@@ -57,7 +57,7 @@ def modules(r: int) -> dict[str, tuple[int, int]]:
 
 def base_parameters() -> list[tuple[str, tuple[int, ...]]]:
     """mT5-large's parameters as saved (the shared embedding once)."""
-    from hql_ray import flops
+    from hql_ray.training import flops
 
     model = flops.meta_model(flops.mt5_config())
     return [(name, tuple(p.shape)) for name, p in model.named_parameters()]  # named_parameters: tied once
@@ -113,7 +113,7 @@ import json, sys, time
 from pathlib import Path
 import torch, transformers, peft
 from hql_ray import export_modes
-from hql_ray.config import Config
+from hql_ray.settings.config import Config
 def hwm():  # this process's peak RSS (VmHWM starts afresh at exec; ru_maxrss would start at the parent's)
     line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
     return int(line.split()[1]) * 1024
@@ -137,11 +137,11 @@ def measure(layers: int, r: int, nodes: int) -> None:
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
 
-    from hql_ray import flops
-    from hql_ray.config import LoraShape
-    from hql_ray.handoff import save_adapter_state
-    from hql_ray.records import AdapterState
-    from hql_ray.simulate import lora_shapes
+    from hql_ray.training import flops
+    from hql_ray.settings.config import LoraShape
+    from hql_ray.training.handoff import save_adapter_state
+    from hql_ray.settings.records import AdapterState
+    from hql_ray.training.simulate import lora_shapes
 
     with tempfile.TemporaryDirectory(prefix="export-sizes-") as tmp:
         root = Path(tmp)

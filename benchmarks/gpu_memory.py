@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gpu_memory.py --source-len 512 --target-len 256 --depths 0 3
 
 For each depth of a PTHQL path (root: no ancestors; level 1: one rank-256 ancestor; level 2: two; leaf:
-three, rank 768 in `stack`) prints `hql_ray.memory`'s estimate: the static part counted from shapes (4-bit
+three, rank 768 in `stack`) prints `hql_ray.training.memory`'s estimate: the static part counted from shapes (4-bit
 base, frozen ancestors, trainable LoRA + gradients, Adafactor) and the activations' peak measured by
 running the step on the meta device, with gradient checkpointing on (the default on GPUs) and off, and
 with the ancestors held in fp32 (before) and in the compute dtype bf16 (now). No GPU, no download.
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from hql_ray import memory  # noqa: E402
-from hql_ray.config import Config  # noqa: E402
+from hql_ray.training import memory
+from hql_ray.settings.config import Config  # noqa: E402
 
 GIB = 2**30
 NAMES = {0: "root", 1: "level 1", 2: "level 2", 3: "leaf"}

@@ -2,22 +2,22 @@
 
 Issue 12. One process loads an mt5-large-shaped model once (random weights from the config, untied
 head as in google/mt5-large, NF4 4-bit with double quant, a fresh LoRA r=256 on q,k,v,o,wi_0,wi_1,wo
-as hql_ray.node builds it), then runs each variant from the same initial LoRA and seed. Each variant
+as hql_ray.training.node builds it), then runs each variant from the same initial LoRA and seed. Each variant
 adds ONE change to the one before and its row is printed as soon as it finishes, so a time limit
 still leaves the rows before it:
 
-  V0 today          the step of hql_ray.node.train_node as of issue 12: transformers' Adafactor,
+  V0 today          the step of hql_ray.training.node.train_node as of issue 12: transformers' Adafactor,
                     loss read back every step, fp32 LoRA/wo/head/loss, batches of 8 examples
-  V1 +adafactor     hql_ray.adafactor.Adafactor (same rule, stacked tensors)
+  V1 +adafactor     hql_ray.training.adafactor.Adafactor (same rule, stacked tensors)
   V2 +lazy loss     the loss summed on the device and read back every --log-every steps; pinned,
                     non-blocking host-to-device copies
   V3 +bf16          forward under torch.autocast(bf16) (fp32 master weights stay), TF32 matmuls
   V4 +compile       torch.compile(dynamic=True) of the forward (and so the backward); on failure or
                     after --compile-timeout s the ladder goes on in eager mode and says so
   V5 +tokens=N      length-grouped batches of at most N padded tokens (one row per --token-budgets)
-  V6 +chunked CE    hql_ray.losses: head + cross-entropy --ce-chunk rows at a time (largest budget)
+  V6 +chunked CE    hql_ray.training.losses: head + cross-entropy --ce-chunk rows at a time (largest budget)
 
-Per row: s/step, real tokens/s, MFU (hql_ray.flops: 4 x frozen + 6 x LoRA parameters per real token,
+Per row: s/step, real tokens/s, MFU (hql_ray.training.flops: 4 x frozen + 6 x LoRA parameters per real token,
 plus attention, over the GPU's dense bf16 peak), HFU (the same on padded tokens), peak GPU memory,
 the loss at the last step and the mean over the timed steps. Variants V0-V4 train on the same
 batches: their losses should agree (bf16 within ~1e-2, compile's dropout masks differ). A
@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.gpu_qlora import memory_peak, sync, synthetic_examples, token_counts  # noqa: E402
-from hql_ray import flops  # noqa: E402
-from hql_ray.batching import collate, length_grouped_batches, token_budget_batches  # noqa: E402
+from hql_ray.training import flops
+from hql_ray.data.batching import collate, length_grouped_batches, token_budget_batches  # noqa: E402
 
 TARGETS = list(flops.LORA_TARGETS)
 TINY = dict(vocab_size=512, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
@@ -92,15 +92,15 @@ def save_model(config, out_dir: Path, device) -> float:
 def lora_settings(r: int):
     """The node's LoRA settings: config.LoraShape (modeling.LoraSettings before the config refactor)."""
     try:
-        from hql_ray.config import LoraShape as Lora
+        from hql_ray.settings.config import LoraShape as Lora
     except ImportError:
-        from hql_ray.modeling import LoraSettings as Lora
+        from hql_ray.training.modeling import LoraSettings as Lora
     return Lora(r=r, alpha=r, use_rslora=True, dropout=0.05, target_modules=list(TARGETS))
 
 
 def load_model(model_dir: str, device, r: int):
-    """As hql_ray.node builds a root node: 4-bit base prepared for k-bit training, a fresh LoRA."""
-    from hql_ray import handoff, modeling
+    """As hql_ray.training.node builds a root node: 4-bit base prepared for k-bit training, a fresh LoRA."""
+    from hql_ray.training import handoff, modeling
 
     model = modeling.load_base_model(model_dir, "qlora", device)
     model = handoff.attach_node_adapter(model, lora_settings(r), "stack", [])
@@ -148,7 +148,7 @@ def make_batches(examples, s: dict, args, n: int) -> list[dict]:
 def loss_function(model, s: dict, args, compile_fn):
     """The step's loss; with chunked CE only the encoder-decoder is compiled: the chunk loop's trip
     count depends on the batch, which would make dynamo recompile, and its big GEMMs gain nothing."""
-    from hql_ray import losses
+    from hql_ray.training import losses
 
     if s["chunked_ce"]:
         hidden = compile_fn(lambda batch: losses.seq2seq_hidden(model, batch))
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, help="profiled extra steps (2; dry run 1)")
     parser.add_argument("--top-kernels", type=int, default=8)
     parser.add_argument("--variants", nargs="+", help="names' prefixes to run, e.g. V0 V1 V4 (all)")
-    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak (default: by GPU name, hql_ray.flops)")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak (default: by GPU name, hql_ray.training.flops)")
     parser.add_argument("--out", help="JSON lines, one per variant (default $OUT/mfu.jsonl when $OUT is set)")
     args = parser.parse_args(argv)
     dry = args.dry_run

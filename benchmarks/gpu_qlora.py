@@ -3,7 +3,7 @@
 Model: an mt5-large-shaped MT5 (google/mt5-large's config: d_model 1024, d_ff 2816, 24+24 layers,
 16 heads, d_kv 64, vocab 250112, gated-gelu, untied head) with RANDOM weights built from the config
 (no download), saved once to a temp dir, then loaded in 4-bit (NF4, double quant, bf16 compute)
-through BitsAndBytesConfig for each path, like hql_ray.modeling does.
+through BitsAndBytesConfig for each path, like hql_ray.training.modeling does.
 
 Paths, each on the same synthetic examples (random token ids; input lengths ~ lognormal(median
 150) clipped to 60..400, targets 0.3 x input x lognormal(0, 0.25) clipped to 20..120), batch size 8,
@@ -11,7 +11,7 @@ N warm-up steps then M timed steps:
 
   ours           modeling.load_base_model(dir, "qlora", cuda) + handoff.attach_node_adapter (a
                  root node: fresh LoRA r=256, alpha 256, rsLoRA, dropout 0.05, q,k,v,o,wi_0,wi_1,wo)
-                 and the step of hql_ray.node.train_node: collate a length-grouped batch
+                 and the step of hql_ray.training.node.train_node: collate a length-grouped batch
                  (batching.length_grouped_batches), forward, backward, clip 1.0, Adafactor (lr 5e-5,
                  no relative step), linear schedule, loss read back every step
   hf             the original's path: Seq2SeqTrainer(optim="adafactor", lr 5e-5, linear schedule,
@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hql_ray.batching import collate, length_grouped_batches  # noqa: E402  (torch only: fine on a bare GPU image)
+from hql_ray.data.batching import collate, length_grouped_batches  # noqa: E402  (torch only: fine on a bare GPU image)
 
 TARGETS = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
 PATHS = ("ours", "hf", "ours-autocast")
@@ -138,8 +138,8 @@ def run_ours(model_dir: str, examples: list[dict], args, device, autocast: bool)
     import torch
     from transformers.optimization import Adafactor, get_linear_schedule_with_warmup
 
-    from hql_ray import handoff, modeling
-    from hql_ray.config import LoraShape
+    from hql_ray.training import handoff, modeling
+    from hql_ray.settings.config import LoraShape
 
     model = modeling.load_base_model(model_dir, "qlora", device, gradient_checkpointing=args.gradient_checkpointing)
     lora = LoraShape(r=args.r, alpha=args.r, use_rslora=True, dropout=0.05, target_modules=list(TARGETS))

@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-OVERLAY = ["hql_ray/simulate.py", "hql_ray/ray_worker.py", "hql_ray/commands/train.py"]
+OVERLAY = ["hql_ray/training/simulate.py", "hql_ray/orchestration/ray_worker.py", "hql_ray/commands/train.py"]
 
 
 def tree_bytes(path: Path) -> int:

@@ -4,13 +4,13 @@ with warm workers, against the bare node function.
 The three sides train the same nodes with the same config (configs/demo.yaml: the tiny mT5 in 4-bit
 QLoRA on CPU, data/sample), one node at a time, parents before children:
 
-  ray    hql_ray.driver.Driver on a local Ray with one CPU slot (resources.num_gpus=0,
+  ray    hql_ray.orchestration.driver.Driver on a local Ray with one CPU slot (resources.num_gpus=0,
          num_cpu_slots=1), resources.executor=ray-train: every node is a Ray Train run (a controller,
          its helper actors and a new worker process), adapters go through the object store, the
          keeper persists each adapter, the leaves are exported, results written.
   warm   the same driver with resources.executor=warm (what `auto` picks on a laptop): every node
-         runs on one long-lived warm worker (hql_ray/warm.py), the rest as above.
-  bare   a plain loop in this process: hql_ray.node.train_node(cfg, node, chain, LocalContext()),
+         runs on one long-lived warm worker (hql_ray/orchestration/warm.py), the rest as above.
+  bare   a plain loop in this process: hql_ray.training.node.train_node(cfg, node, chain, LocalContext()),
          each child handed its ancestors' adapter states as the driver does
          (handoff.handed_on), nothing persisted.
 
@@ -35,7 +35,7 @@ from common import (DEMO, QUICK_OVERRIDES, Stopwatch, all_done, demo_config, mac
 
 
 def through_ray(cfg) -> tuple[float, float, dict]:
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     watch = Stopwatch()
     manifest = Driver(cfg).run()
@@ -46,10 +46,11 @@ def through_ray(cfg) -> tuple[float, float, dict]:
 
 def bare_loop(cfg) -> tuple[float, dict]:
     """train_node for every node in tree order (parents first), chains handed on like the driver."""
-    from hql_ray import handoff, preflight
-    from hql_ray.context import LocalContext
-    from hql_ray.driver import Driver
-    from hql_ray.node import train_node
+    from hql_ray.training import handoff
+    from hql_ray.orchestration import preflight
+    from hql_ray.training.context import LocalContext
+    from hql_ray.orchestration.driver import Driver
+    from hql_ray.training.node import train_node
 
     driver = Driver(cfg)  # no Ray here: only its tree and its node payloads
     sizes = preflight.check(cfg, driver.tree)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
         threads = max(1, int(cfg.resources.cpus_per_worker))
         torch.set_num_threads(threads)
-        from hql_ray.node import build_model
+        from hql_ray.training.node import build_model
 
         watch = Stopwatch()
         build_model(cfg, [], torch.device("cpu"))  # untimed warm-up: lazy imports, bnb kernels

@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hql_ray.batching import length_grouped_batches, real_token_share  # noqa: E402
-from hql_ray.dataset import DataSettings, tokenize_language  # noqa: E402
-from hql_ray.modeling import load_tokenizer  # noqa: E402
-from hql_ray.tree import load_tree  # noqa: E402
+from hql_ray.data.batching import length_grouped_batches, real_token_share  # noqa: E402
+from hql_ray.data.dataset import DataSettings, tokenize_language  # noqa: E402
+from hql_ray.training.modeling import load_tokenizer  # noqa: E402
+from hql_ray.settings.tree import load_tree  # noqa: E402
 
 
 def sample_lengths(data_dir: Path, tree_file: Path) -> tuple[list[int], list[int]]:

@@ -71,7 +71,7 @@ def run_experiment(name: str, out: Path, args) -> dict:
 
 def leaf_scores(run_dir: Path) -> dict[str, dict[str, dict]]:
     """{code: {test set: {"chrf": x, "bleu": y}}} from the run's manifest: each language at its leaf."""
-    from hql_ray.tree import load_tree
+    from hql_ray.settings.tree import load_tree
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     tree_cfg = manifest["config"]["tree"]

@@ -1,8 +1,8 @@
 """Scheduler benchmark: the real driver's makespan against the lower bound, and against two baselines.
 
-The REAL driver (`hql_ray.driver.Driver`) runs the PTHQL tree on a local Ray with 8 logical GPU
+The REAL driver (`hql_ray.orchestration.driver.Driver`) runs the PTHQL tree on a local Ray with 8 logical GPU
 slots; every node is a real Ray Train run whose workers only sleep
-(`hql_ray.simulate`: seconds_per_example x examples x epochs / workers), 31,000 examples per
+(`hql_ray.training.simulate`: seconds_per_example x examples x epochs / workers), 31,000 examples per
 language. Three policies, one after the other in this process, on the same Ray:
 
   ours        the default policy: a child starts as soon as its parent is done; ready nodes share
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (LEVELS, PTHQL, CpuMeter, all_done, machine, makespan, print_table,  # noqa: E402
                     quiet, start_ray, temp_dir)
 
-from hql_ray.config import make_config  # noqa: E402
-from hql_ray.preflight import _simulated_sizes  # noqa: E402
-from hql_ray.scheduling import allocate_workers, lower_bound  # noqa: E402
-from hql_ray.tree import LanguageTree, load_tree  # noqa: E402
+from hql_ray.settings.config import make_config  # noqa: E402
+from hql_ray.orchestration.preflight import _simulated_sizes  # noqa: E402
+from hql_ray.orchestration.scheduling import allocate_workers, lower_bound  # noqa: E402
+from hql_ray.settings.tree import LanguageTree, load_tree  # noqa: E402
 
 POLICIES = {
     # name: (config overrides, slots the lower bound may use, max workers per node for the bound)
@@ -95,7 +95,7 @@ def replay(tree: LanguageTree, work: dict[str, float], slots: int, max_per_node:
 
 
 def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     extra, bound_slots, bound_max = POLICIES[policy]
     overrides = [f"run.output_dir={out}", f"run.name={policy}", f"tree.file={args.tree}",

@@ -37,7 +37,7 @@ QUICK_OVERRIDES = [
 
 
 def run_slots(config_file: str, overrides: list[str], slots: int, out: Path) -> dict:
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     cfg = demo_config(config_file, [*overrides, f"run.output_dir={out}", f"run.name=slots{slots}",
                                     "resources.num_gpus=0", f"resources.num_cpu_slots={slots}"])

@@ -33,7 +33,7 @@ def build_model(size: str, out: Path) -> str:
     import torch
     from transformers import M2M100ForConditionalGeneration
 
-    from hql_ray.tiny_nllb import _vocab, tiny_model, tiny_tokenizer
+    from hql_ray.prep.tiny_nllb import _vocab, tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     model = tiny_model(len(_vocab()), len(tok))
@@ -74,7 +74,7 @@ def plain_loop(model_dir: str, texts: list[str], langs: list[str], batch: int, m
 
 def ray_pipeline(model_dir: str, texts: list[str], langs: list[str], batch: int, max_new: int, actors: int,
                  cpu: bool, work_dir: Path) -> tuple[float, int]:
-    from hql_ray import sharded
+    from hql_ray.prep import sharded
 
     lengths = [len(t) for t in texts]
     shards = [s for lang in langs for s in sharded.plan_shards(lang, "train", texts, lengths, 1000)]

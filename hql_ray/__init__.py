@@ -1,28 +1,22 @@
 """hql-ray: hierarchical QLoRA (HQL) AMR-to-text training over a language tree, on Ray.
 
-The layers, bottom up; a module imports only from its own layer or those below it:
+The package is in layers, one sub-package each, bottom up; a module imports only from its own layer or
+those below it (`tests/test_layout.py` reads the folders and keeps it so):
 
-1. Settings and inputs: `errors`, `records` (the typed records between modules), `config` (every
-   setting, typed; `search_space` is its `tune:` section), `tree` (the language tree), `amr`,
-   `corpus` (files and layouts).
-2. Data: `dataset` (prompts, tokenization cache), `batching` (length-grouped batches), `tensorfile`
-   (safetensors written one tensor at a time).
-3. Training one node, no Ray: `modeling` (base model, 4-bit), `handoff` (adapters parent -> child,
-   persistence), `node` (the node's loop), `context` (what the loop needs from its runner),
-   `adafactor`, `losses`, `evaluation`, `metrics`, `flops`, `tracking` (TensorBoard, W&B, MLflow),
-   `tiny_pretrain` (the demo's base), `memory` (GPU memory from shapes), `reevaluate` (a trained node
-   scored again).
-4. Outputs: `manifest` (the run record, written and read), `results` (score tables), `export` +
-   `export_modes` (what people ship), `model_card`, `report` + `plots`, `progress` (terminal view),
-   `generate` (inference from a run).
-5. Orchestration on Ray: `driver` (walks the tree), `cluster` (Ray start, slots), `scheduling`
-   (workers per node), `launch` (a node as a Ray Train run: `NodeJob`), `ray_worker` (inside the
-   workers), `tune` (a node's trials), `board` + `watch` + `placement` (the runs' life, waits, leaks),
-   `keeper` (adapters saved and held on the head, never in the driver), `warm` (long-lived workers that
-   run single-worker nodes on a laptop's CPU slots), `preflight`, `simulate`, `plan` (`train --dry-run`).
-6. Data preparation and checks: `datacheck` (`hql-ray data`), `translate` and `parse_amr` (on Ray Data,
-   with their helpers), `sample` (the bundled corpus's generator, not used by a run).
-7. `cli` and `commands/`: one thin module per subcommand.
+1. `settings`: errors, the typed records that cross modules and Ray, the config (with its `tune:`
+   search space), the language tree.
+2. `data`: AMR reading, corpus layouts, prompts and the tokenization cache, batches, the sample.
+3. `scoring`: metrics as the paper names them; a node's generation and scoring on its test sets.
+4. `training`: one node without Ray: base model, hand-off, the node's recipe, optimizer, loss, tracking.
+5. `outputs`: the manifest, score tables, exports and model cards, reports, plots, the terminal view,
+   inference from a finished run.
+6. `orchestration`: Ray. The run model shared with `--dry-run`, the driver's walk, launches (Ray Train,
+   warm workers, Tune trials), the adapter keeper, the cluster. Ray is imported only here and above.
+7. `serving` and `prep`: Ray Serve for finished runs; data preparation on Ray Data (never in a run).
+8. `commands` and `cli`: one thin module per subcommand.
 """
 
 __version__ = "0.1.0"
+
+# The layer folders, bottom up (the docstring above says what each holds).
+LAYERS = ("settings", "data", "scoring", "training", "outputs", "orchestration", ("serving", "prep"), "commands")

@@ -29,7 +29,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """The bundled generator, small: 12 languages, amr3 + flores, a few dozen examples each."""
-    from hql_ray.sample.generator import write_sample
+    from hql_ray.data.sample.generator import write_sample
 
     out = tmp_path_factory.mktemp("corpus")
     write_sample(out, n_train=24, n_validation=6, n_test=4, n_flores_train=8, n_flores_validation=2,
@@ -116,7 +116,7 @@ def driver_in_thread(cfg, on_event=None):
     worker): (the thread, a dict that gets "manifest", or "error" when the run raised)."""
     import threading
 
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     outcome: dict = {}
 

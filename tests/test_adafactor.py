@@ -1,4 +1,4 @@
-"""hql_ray.adafactor: transformers' Adafactor update rule over stacked tensors, in few dispatcher calls."""
+"""hql_ray.training.adafactor: transformers' Adafactor update rule over stacked tensors, in few dispatcher calls."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from transformers.optimization import Adafactor as HFAdafactor
 from transformers.optimization import get_linear_schedule_with_warmup
 
-from hql_ray.adafactor import Adafactor
+from hql_ray.training.adafactor import Adafactor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.dispatch_count import DispatchCounter  # noqa: E402
@@ -78,7 +78,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     fresh = [torch.nn.Parameter(t) for t in saved]
     opt2 = Adafactor(fresh, lr=1e-2, **PAPER)
     sched2 = get_linear_schedule_with_warmup(opt2, 2, 7)
-    loaded = torch.load(tmp_path / "optim.pt", weights_only=True)  # as hql_ray.node.load_checkpoint does
+    loaded = torch.load(tmp_path / "optim.pt", weights_only=True)  # as hql_ray.training.node.load_checkpoint does
     opt2.load_state_dict(loaded["optimizer"])
     sched2.load_state_dict(loaded["scheduler"])
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]

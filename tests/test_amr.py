@@ -5,14 +5,14 @@ from __future__ import annotations
 import penman
 import pytest
 
-from hql_ray.amr import (
+from hql_ray.data.amr import (
     LinearizeOptions,
     linearize,
     parse_amr,
     parse_amr_tree,
     read_penman_blocks,
 )
-from hql_ray.errors import InputError
+from hql_ray.settings.errors import InputError
 
 WANT = "(w / want-01 :ARG0 (b / boy) :ARG1 (g / go-02 :ARG0 b))"
 OBAMA = '(s / say-01 :ARG0 (p / person :wiki "Barack_Obama" :name (n / name :op1 "Obama")) :ARG1 (g / go-02 :ARG0 p))'

@@ -1,10 +1,10 @@
-"""hql_ray.batching.token_budget_batches: padded-token budgets, every example once, length-grouped."""
+"""hql_ray.data.batching.token_budget_batches: padded-token budgets, every example once, length-grouped."""
 
 from __future__ import annotations
 
 import random
 
-from hql_ray.batching import token_budget_batches
+from hql_ray.data.batching import token_budget_batches
 
 
 def lengths(n: int, seed: int = 0):

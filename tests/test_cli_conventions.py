@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from hql_ray import plan, preflight
+from hql_ray.orchestration import plan, preflight
 from hql_ray.cli import build_parser, main
 from hql_ray.commands import train as train_cmd
 from hql_ray.commands.train import resolve_config
-from hql_ray.config import make_config
-from hql_ray.manifest import Manifest
-from hql_ray.tree import load_tree
+from hql_ray.settings.config import make_config
+from hql_ray.outputs.manifest import Manifest
+from hql_ray.settings.tree import load_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,13 +89,13 @@ def test_dry_run_plans_the_demo(tmp_path, capsys, cache):
     assert (leaf.examples, leaf.steps, leaf.workers) == (sizes[leaf.id], -(-sizes[leaf.id] // 8), 1)
     assert root.languages == [lang.code for lang in tree.languages]
     # the tiny mT5's r=16 LoRA on every linear layer, as a node's adapter holds it (simulate.lora_shapes)
-    from hql_ray.simulate import lora_shapes
+    from hql_ray.training.simulate import lora_shapes
 
     shapes = lora_shapes("tiny", tuple((k, tuple(v) if isinstance(v, list) else v)
                                        for k, v in sorted(cfg.model.lora.to_state().items())))
     params = sum(a * b for a, b in shapes.values())
     assert root.adapter == {"params": params, "bytes": 4 * params}
-    if plan.memory_estimator() is not None:  # hql_ray.memory: more frozen ancestors, more memory
+    if plan.memory_estimator() is not None:  # hql_ray.training.memory: more frozen ancestors, more memory
         assert 0 < root.memory["total"] < leaf.memory["total"]
         assert "GPU memory" in out.splitlines()[2]
 

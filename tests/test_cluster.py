@@ -292,7 +292,7 @@ def run_overrides(tmp_path: Path, corpus: Path, run_name: str) -> list[str]:
 
 
 def check_recovered_run(run_dir: Path, output: str, killed_at: float) -> None:
-    from hql_ray import handoff
+    from hql_ray.training import handoff
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     nodes = manifest["nodes"]

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
-from hql_ray.generate import generate_sentences
-from hql_ray.manifest import FORMAT, read_manifest, run_tree
-from hql_ray.report import write_report
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.outputs.generate import generate_sentences
+from hql_ray.outputs.manifest import FORMAT, read_manifest, run_tree
+from hql_ray.outputs.report import write_report
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NODES = {"level0.Germanic", "language.German", "language.Dutch"}

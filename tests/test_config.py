@@ -6,8 +6,8 @@ import pytest
 
 from hql_ray.cli import build_parser
 from hql_ray.commands.train import flags_to_dict, resolve_config
-from hql_ray.config import Config, apply_override, make_config
-from hql_ray.errors import ConfigError
+from hql_ray.settings.config import Config, apply_override, make_config
+from hql_ray.settings.errors import ConfigError
 
 
 def test_defaults_are_the_papers():

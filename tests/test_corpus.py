@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hql_ray.amr import LinearizeOptions
-from hql_ray.corpus import (
+from hql_ray.settings.config import LinearizeOptions
+from hql_ray.data.corpus import (
     SPLITS,
     check_layout,
     corpus_file,
@@ -23,7 +23,7 @@ from hql_ray.corpus import (
     select_corpora,
     unused_corpora,
 )
-from hql_ray.errors import InputError
+from hql_ray.settings.errors import InputError
 
 WANT = "(w / want-01 :ARG0 (b / boy) :ARG1 (g / go-02 :ARG0 b))"
 CITY = '(c / city :wiki "Paris" :name (n / name :op1 "Paris"))'

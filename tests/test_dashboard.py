@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import tiny_overrides
-from hql_ray import cluster
-from hql_ray.cluster import STATE_TRACKING, init_ray, ray_settings, wants_verbose
-from hql_ray.config import make_config
+from hql_ray.orchestration import cluster
+from hql_ray.orchestration.cluster import STATE_TRACKING, init_ray, ray_settings, wants_verbose
+from hql_ray.settings.config import make_config
 
 TREE = "code,level0,language\ndeu_Latn,Top,German\nnld_Latn,Top,Dutch\n"
 
@@ -92,7 +92,7 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
     import ray
     from ray.train.v2._internal.state.state_actor import get_state_actor
 
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     # init_ray would set it on a cluster or with -v; the shared test Ray is already up, so set it here.
     monkeypatch.setenv(STATE_TRACKING, "1")
@@ -114,8 +114,8 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
 def test_a_tune_trials_fit_gets_the_drivers_ray_train_settings(monkeypatch, clean_env):
     """A trial calls fit() in its own actor (on a cluster, without the driver's environment): the job carries
     the driver's RAY_TRAIN_* settings there, so its run is tracked for the dashboard too."""
-    from hql_ray.launch import NodeJob, Slots, make_trainer
-    from hql_ray.records import NodeSpec
+    from hql_ray.orchestration.launch import NodeJob, Slots, make_trainer
+    from hql_ray.settings.records import NodeSpec
 
     monkeypatch.setenv(STATE_TRACKING, "1")
     job = NodeJob(cfg=make_config().to_dict(), node=NodeSpec("level0.Top", "Top", "level0", 0, None, True, (("deu_Latn", "German"),), 1),

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.datacheck import percentile, token_lengths
-from hql_ray.corpus import SPLITS, corpus_file
-from hql_ray.modeling import load_tokenizer
+from hql_ray.prep.datacheck import percentile, token_lengths
+from hql_ray.data.corpus import SPLITS, corpus_file
+from hql_ray.training.modeling import load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TREE2 = "code,level0,language\nxxx_Latn,Top,Xx\nyyy_Latn,Top,Yy\n"

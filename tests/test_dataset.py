@@ -7,8 +7,8 @@ import os
 import pytest
 from transformers import ByT5Tokenizer
 
-from hql_ray import batching as B
-from hql_ray import dataset as D
+from hql_ray.data import batching as B
+from hql_ray.data import dataset as D
 
 
 @pytest.fixture()

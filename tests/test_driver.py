@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_overrides
-from hql_ray import handoff, modeling
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
-from hql_ray.node import build_model
+from hql_ray.training import handoff, modeling
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.training.node import build_model
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_leaf_metrics_and_generation(finished_run):
 
 
 def test_existing_run_needs_resume(finished_run):
-    from hql_ray.errors import ConfigError
+    from hql_ray.settings.errors import ConfigError
 
     cfg, _, _, _ = finished_run
     with pytest.raises(ConfigError, match="--resume"):

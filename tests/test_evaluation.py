@@ -13,10 +13,10 @@ import torch
 from transformers import ByT5Tokenizer, MT5Config, MT5ForConditionalGeneration
 
 from lid_fixture import tiny_lid  # noqa: F401  (a fixture)
-from hql_ray import metrics
-from hql_ray.config import make_config
-from hql_ray.dataset import DataSettings
-from hql_ray.evaluation import GenerationResult, evaluate_language, evaluate_node, generate
+from hql_ray.scoring import metrics
+from hql_ray.settings.config import make_config
+from hql_ray.data.dataset import DataSettings
+from hql_ray.scoring.evaluation import GenerationResult, evaluate_language, evaluate_node, generate
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SOURCES = [
@@ -246,7 +246,7 @@ def test_kept_texts_reproduce_the_scores(model, tok, tmp_path, eval_data, tiny_l
 
 
 def test_a_failing_test_set_is_recorded_not_raised(model, tok, tmp_path, eval_data, monkeypatch):
-    from hql_ray import evaluation
+    from hql_ray.scoring import evaluation
 
     cfg = _node_cfg(tmp_path, eval_data)
 

@@ -14,10 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM
 
-from hql_ray import export, export_modes, model_card
-from hql_ray.config import Config, LoraShape
-from hql_ray.handoff import attach_node_adapter, load_adapter_state, node_adapter_state, save_adapter_state
-from hql_ray.modeling import TINY, load_base_model, resolve_base_model
+from hql_ray.outputs import export, export_modes, model_card
+from hql_ray.settings.config import Config, LoraShape
+from hql_ray.training.handoff import attach_node_adapter, load_adapter_state, node_adapter_state, save_adapter_state
+from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
 
 CPU = torch.device("cpu")
 # A PTHQL-like chain: three nodes of different shapes, total rank 4 + 6 + 5 = 15.
@@ -214,10 +214,10 @@ def test_model_card_names_the_export_mode(tmp_path):
 
 def test_generate_loads_merged_and_compact(tiny, merged, compact, tmp_path):
     """`hql-ray generate`'s Generator loads a merged export (no adapter) and a compact one."""
-    from hql_ray.config import make_config
-    from hql_ray.generate import load_generator
-    from hql_ray.manifest import Manifest
-    from hql_ray.tree import load_tree
+    from hql_ray.settings.config import make_config
+    from hql_ray.outputs.generate import load_generator
+    from hql_ray.outputs.manifest import Manifest
+    from hql_ray.settings.tree import load_tree
 
     (tmp_path / "tree.csv").write_text("code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n")
     cfg = make_config(None, {}, [f"run.output_dir={tmp_path / 'runs'}", "run.name=gen", f"data.dir={tmp_path}",
@@ -238,7 +238,7 @@ def test_generate_loads_merged_and_compact(tiny, merged, compact, tmp_path):
 
 def test_fft_runs_export_their_whole_model(tiny, tmp_path):
     """The one entry point serves fft runs too: their leaf's state is the whole model, whatever export.mode."""
-    from hql_ray.handoff import full_state
+    from hql_ray.training.handoff import full_state
 
     model = load_base_model(tiny, "fft", CPU)
     with torch.no_grad():

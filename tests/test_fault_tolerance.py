@@ -9,8 +9,8 @@ import time
 import psutil
 
 from conftest import driver_in_thread, kill_when, tiny_overrides
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
 
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 

@@ -1,10 +1,10 @@
-"""hql_ray.flops: the FLOP count behind MFU, pinned on mT5-large built on the meta device."""
+"""hql_ray.training.flops: the FLOP count behind MFU, pinned on mT5-large built on the meta device."""
 
 from __future__ import annotations
 
 import pytest
 
-from hql_ray import flops
+from hql_ray.training import flops
 
 
 @pytest.fixture(scope="module")

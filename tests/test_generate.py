@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.errors import InputError
-from hql_ray.generate import generate_sentences, load_generator, split_graphs
+from hql_ray.settings.errors import InputError
+from hql_ray.outputs.generate import generate_sentences, load_generator, split_graphs
 
 TREE = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 GRAPHS = [
@@ -40,13 +40,13 @@ LONG = "(a / and " + " ".join(f":op{i} (x{i} / thing-{i})" for i in range(1, 8))
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A one-leaf run: German trained 2 steps (random tiny mT5, 4-bit), exported to final/deu_Latn."""
-    from hql_ray import export
-    from hql_ray.config import make_config
-    from hql_ray.context import LocalContext
-    from hql_ray.manifest import Manifest
-    from hql_ray.node import train_node
-    from hql_ray.sample.generator import write_sample
-    from hql_ray.tree import load_tree
+    from hql_ray.outputs import export
+    from hql_ray.settings.config import make_config
+    from hql_ray.training.context import LocalContext
+    from hql_ray.outputs.manifest import Manifest
+    from hql_ray.training.node import train_node
+    from hql_ray.data.sample.generator import write_sample
+    from hql_ray.settings.tree import load_tree
 
     root = tmp_path_factory.mktemp("gen")
     write_sample(root / "data", n_train=16, n_validation=4, n_test=4, n_flores_train=0, n_flores_validation=0,

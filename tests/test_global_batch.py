@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from hql_ray import batching
-from hql_ray.config import make_config
-from hql_ray.context import LocalContext, NodeContext
-from hql_ray.node import global_batch_size, node_seed, train_node
+from hql_ray.data import batching
+from hql_ray.settings.config import make_config
+from hql_ray.training.context import LocalContext, NodeContext
+from hql_ray.training.node import global_batch_size, node_seed, train_node
 
 GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
 # 6 steps at the tests' usual lr: enough to train, too few for float-order differences to grow

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from hql_ray.config import make_config
-from hql_ray.context import LocalContext
-from hql_ray.node import train_node
+from hql_ray.settings.config import make_config
+from hql_ray.training.context import LocalContext
+from hql_ray.training.node import train_node
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -8,16 +8,16 @@ import pytest
 import torch
 from peft import PeftModel
 
-from hql_ray.errors import InputError
-from hql_ray.handoff import (
+from hql_ray.settings.errors import InputError
+from hql_ray.training.handoff import (
     ANCESTORS, NODE, AdapterLoadError, _load_into, attach_node_adapter, handed_on, concat_adapters,
     delta_weights, full_state, load_adapter_state, load_full_state,
     node_adapter_state, reproject, save_adapter_state, state_checksum,
 )
-from hql_ray.export import export_adapter
-from hql_ray.config import LoraShape
-from hql_ray.records import AdapterState
-from hql_ray.modeling import TINY, load_base_model, resolve_base_model
+from hql_ray.outputs.export import export_adapter
+from hql_ray.settings.config import LoraShape
+from hql_ray.settings.records import AdapterState
+from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
 
 CPU = torch.device("cpu")
 STACK_TOL = 1e-4  # max |logit| difference, logits ~40-60; measured ~5e-5 (qlora and lora)
@@ -252,7 +252,7 @@ def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
     """Same check as on CPU, on CUDA with bf16 compute (checked on an H100)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from hql_ray.modeling import bitsandbytes_available
+    from hql_ray.training.modeling import bitsandbytes_available
 
     cuda = torch.device("cuda:0")
     if mode == "qlora":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hql_ray.handoff import ANCESTORS, NODE, attach_node_adapter, base_compute_dtype, handed_on, node_adapter_state
-from hql_ray.modeling import TINY, load_base_model, resolve_base_model
+from hql_ray.training.handoff import ANCESTORS, NODE, attach_node_adapter, base_compute_dtype, handed_on, node_adapter_state
+from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
 from tests.test_handoff import NODE_SPEC, SPECS, _logits, _randomize
 
 CPU = torch.device("cpu")

@@ -8,9 +8,9 @@ import fasttext
 import pytest
 
 from lid_fixture import sample_sentences, tiny_lid  # noqa: F401  (a fixture)
-from hql_ray import metrics
-from hql_ray.config import make_config
-from hql_ray.metrics import NotComputed, lid_score, load_lid_model, text_scores
+from hql_ray.scoring import metrics
+from hql_ray.settings.config import make_config
+from hql_ray.scoring.metrics import NotComputed, lid_score, load_lid_model, text_scores
 
 
 def original_compute_lid(model, predictions, code):

@@ -1,4 +1,4 @@
-"""hql_ray.losses: chunked head + cross-entropy equals the model's own loss, value and gradients."""
+"""hql_ray.training.losses: chunked head + cross-entropy equals the model's own loss, value and gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hql_ray.losses import chunked_cross_entropy, seq2seq_lm_loss
+from hql_ray.training.losses import chunked_cross_entropy, seq2seq_lm_loss
 
 
 def test_chunked_cross_entropy_matches_full_logits():

@@ -1,11 +1,11 @@
-"""GPU memory estimates from shapes (hql_ray.memory): mT5-large's counts pinned, the activation probe on tiny."""
+"""GPU memory estimates from shapes (hql_ray.training.memory): mT5-large's counts pinned, the activation probe on tiny."""
 
 from __future__ import annotations
 
 import torch
 
-from hql_ray import memory
-from hql_ray.config import TARGET_MODULES, Config
+from hql_ray.training import memory
+from hql_ray.settings.config import TARGET_MODULES, Config
 
 
 def test_mt5_large_static_counts_match_the_measured_load():

@@ -11,10 +11,10 @@ import sentencepiece as spm
 import smatch
 from sacrebleu.metrics import BLEU
 
-from hql_ray import metrics
-from hql_ray.config import make_config
-from hql_ray.errors import ConfigError, InputError
-from hql_ray.metrics import (MetricResult, NotComputed, bleu_13a, chrf_pp, single_line_amr, smatch_scores, spbleu,
+from hql_ray.scoring import metrics
+from hql_ray.settings.config import make_config
+from hql_ray.settings.errors import ConfigError, InputError
+from hql_ray.scoring.metrics import (MetricResult, NotComputed, bleu_13a, chrf_pp, single_line_amr, smatch_scores, spbleu,
                              text_scores)
 
 # Scored by hand with `sacrebleu s.ref -i s.hyp -m bleu chrf --chrf-word-order 2 -w 4` (sacrebleu 2.6.0):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hql_ray.config import LoraShape
-from hql_ray.errors import InputError
-from hql_ray.handoff import attach_node_adapter
-from hql_ray.modeling import (
+from hql_ray.settings.config import LoraShape
+from hql_ray.settings.errors import InputError
+from hql_ray.training.handoff import attach_node_adapter
+from hql_ray.training.modeling import (
     MODES, TINY, bitsandbytes_available, is_4bit, load_base_model, load_tokenizer,
     make_4bit_cpu_exact, resolve_base_model,
 )
@@ -41,7 +41,7 @@ def test_tiny_model_is_the_same_everywhere(tmp_path, tiny):
 
 def test_tiny_build_race_uses_the_winners_copy(tmp_path, monkeypatch):
     """Another process renames its copy into place first: ours is dropped, theirs is used."""
-    import hql_ray.modeling as modeling
+    import hql_ray.training.modeling as modeling
 
     real_rename = os.rename
 

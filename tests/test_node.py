@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from hql_ray import handoff
-from hql_ray.config import make_config
-from hql_ray.context import LocalContext
-from hql_ray.node import train_node
+from hql_ray.training import handoff
+from hql_ray.settings.config import make_config
+from hql_ray.training.context import LocalContext
+from hql_ray.training.node import train_node
 
 GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
 

@@ -11,8 +11,8 @@ import penman
 import pytest
 
 from hql_ray import cli
-from hql_ray.errors import InputError
-from hql_ray.parse_amr import find_flores_files, parse_split_map, read_flores
+from hql_ray.settings.errors import InputError
+from hql_ray.prep.parse_amr import find_flores_files, parse_split_map, read_flores
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ("eng_Latn", "deu_Latn", "ita_Latn")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hql_ray import corpus, driver, preflight
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
-from hql_ray.errors import ConfigError, InputError
-from hql_ray.tree import load_tree
+from hql_ray.data import corpus
+from hql_ray.orchestration import driver, preflight
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.settings.errors import ConfigError, InputError
+from hql_ray.settings.tree import load_tree
 
 TREE = "code,level0,language\ndeu_Latn,Germanic,German\nfra_Latn,Romance_x,French\n"
 ROOTED = "code,level0,language\ndeu_Latn,Top,German\nfra_Latn,Top,French\n"
@@ -59,7 +60,7 @@ def test_no_ldc_folder_is_said_once_and_is_not_an_error(tmp_path, caplog):
         path.unlink() if path.is_file() else path.rmdir()
     (data / "ldc2020t07").rmdir()
     cfg, tree = config(tmp_path, data)
-    with caplog.at_level(logging.WARNING, logger="hql_ray.preflight"):
+    with caplog.at_level(logging.WARNING, logger="hql_ray.orchestration.preflight"):
         preflight.check(cfg, tree)
     said = [r.getMessage() for r in caplog.records if "LDC2020T07 is not scored" in r.getMessage()]
     assert len(said) == 1 and "no ldc2020t07 folder" in said[0]
@@ -155,7 +156,7 @@ def test_corpora_not_used_are_reported_and_unknown_ones_refused(tmp_path, caplog
         for split in corpus.SPLITS:
             write(data / "amr3_old" / code / f"amr3_old_{code}_{split}.tsv", f"{GRAPHS[0]}\tx\n")
     cfg, tree = config(tmp_path, data)
-    with caplog.at_level(logging.WARNING, logger="hql_ray.preflight"):
+    with caplog.at_level(logging.WARNING, logger="hql_ray.orchestration.preflight"):
         preflight.check(cfg, tree)
     assert "data: training on amr3, flores; not used: amr3_old" in caplog.text
     cfg, tree = config(tmp_path, data, **{"data.corpora": "[amr4]"})
@@ -186,6 +187,6 @@ def test_evaluation_files_are_checked_too(tmp_path, caplog):
         preflight.check(cfg, tree)
     assert "eval.lid_model: no such file" in err.value.problem
     cfg, tree = config(tmp_path, data)
-    with caplog.at_level(logging.WARNING, logger="hql_ray.preflight"):
+    with caplog.at_level(logging.WARNING, logger="hql_ray.orchestration.preflight"):
         preflight.check(cfg, tree)
     assert "LID and LID diff: not computed: no LID model" in caplog.text

@@ -8,9 +8,9 @@ import time
 
 from rich.console import Console
 
-from hql_ray.config import make_config
-from hql_ray.progress import LiveReporter, PlainReporter, make_reporter
-from hql_ray.tree import load_tree
+from hql_ray.settings.config import make_config
+from hql_ray.outputs.progress import LiveReporter, PlainReporter, make_reporter
+from hql_ray.settings.tree import load_tree
 
 TREE = """code,level0,level1,language
 deu_Latn,Indo_European,Germanic,German

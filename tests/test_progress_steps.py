@@ -13,13 +13,14 @@ import torch
 from rich.console import Console
 from transformers import ByT5Tokenizer, MT5Config, MT5ForConditionalGeneration
 
-from hql_ray import dataset as ds_lib
-from hql_ray import metrics, progress
-from hql_ray.config import make_config
-from hql_ray.context import LocalContext
-from hql_ray.evaluation import evaluate_node
-from hql_ray.progress import LiveReporter, PlainReporter, task_text
-from hql_ray.records import RunEvent
+from hql_ray.data import dataset as ds_lib
+from hql_ray.scoring import metrics
+from hql_ray.outputs import progress
+from hql_ray.settings.config import make_config
+from hql_ray.training.context import LocalContext
+from hql_ray.scoring.evaluation import evaluate_node
+from hql_ray.outputs.progress import LiveReporter, PlainReporter, task_text
+from hql_ray.settings.records import RunEvent
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 LANGS = [("deu_Latn", "German"), ("nld_Latn", "Dutch")]
@@ -240,7 +241,7 @@ def test_export_helpers_never_raise():
 # ---- through a whole node (node.py passes ctx.progress on) -------------------------------------------
 def test_a_nodes_updates_name_its_tokenizing_and_generation(tmp_path, small_corpus, four_language_tree):
     from conftest import tiny_overrides
-    from hql_ray.node import train_node
+    from hql_ray.training.node import train_node
 
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
         "train.max_steps": 2, "eval.at_nodes": "all"})).with_absolute_paths().to_dict()

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from hql_ray import export, handoff, model_card, modeling
-from hql_ray.config import LoraShape, make_config
-from hql_ray.driver import Driver
-from hql_ray.simulate import lora_shapes
+from hql_ray.outputs import export, model_card
+from hql_ray.training import handoff, modeling
+from hql_ray.settings.config import LoraShape, make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.training.simulate import lora_shapes
 
 
 def shapes_key(lora: LoraShape) -> tuple:

@@ -8,12 +8,13 @@ import json
 import pytest
 
 from conftest import tiny_overrides
-from hql_ray import evaluation, handoff
-from hql_ray.config import make_config
-from hql_ray.context import LocalContext
-from hql_ray.driver import Driver
-from hql_ray.node import train_node
-from hql_ray.reevaluate import evaluate_trained_node
+from hql_ray.scoring import evaluation
+from hql_ray.training import handoff
+from hql_ray.settings.config import make_config
+from hql_ray.training.context import LocalContext
+from hql_ray.orchestration.driver import Driver
+from hql_ray.training.node import train_node
+from hql_ray.training.reevaluate import evaluate_trained_node
 
 GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
 TWO_LEAVES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"

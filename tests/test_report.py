@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.errors import InputError
-from hql_ray.plots import timeline_lanes
-from hql_ray.report import load_run, write_report
-from hql_ray.results import path_scores, score_rows
+from hql_ray.settings.errors import InputError
+from hql_ray.outputs.plots import timeline_lanes
+from hql_ray.outputs.report import load_run, write_report
+from hql_ray.outputs.results import path_scores, score_rows
 
 TREE = """code,level0,level1,language
 deu_Latn,Indo_European,Germanic,German
@@ -297,8 +297,8 @@ def test_results_files_keyed_by_test_set_and_the_lid_baseline(tmp_path):
     """The driver's results.md|csv: a row per language and test set, reasons for what was not computed,
     signatures; the references' LID the workers computed go into eval.lid_baseline (the original's -ge
     file, whose own values are kept)."""
-    from hql_ray.manifest import read_manifest, run_tree
-    from hql_ray.results import write_results
+    from hql_ray.outputs.manifest import read_manifest, run_tree
+    from hql_ray.outputs.results import write_results
 
     tree_file = tmp_path / "tree.csv"
     tree_file.write_text(TREE)

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.evaluation import write_node_texts
-from hql_ray.report import load_run, read_examples, write_report
+from hql_ray.scoring.evaluation import write_node_texts
+from hql_ray.outputs.report import load_run, read_examples, write_report
 from test_report import SCORES_A, TREE, write_run
 
 LEAVES = {"deu_Latn": "language.German", "nld_Latn": "language.Dutch", "ita_Latn": "language.Italian"}

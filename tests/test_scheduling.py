@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hql_ray.scheduling import allocate_workers, lower_bound, max_useful_workers
+from hql_ray.orchestration.scheduling import allocate_workers, lower_bound, max_useful_workers
 
 
 def test_root_gets_every_slot():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import tiny_overrides
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
 
 TREE = "code,level0,language\ndeu_Latn,Top,German\n"
 

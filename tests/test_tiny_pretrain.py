@@ -9,9 +9,11 @@ import threading
 import pytest
 import torch
 
-from hql_ray import corpus, metrics, modeling, tiny_pretrain
-from hql_ray.dataset import make_pair
-from hql_ray.evaluation import generate
+from hql_ray.data import corpus
+from hql_ray.scoring import metrics
+from hql_ray.training import modeling, tiny_pretrain
+from hql_ray.data.dataset import make_pair
+from hql_ray.scoring.evaluation import generate
 
 LANGUAGES = [("deu_Latn", "German"), ("spa_Latn", "Spanish")]
 

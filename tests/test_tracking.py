@@ -1,4 +1,4 @@
-"""Experiment tracking (hql_ray.tracking): TensorBoard event files, W&B offline runs, MLflow parent and nested runs
+"""Experiment tracking (hql_ray.training.tracking): TensorBoard event files, W&B offline runs, MLflow parent and nested runs
 against a real `mlflow server`, and a tracking failure that warns once while the node trains on."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
-from hql_ray import tracking
-from hql_ray.config import Config, make_config
-from hql_ray.context import LocalContext
-from hql_ray.node import train_node
-from hql_ray.tree import load_tree
+from hql_ray.training import tracking
+from hql_ray.settings.config import Config, make_config
+from hql_ray.training.context import LocalContext
+from hql_ray.training.node import train_node
+from hql_ray.settings.tree import load_tree
 
 GERMAN = {"id": "language.German", "level": "language", "depth": 2, "parent": "level1.Germanic",
           "languages": [["deu_Latn", "German"]], "is_leaf": True}
@@ -272,7 +272,7 @@ def test_mlflow_parent_and_nested_runs(tmp_path, config, mlflow_server):
 
 
 def test_a_backend_failing_mid_run_warns_once(tmp_path):
-    from hql_ray.records import NodeSpec
+    from hql_ray.settings.records import NodeSpec
 
     class Broken(tracking._Backend):
         name = "broken"
@@ -301,7 +301,7 @@ def test_a_backend_failing_mid_run_warns_once(tmp_path):
 def test_other_ranks_log_nothing(tmp_path, config):
     cfg = config(tmp_path, **{"tracking.tensorboard": "true",
                                                                  "tracking.mlflow_uri": "http://127.0.0.1:9"})
-    from hql_ray.records import NodeSpec
+    from hql_ray.settings.records import NodeSpec
 
     tracker = tracking.NodeTracker.open(cfg, NodeSpec.coerce(GERMAN), rank=1)
     assert not tracker.active and not (cfg.run_dir / "tensorboard").exists()
@@ -311,7 +311,7 @@ def test_other_ranks_log_nothing(tmp_path, config):
 @pytest.mark.slow
 def test_driver_run_logs_every_node_from_the_root(ray_session, small_corpus, tmp_path):
     """A real run (root + 2 leaves on Ray): each node's TensorBoard run, the leaves' steps counted from the root's."""
-    from hql_ray.driver import Driver
+    from hql_ray.orchestration.driver import Driver
 
     tree = tmp_path / "two.csv"
     tree.write_text("code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n")

@@ -13,8 +13,8 @@ import penman
 import pytest
 
 from hql_ray import cli
-from hql_ray.amr import linearize
-from hql_ray.translate import read_release
+from hql_ray.data.amr import linearize
+from hql_ray.prep.translate import read_release
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = {"training": ("train", 12), "dev": ("validation", 4), "test": ("test", 4)}
@@ -48,7 +48,7 @@ def release(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_nllb(tmp_path_factory) -> str:
-    from hql_ray.tiny_nllb import build_tiny_nllb
+    from hql_ray.prep.tiny_nllb import build_tiny_nllb
 
     return build_tiny_nllb(tmp_path_factory.mktemp("models"))
 
@@ -62,7 +62,7 @@ def expected_outputs(model: str, lang: str, sentences: list[str]) -> list[str]:
     """The plain in-process generation of the same model: what every row must hold."""
     import numpy as np
 
-    from hql_ray.seq2seq_actor import Seq2SeqPredictor
+    from hql_ray.prep.seq2seq_actor import Seq2SeqPredictor
 
     actor = Seq2SeqPredictor({"model": model, "src_lang": "eng_Latn", "lang_tokens": {lang: lang},
                               "max_new_tokens": 12})

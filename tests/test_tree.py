@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.errors import ConfigError, InputError
-from hql_ray.tree import Language, LanguageTree, level_columns, load_tree, parse_level_args
+from hql_ray.settings.errors import ConfigError, InputError
+from hql_ray.settings.tree import Language, LanguageTree, level_columns, load_tree, parse_level_args
 
 FILES = Path(__file__).resolve().parent.parent / "language_files"
 ALL4 = ["level0", "level1", "level2", "language"]

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_overrides, unreleased_resources
-from hql_ray import search_space, tune
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
-from hql_ray.errors import ConfigError
-from hql_ray.records import AdapterState, NodeResult
+from hql_ray.settings import search_space
+from hql_ray.orchestration import tune
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.settings.errors import ConfigError
+from hql_ray.settings.records import AdapterState, NodeResult
 
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 # The root tries lr 1e-2 then 1e-7 (a grid, one at a time): ASHA must stop the second after its first
@@ -55,7 +56,7 @@ def test_default_applies_to_every_level_and_levels_override_it():
     assert search_space.searches_level(cfg, "level0") and search_space.searches_level(cfg, "level2")
     assert not search_space.searches_level(cfg, "language")
     assert not search_space.searches_level(make_config(), "level0")  # no tune section: nothing searched
-    space = search_space.param_space(cfg, search_space.level_spec(cfg, "level0"))
+    space = tune.param_space(cfg, search_space.level_spec(cfg, "level0"))
     assert space == {"lora_r": 8, "lora_alpha": "r", "learning_rate": 3e-3}  # unset = the run's values
 
 
@@ -132,7 +133,7 @@ def test_every_trial_is_recorded_and_the_best_kept(searched_run):
         assert (run_dir / "storage" / t["run"]).is_dir()  # each trial: its own Ray Train run, own name
     assert len({t["run"] for t in trials}) == 2
     # The node's adapter is the chosen trial's (rank 2), saved and checksummed like any node's.
-    from hql_ray import handoff
+    from hql_ray.training import handoff
 
     saved = handoff.load_adapter_state(run_dir / root.adapter)
     assert saved.config["r"] == 2 and handoff.state_checksum(saved) == root.checksum
@@ -204,7 +205,7 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     import numpy as np
     import ray
 
-    from hql_ray.board import RunBoard
+    from hql_ray.orchestration.board import RunBoard
 
     board = RunBoard.options(num_cpus=0).remote()
     state = tune._search_state_cls().remote(board, "level0.G", "val_loss", "min")

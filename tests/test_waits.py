@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from conftest import REPO, tiny_overrides, unreleased_resources
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
 from test_tune import TWO_LANGUAGES, search_overrides
 
 # Three CPU slots on a Ray with two CPUs: the root asks for 3 workers x 1 CPU, which never fit.

@@ -10,11 +10,11 @@ import pytest
 import ray
 
 from conftest import driver_in_thread, kill_when, ray_processes_of_this_process, tiny_overrides, unreleased_resources
-from hql_ray import warm
-from hql_ray.config import make_config
-from hql_ray.driver import Driver
-from hql_ray.errors import ConfigError
-from hql_ray.launch import Slots
+from hql_ray.orchestration import warm
+from hql_ray.settings.config import make_config
+from hql_ray.orchestration.driver import Driver
+from hql_ray.settings.errors import ConfigError
+from hql_ray.orchestration.launch import Slots
 
 CPU_SLOTS = {"resources.num_gpus": 0, "resources.num_cpu_slots": 2}
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"

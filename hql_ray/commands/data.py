@@ -6,7 +6,7 @@ how many would be clipped by the max lengths, and every problem found: each bad 
 ``file:line: problem`` (all of them, not just the first), missing split files, languages without data.
 Exit code 0: no problems; 1: problems (so it can gate a run); 2: unusable input (InputError).
 
-The checking itself is `hql_ray.datacheck`; this module is the command and its printout.
+The checking itself is `hql_ray.prep.datacheck`; this module is the command and its printout.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hql_ray import corpus
-from hql_ray.datacheck import LanguageReport, LineChecker, inspect_language, load_tokenizer, percentile, select_corpora
-from hql_ray.errors import InputError
-from hql_ray.tree import load_tree, parse_level_args
+from hql_ray.data import corpus
+from hql_ray.prep.datacheck import LanguageReport, LineChecker, inspect_language, load_tokenizer, percentile, select_corpora
+from hql_ray.settings.errors import InputError
+from hql_ray.settings.tree import load_tree, parse_level_args
 
 PERCENTILES = (50, 90, 99)
 

@@ -73,8 +73,8 @@ def _quiet_libraries() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hql_ray.errors import InputError
-    from hql_ray.generate import load_generator, read_inputs
+    from hql_ray.settings.errors import InputError
+    from hql_ray.outputs.generate import load_generator, read_inputs
 
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:

@@ -22,8 +22,8 @@ MAX_LISTED = 10
 
 
 def add_parser(sub) -> None:
-    from hql_ray.infer_cli import add_pipeline_flags
-    from hql_ray.parse_amr import DEFAULT_SPLIT_MAP
+    from hql_ray.prep.infer_cli import add_pipeline_flags
+    from hql_ray.prep.parse_amr import DEFAULT_SPLIT_MAP
 
     p = sub.add_parser(
         "parse", help="parse the English FLORES sentences into AMR on Ray Data: the flores corpus per language",
@@ -46,10 +46,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hql_ray import infer_cli, parse_amr, sharded
-    from hql_ray.errors import InputError
-    from hql_ray.manifest import atomic_write_json
-    from hql_ray.translate import ENGLISH, parse_langs
+    from hql_ray.prep import infer_cli, parse_amr, sharded
+    from hql_ray.settings.errors import InputError
+    from hql_ray.outputs.manifest import atomic_write_json
+    from hql_ray.prep.translate import ENGLISH, parse_langs
 
     infer_cli.check_positive(args)
     if args.validation_size < 0:
@@ -107,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_flores(out: Path, texts: dict, shards: list, outcome, split_map: dict, args) -> tuple[dict, list[str]]:
     """Check every graph; pair the good ones with each language's sentence of the same row, per our split."""
-    from hql_ray import parse_amr
-    from hql_ray.translate import ENGLISH, write_corpus
+    from hql_ray.prep import parse_amr
+    from hql_ray.prep.translate import ENGLISH, write_corpus
 
     graphs: dict[tuple[str, int], str] = {}
     rejected: list[str] = []

@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hql_ray.errors import InputError
-    from hql_ray.report import write_report
+    from hql_ray.settings.errors import InputError
+    from hql_ray.outputs.report import write_report
 
     if args.examples < 0:
         raise InputError(f"--examples must be 0 or more, not {args.examples}")

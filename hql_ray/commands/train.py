@@ -17,9 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-from hql_ray.config import HANDOFFS, MODES, TEST_SETS, VALIDATION_MODES, make_config
-from hql_ray.errors import ConfigError
-from hql_ray.tree import parse_level_args
+from hql_ray.settings.config import HANDOFFS, MODES, TEST_SETS, VALIDATION_MODES, make_config
+from hql_ray.settings.errors import ConfigError
+from hql_ray.settings.tree import parse_level_args
 
 DEMO_CONFIG = "configs/demo.yaml"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]  # the original's -bs choices
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if args.slots is not None and args.slots < 1:
         raise ConfigError(f"--slots must be >= 1, got {args.slots}")
     if args.dry_run:
-        from hql_ray import plan
+        from hql_ray.orchestration import plan
 
         dry = plan.make_plan(cfg, slots=args.slots, activations=args.memory_activations)
         print(plan.render(dry))
@@ -183,16 +183,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(cfg, args: argparse.Namespace) -> int:
-    from hql_ray import plan
-    from hql_ray.tree import load_tree
+    from hql_ray.orchestration import plan
+    from hql_ray.settings.tree import load_tree
 
     # An existing run folder (no --resume) is refused first: before the data check, the demo base's
     # build or Ray.
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     plan.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
 
-    from hql_ray.driver import Driver
-    from hql_ray.progress import make_reporter
+    from hql_ray.orchestration.driver import Driver
+    from hql_ray.outputs.progress import make_reporter
 
     simulate = None
     if args.simulate is not None:

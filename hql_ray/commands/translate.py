@@ -22,7 +22,7 @@ WORK = ".hql-ray/translate"  # under -o: run.json, shards/, summary.json
 
 
 def add_parser(sub) -> None:
-    from hql_ray.infer_cli import add_pipeline_flags
+    from hql_ray.prep.infer_cli import add_pipeline_flags
 
     p = sub.add_parser(
         "translate", help="translate the AMR 3.0 sentences with NLLB on Ray Data: the amr3 corpus per language",
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hql_ray import infer_cli, sharded, translate
+    from hql_ray.prep import infer_cli, sharded, translate
 
     infer_cli.check_positive(args)
     infer_cli.quiet_libraries()
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     summary = infer_cli.summarize(outcome, shards)
     summary["skipped_inputs"] = len(skipped)
     summary["files"] = written
-    from hql_ray.manifest import atomic_write_json
+    from hql_ray.outputs.manifest import atomic_write_json
 
     atomic_write_json(work.root / "summary.json", summary)
     infer_cli.print_summary("translate", summary, pool.describe() if pool else None)
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_corpora(out: Path, splits: dict, shards: list, outcome, layout: str) -> list[str]:
     """Pair each graph with its translation (empty outputs left out) and English with the gold sentence."""
-    from hql_ray import translate
+    from hql_ray.prep import translate
 
     files: list[str] = []
     for split, entries in splits.items():
@@ -120,7 +120,7 @@ def _write_corpora(out: Path, splits: dict, shards: list, outcome, layout: str) 
 
 def _model_path(model: str) -> str:
     """A local folder as an absolute path (Ray actors have another working directory); a hub id as is."""
-    from hql_ray.errors import InputError
+    from hql_ray.settings.errors import InputError
 
     expanded = os.path.abspath(os.path.expanduser(model))
     if os.path.isdir(expanded):
@@ -135,7 +135,7 @@ def _model_path(model: str) -> str:
 def _load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
-    from hql_ray.errors import InputError
+    from hql_ray.settings.errors import InputError
 
     try:
         return AutoTokenizer.from_pretrained(model)

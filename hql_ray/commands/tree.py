@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hql_ray.errors import InputError
-from hql_ray.tree import LanguageTree, load_tree, parse_level_args
+from hql_ray.settings.errors import InputError
+from hql_ray.settings.tree import LanguageTree, load_tree, parse_level_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def example_counts(tree: LanguageTree, data_dir: str | Path, split: str = "train",
                    corpora: list[str] | None = None) -> dict[str, int]:
     """Examples per language code (render() sums them per node)."""
-    from hql_ray.corpus import count_examples  # only when asked: keeps `tree` light
+    from hql_ray.data.corpus import count_examples  # only when asked: keeps `tree` light
 
     if not Path(data_dir).is_dir():
         raise InputError("data folder not found", path=data_dir)

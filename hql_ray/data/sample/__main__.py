@@ -1,0 +1,5 @@
+import sys
+
+from hql_ray.data.sample.generator import main
+
+sys.exit(main())

@@ -1,0 +1,246 @@
+"""The run record: OUTPUT/RUN_NAME/manifest.json, written by the driver and read by everything after a run.
+
+Only the driver writes it (one thread), rewritten atomically after every change: a reader always sees
+a complete JSON file (a temp file in the same folder, fsynced, then `os.replace`d over the old one).
+`read_manifest` and `run_tree` are how `report`, `generate` and `--resume` read a run folder, including
+one written by an older hql-ray (FORMAT counts the layouts; a manifest without `format` is format 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hql_ray.settings.errors import InputError
+from hql_ray.scoring.metrics import scores_by_test_set
+from hql_ray.settings.tree import Language, LanguageTree, TreeNode, load_tree
+
+STATUSES = ("pending", "running", "done", "failed", "skipped")  # skipped: tree.skip (-sv), not trained
+# 1: before the format key (2026-11-29); 2: adds `format`; 3: a node's metrics["languages"] is
+# {code: {test set: scores}} (before: {code: scores} on the union of the test splits, "bleu" = BLEU 13a).
+FORMAT = 3
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; the record is for everyone who reads the run
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@dataclass
+class NodeRecord:
+    """One node of the run record: where it sits in the tree, what happened to it, what it produced."""
+
+    id: str
+    name: str
+    level: str
+    depth: int
+    parent: str | None
+    children: list[str]
+    languages: list[str]  # codes
+    status: str = "pending"  # pending | running | done | failed | skipped
+    started_at: float | None = None
+    finished_at: float | None = None
+    resources: dict | None = None  # workers, gpu, gpu_ids, hosts
+    attempts: int = 0  # worker-group starts over every launch of the node
+    adapter: str | None = None  # its own adapter, relative to the run folder (what --resume reuses)
+    checksum: str | None = None
+    received_checksums: list[str] = field(default_factory=list)
+    handed_from: list[str] = field(default_factory=list)  # whose adapters it started from
+    metrics: dict | None = None
+    history: list[dict] | None = None
+    trials: list[dict] | None = None  # a searched node (hql_ray.orchestration.tune)
+    exported: list[str] = field(default_factory=list)  # languages written under final/
+    exports: dict = field(default_factory=dict)  # code -> export.mode, bytes on disk, compact's logit error
+    error: str | None = None
+    extra: dict = field(default_factory=dict)  # keys this version does not know, written back as they were
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeRecord":
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        record = cls(**{k: v for k, v in data.items() if k in known})
+        record.extra = {k: v for k, v in data.items() if k not in known}
+        for name in ("received_checksums", "handed_from", "exported"):  # null in some older manifests
+            if getattr(record, name) is None:
+                setattr(record, name, [])
+        return record
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**out, **self.extra}
+
+
+class Manifest:
+    """The run record: `data` is the JSON file's content but its nodes, which are `NodeRecord`s."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path = Path(path)
+        self.data = {k: v for k, v in data.items() if k != "nodes"}
+        self.nodes: dict[str, NodeRecord] = {k: NodeRecord.from_dict(v) for k, v in data["nodes"].items()}
+
+    # ---- creation / loading -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, tree: LanguageTree, config: dict, run_name: str) -> "Manifest":
+        nodes = {node.id: NodeRecord(node.id, node.name, node.level, node.depth, node.parent, list(node.children),
+                                     [lang.code for lang in node.languages]).to_dict()
+                 for node in tree.nodes.values()}
+        data = {
+            "format": FORMAT,
+            "run": run_name,
+            "created_at": time.time(),
+            "updated_at": time.time(),
+            "status": "running",
+            # The tree's own shape (LanguageTree.to_dict) but its nodes, which live in "nodes" below.
+            "tree": {k: v for k, v in tree.to_dict().items() if k != "nodes"},
+            "config": config,
+            "nodes": nodes,
+        }
+        manifest = cls(path, data)
+        manifest.save()
+        return manifest
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        return read_manifest(path)
+
+    @property
+    def format(self) -> int:
+        return int(self.data.get("format", 1))
+
+    def upgrade(self, tree: LanguageTree) -> None:
+        """A resumed run of an older format gets this format's fields (its nodes are already the tree's);
+        its scores become {code: {"union": scores}} (hql_ray.scoring.metrics.scores_by_test_set)."""
+        if self.format < FORMAT:
+            self.data["format"] = FORMAT
+            self.data["tree"] = {k: v for k, v in tree.to_dict().items() if k != "nodes"}
+            for record in self.nodes.values():
+                languages = (record.metrics or {}).get("languages")
+                if isinstance(languages, dict):
+                    record.metrics["languages"] = {code: scores_by_test_set(v) for code, v in languages.items()}
+            self.save()
+
+    def to_dict(self) -> dict:
+        return {**self.data, "nodes": {k: v.to_dict() for k, v in self.nodes.items()}}
+
+    def save(self) -> None:
+        self.data["updated_at"] = time.time()
+        atomic_write_json(self.path, self.to_dict())
+
+    # ---- updates --------------------------------------------------------------------------------
+    def update(self, node_id: str, **fields) -> None:
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"bad status {fields['status']!r}")
+        record = self.nodes[node_id]
+        for name, value in fields.items():
+            if not hasattr(record, name) or name == "extra":
+                raise AttributeError(f"a node record has no field {name!r}")
+            setattr(record, name, value)
+        self.save()
+
+    def set_run_status(self, status: str, **extra) -> None:
+        self.data["status"] = status
+        self.data.update(extra)
+        self.save()
+
+
+# ---- reading a run folder ---------------------------------------------------------------------
+def read_manifest(run_dir: str | Path) -> Manifest:
+    """RUN_DIR/manifest.json (RUN_DIR may also name the file itself); InputError if absent or broken."""
+    path = Path(run_dir)
+    mpath = path if path.name == "manifest.json" and path.is_file() else path / "manifest.json"
+    if not path.exists():
+        raise InputError("run folder does not exist", path=path)
+    if not mpath.is_file():
+        raise InputError("no manifest.json here: not a hql-ray run folder", path=path)
+    try:
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"manifest is not valid JSON: {err.msg}", path=mpath, line=err.lineno) from None
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
+        raise InputError("manifest has no 'nodes' table: not a hql-ray run record", path=mpath)
+    if int(data.get("format", 1)) > FORMAT:
+        raise InputError(f"manifest format {data['format']} is newer than this hql-ray reads ({FORMAT}): "
+                         "upgrade hql-ray", path=mpath)
+    try:
+        return Manifest(mpath, data)
+    except TypeError as err:  # a node entry without its tree fields
+        raise InputError(f"manifest has a broken node entry: {err}", path=mpath) from None
+
+
+def tree_from_nodes(manifest: Manifest) -> LanguageTree:
+    """The run's tree rebuilt from the manifest alone (used when the tree file is gone or changed).
+
+    Display names come from leaf nodes of the `language` level (one language each); else the code.
+    """
+    nodes = manifest.nodes
+    names: dict[str, str] = {}
+    for entry in nodes.values():
+        if entry.level == "language" and len(entry.languages) == 1:
+            names[entry.languages[0]] = entry.name
+    codes: list[str] = []
+    for entry in nodes.values():
+        if entry.parent is None:
+            codes += [c for c in entry.languages if c not in codes]
+    langs = {c: Language(c, names.get(c, c)) for c in codes}
+    tree_nodes = {
+        nid: TreeNode(id=nid, name=e.name, level=e.level, depth=e.depth, parent=e.parent,
+                      children=list(e.children), languages=[langs.get(c, Language(c, c)) for c in e.languages])
+        for nid, e in nodes.items()
+    }
+    info = manifest.data.get("tree") or {}
+    return LanguageTree(str(info.get("file", "")), list(info.get("levels") or []), list(langs.values()), tree_nodes)
+
+
+def run_tree(manifest: Manifest) -> tuple[LanguageTree, str | None]:
+    """The run's tree, and a note when it had to be pieced together (None otherwise).
+
+    Format 2 records the tree itself (its languages with their names, and the nodes): read exactly.
+    Format 1 recorded only the tree file's path: the file when it still matches the run, else the
+    nodes of the manifest with display names guessed from the leaves.
+    """
+    info = manifest.data.get("tree") or {}
+    if manifest.format >= 2:
+        return LanguageTree.from_dict({"path": info.get("path", ""), "levels": info.get("levels") or [],
+                                       "languages": info.get("languages") or [],
+                                       "nodes": [e.to_dict() for e in manifest.nodes.values()]}), None
+    file = info.get("file")
+    try:
+        tree = load_tree(file, info.get("levels"))
+    except Exception as err:  # noqa: BLE001 - any problem with the file: use the run's own record
+        return tree_from_nodes(manifest), f"tree file {file} unreadable ({err}); names rebuilt from the manifest"
+    if set(tree.nodes) != set(manifest.nodes):
+        return tree_from_nodes(manifest), f"tree file {file} changed since the run; nodes taken from the manifest"
+    return tree, None
+
+
+@dataclass
+class RunRecord:
+    """One run as the report sees it: its manifest, its tree and what is worth a note."""
+
+    path: Path
+    label: str
+    manifest: Manifest
+    tree: LanguageTree
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> dict[str, NodeRecord]:
+        return self.manifest.nodes

@@ -1,0 +1,392 @@
+"""The score tables, one home for both readers: the driver's results.md|csv (one run, written at its end)
+and `hql-ray report`'s tables across runs and along root-to-leaf paths.
+
+Every score is keyed by (node, language, test set): a language's row per test set holds its leaf node's
+scores (`language_rows`). Metrics are named as the paper names them (hql_ray.scoring.metrics): spBLEU, BLEU (13a),
+chrF++, LID, LID diff; smatch F1 for parsing runs. A metric that was not computed shows "not computed"
+and the reason is listed under the table; "-" means no score exists (the node failed, or did not evaluate).
+Runs of an older hql-ray have one score per language on the union of its test splits: test set "union".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+from hql_ray.settings.errors import InputError
+from hql_ray.outputs.manifest import Manifest, RunRecord, atomic_write_text
+from hql_ray.scoring.metrics import LEGACY_TEST_SET, METRIC_NAMES, TEST_SETS, is_legacy, merge_lid_baseline, scores_by_test_set
+from hql_ray.settings.tree import LanguageTree
+
+log = logging.getLogger(__name__)
+
+METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "lid_diff", "smatch")  # smatch = F1, for text2amr runs
+BEST_METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "smatch")  # higher is better (LID diff: no "best")
+WINNER_ORDER = ("chrf++", "spbleu", "bleu_13a", "smatch")  # the best run of a (language, test set)
+TEST_SET_ORDER = (*TEST_SETS, LEGACY_TEST_SET)
+LEGACY_NOTE = (f"test set '{LEGACY_TEST_SET}': scores from an older hql-ray, one per language on the union of "
+               "every corpus's test split (amr3 + flores), not the paper's test sets; its BLEU is BLEU (13a)")
+NOT_COMPUTED = "not computed"
+COLUMNS = ["code", "language", "test_set", "node", "n_test", *METRICS, "reference_lid", "val_loss",
+           "initial_val_loss", "not_computed", "signatures"]
+CSV_COLUMNS = ["run", "code", "language", "test_set", "node", "node_status", *METRICS, "n_test", "val_loss",
+               "best", "best_metrics", "not_computed"]
+
+
+def num_or_none(value) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def test_set_key(name) -> tuple:
+    return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), str(name))
+
+
+def node_scores(metrics: dict | None, code: str) -> dict[str, dict]:
+    """{test set: scores} of one language at one node (an older run's scores as test set "union")."""
+    sets = scores_by_test_set(((metrics or {}).get("languages") or {}).get(code))
+    return {name: sets[name] for name in sorted(sets, key=test_set_key)}
+
+
+def score_fields(scores: dict) -> dict:
+    """The metrics of one (node, language, test set) as numbers or None, with the reasons for the Nones."""
+    out = {m: num_or_none(scores.get("f1" if m == "smatch" else m)) for m in METRICS}
+    reasons = dict(scores.get("not_computed") or {})
+    out["not_computed"] = {m: why for m, why in reasons.items() if m in METRICS and out[m] is None}
+    out["n_test"] = scores.get("n")
+    return out
+
+
+def language_rows(manifest: Manifest, tree: LanguageTree) -> list[dict]:
+    """One row per language and test set: the scores of the language's leaf node (a language whose leaf
+    has no scores still gets one row, test set None)."""
+    rows = []
+    for lang in tree.languages:
+        leaf = tree.leaf_for(lang.code)
+        metrics = manifest.nodes[leaf.id].metrics or {}
+        ancestors = tree.ancestors(leaf.id)
+        root_metrics = manifest.nodes[ancestors[0].id if ancestors else leaf.id].metrics or {}
+        base = {"code": lang.code, "language": lang.name, "node": leaf.id, "val_loss": metrics.get("val_loss"),
+                "initial_val_loss": root_metrics.get("initial_val_loss")}
+        sets = node_scores(metrics, lang.code) or {None: {}}
+        for test_set, scores in sets.items():
+            rows.append({**base, "test_set": test_set, **score_fields(scores),
+                         "reference_lid": num_or_none(scores.get("reference_lid")),
+                         "signatures": dict(scores.get("signatures") or {})})
+    return rows
+
+
+# ---- cells and notes -----------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def cell(row: dict, metric: str, digits: int = 2) -> str:
+    value = row.get(metric)
+    if value is not None:
+        return f"{value:.{digits}f}"
+    return NOT_COMPUTED if metric in (row.get("not_computed") or {}) else "-"
+
+
+def present_metrics(rows: list[dict]) -> list[str]:
+    """The metrics some row has a score or a not-computed reason for, in METRICS order; a parsing run shows
+    smatch only; nothing at all: the text metrics."""
+    found = {m for r in rows for m in METRICS if r.get(m) is not None or m in (r.get("not_computed") or {})}
+    if found - {"smatch"}:
+        found |= {"bleu_13a", "chrf++"}
+    return [m for m in METRICS if m in found] or ["spbleu", "bleu_13a", "chrf++"]
+
+
+def not_computed_notes(rows: list[dict], label=lambda r: "") -> list[str]:
+    """'- spBLEU: not computed: <why> (flores: deu_Latn, ...)', one line per metric and reason."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        for metric, why in (r.get("not_computed") or {}).items():
+            groups.setdefault((metric, why), []).append(r)
+    lines = []
+    for (metric, why), group in groups.items():
+        where: dict[str, list[str]] = {}
+        for r in group:
+            where.setdefault(f"{label(r)}{r['test_set']}", []).append(r["code"])
+        said = "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in where.items())
+        text = why if why.startswith(NOT_COMPUTED) else f"{NOT_COMPUTED}: {why}"
+        lines.append(f"- {METRIC_NAMES[metric]}: {text} ({said})")
+    return lines
+
+
+def signature_notes(rows: list[dict]) -> list[str]:
+    seen: dict[str, list[str]] = {}
+    for r in rows:
+        for metric, sig in (r.get("signatures") or {}).items():
+            if sig and sig not in seen.setdefault(metric, []):
+                seen[metric].append(sig)
+    return [f"- {METRIC_NAMES.get(m, m)}: `{s}`" for m in METRICS if m in seen for s in seen[m]]
+
+
+def _joined(mapping: dict, sep: str) -> str:
+    return "; ".join(f"{k}{sep}{v}" for k, v in mapping.items())
+
+
+# ---- results.md|csv of one run -------------------------------------------------------------------------
+def to_markdown(rows: list[dict], title: str) -> str:
+    metrics = present_metrics(rows)
+    head = ["code", "language", "test set", "node", "n", *(METRIC_NAMES[m] for m in metrics), "val_loss",
+            "initial_val_loss"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["code"], r["language"], r["test_set"] or "-", r["node"], _fmt(r["n_test"]),
+                 *(cell(r, m) for m in metrics), _fmt(r["val_loss"]), _fmt(r["initial_val_loss"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Scores of each language on each test set at its leaf node: spBLEU (sacreBLEU, flores200 "
+              "SentencePiece; the original's `bleu`), BLEU (13a) (the original's `old_bleu`), chrF++, LID (mean "
+              "probability x100 of the language's label) and LID diff (the hypotheses' LID minus the "
+              "references'). References are the test sets' raw sentences (the original decoded them from the "
+              "mT5-tokenized labels). val_loss: best validation loss at the leaf; initial_val_loss: the untrained "
+              "model's on the root's data."]
+    if any(r["test_set"] == LEGACY_TEST_SET for r in rows):
+        lines += ["", f"Note: {LEGACY_NOTE}."]
+    notes = not_computed_notes(rows)
+    if notes:
+        lines += ["", "## Not computed", "", *notes]
+    sigs = signature_notes(rows)
+    if sigs:
+        lines += ["", "## Signatures", "", *sigs]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "test_set": r["test_set"] or "",
+                         "not_computed": _joined({m: f"{NOT_COMPUTED}: {w}" for m, w in r["not_computed"].items()}, ": "),
+                         "signatures": _joined(r["signatures"], "=")})
+    return buf.getvalue()
+
+
+def lid_baseline_values(manifest: Manifest) -> dict[str, dict[str, float]]:
+    """The references' LID the workers computed ({test set: {code: value}}), for the eval.lid_baseline file."""
+    out: dict[str, dict[str, float]] = {}
+    for entry in manifest.nodes.values():
+        for code, scores in ((entry.metrics or {}).get("languages") or {}).items():
+            if is_legacy(scores):
+                continue
+            for test_set, s in scores_by_test_set(scores).items():
+                value = num_or_none(s.get("reference_lid"))
+                if value is not None and s.get("reference_lid_source") == "computed":
+                    out.setdefault(test_set, {}).setdefault(code, value)
+    return out
+
+
+def update_lid_baseline(manifest: Manifest) -> str | None:
+    """Write the references' LID the workers computed into eval.lid_baseline (the original's -ge JSON), so
+    that later runs read them; only the driver writes it (at the end of the run). Returns a note, or None."""
+    ev = (manifest.data.get("config") or {}).get("eval") or {}
+    path, values = ev.get("lid_baseline"), lid_baseline_values(manifest)
+    if not path or not values:
+        return None
+    try:
+        merge_lid_baseline(path, values)
+    except (OSError, InputError) as err:
+        log.warning("LID baseline %s not updated: %s", path, err)
+        return f"LID baseline {path} not updated: {err}"
+    return None
+
+
+def write_results(manifest: Manifest, tree: LanguageTree, run_dir: Path) -> list[dict]:
+    rows = language_rows(manifest, tree)
+    markdown = to_markdown(rows, f"Results of run {manifest.data['run']}")
+    note = update_lid_baseline(manifest)
+    if note:
+        markdown += f"\n{note}\n"
+    atomic_write_text(Path(run_dir) / "results.md", markdown)
+    atomic_write_text(Path(run_dir) / "results.csv", to_csv(rows))
+    return rows
+
+
+# ---- tables across runs (hql-ray report) -----------------------------------------------------------
+def _mark_best(group: list[dict]) -> None:
+    for g in group:
+        g["_best"] = []
+    for m in BEST_METRICS:
+        values = [g[m] for g in group if g[m] is not None]
+        top = max(values) if values else None
+        for g in group:
+            if top is not None and g[m] == top:
+                g["_best"].append(m)
+    ranked = [g for g in group if g["chrf++"] is not None or g["smatch"] is not None]
+    winner = max(ranked, key=lambda g: tuple(-1.0 if g[m] is None else g[m] for m in WINNER_ORDER), default=None)
+    for g in group:
+        g["best"] = g is winner
+        g["best_metrics"] = ";".join(g.pop("_best"))
+
+
+def score_rows(runs: list[RunRecord]) -> list[dict]:
+    """One row per (language, test set, run): the leaf's scores, with `best` marks across runs.
+
+    `best_metrics` lists the metrics where this run has the highest score for that language and test set
+    (among runs that have one); `best` is the run with the best chrF++ (ties: spBLEU, BLEU 13a; parsing
+    runs: smatch). Languages in the order of the first run that has them, test sets in TEST_SET_ORDER.
+    """
+    codes: dict[str, str] = {}
+    for run in runs:
+        for lang in run.tree.languages:
+            codes.setdefault(lang.code, lang.name)
+    per_run = {run.label: [r for r in language_rows(run.manifest, run.tree)] for run in runs}
+    rows = []
+    for code, name in codes.items():
+        sets = sorted({r["test_set"] for rs in per_run.values() for r in rs if r["code"] == code},
+                      key=lambda s: test_set_key(s) if s is not None else (len(TEST_SET_ORDER) + 1, ""))
+        for test_set in sets:
+            group = []
+            for run in runs:
+                r = next((x for x in per_run[run.label] if x["code"] == code and x["test_set"] == test_set), None)
+                if r is None:
+                    continue
+                group.append({"run": run.label, "code": code, "language": name, "test_set": test_set,
+                              "node": r["node"], "node_status": run.nodes[r["node"]].status,
+                              **{m: r[m] for m in METRICS}, "n_test": r["n_test"],
+                              "val_loss": num_or_none(r["val_loss"]), "not_computed": r["not_computed"],
+                              "signatures": r["signatures"]})
+            _mark_best(group)
+            rows.extend(group)
+    return rows
+
+
+def means(rows: list[dict], runs: list[RunRecord], metrics: list[str]) -> dict[tuple[str, str], dict]:
+    """Mean over languages per (run, test set) and metric; None when a language lacks the score, or a
+    language of the run has no scores at all (its leaf failed or did not evaluate: a mean would mislead)."""
+    out: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        unscored = any(r["run"] == run.label and r["test_set"] is None for r in rows)
+        for test_set in dict.fromkeys(r["test_set"] for r in rows if r["run"] == run.label):
+            mine = [r for r in rows if r["run"] == run.label and r["test_set"] == test_set]
+            out[(run.label, test_set)] = {}
+            for m in metrics:
+                values = [r[m] for r in mine]
+                ok = mine and not unscored and all(v is not None for v in values)
+                out[(run.label, test_set)][m] = sum(values) / len(values) if ok else None
+    return out
+
+
+def scores_markdown(rows: list[dict], runs: list[RunRecord]) -> str:
+    """Wide table: a row per language and test set, for each run its metrics; the best value in bold; a mean
+    row per test set."""
+    metrics = present_metrics(rows)
+    multi = len(runs) > 1
+    head = ["code", "language", "test set"]
+    for run in runs:
+        head += [f"{run.label} {METRIC_NAMES[m]}" if multi else METRIC_NAMES[m] for m in metrics]
+    if not multi:
+        head += ["node", "n_test"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = list(dict.fromkeys((r["code"], r["test_set"]) for r in rows))
+    for code, test_set in keys:
+        mine = {r["run"]: r for r in rows if r["code"] == code and r["test_set"] == test_set}
+        first = next(iter(mine.values()))
+        cells = [code, first["language"], test_set or "-"]
+        for run in runs:
+            r = mine.get(run.label)
+            for m in metrics:
+                text = cell(r, m) if r else "-"
+                if multi and r and r[m] is not None and m in r["best_metrics"].split(";"):
+                    text = f"**{text}**"
+                cells.append(text)
+        if not multi:
+            cells += [first["node"] + ("" if first["node_status"] == "done" else f" ({first['node_status']})"),
+                      str(first["n_test"] if first["n_test"] is not None else "-")]
+        lines.append("| " + " | ".join(cells) + " |")
+    avg = means(rows, runs, metrics)
+    for test_set in dict.fromkeys(t for _, t in keys):
+        if test_set is None:
+            continue
+        cells = ["**mean**", "", test_set]
+        for run in runs:
+            cells += [("-" if (v := avg.get((run.label, test_set), {}).get(m)) is None else f"{v:.2f}") for m in metrics]
+        if not multi:
+            cells += ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scores_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "test_set": r["test_set"] or "", "best": int(bool(r["best"])),
+                         **{m: "" if r[m] is None else f"{r[m]:.4f}" for m in (*METRICS, "val_loss")},
+                         "n_test": "" if r["n_test"] is None else r["n_test"],
+                         "not_computed": _joined({m: f"{NOT_COMPUTED}: {w}" for m, w in r["not_computed"].items()}, ": ")})
+    return buf.getvalue()
+
+
+# ---- root to leaf ----------------------------------------------------------------------------------------
+def path_scores(run: RunRecord) -> list[dict]:
+    """For each language and test set, its scores at every node of its root-to-leaf path (None: not scored
+    there). Inner nodes have scores only when the run evaluated every node (eval.at_nodes=all)."""
+    out = []
+    for lang in run.tree.languages:
+        leaf = run.tree.leaf_for(lang.code)
+        chain = [*run.tree.ancestors(leaf.id), leaf]
+        at = {node.id: node_scores((run.nodes.get(node.id) and run.nodes[node.id].metrics), lang.code)
+              for node in chain}
+        sets = sorted({s for scores in at.values() for s in scores}, key=test_set_key) or [None]
+        for test_set in sets:
+            steps = []
+            for node in chain:
+                entry = run.nodes.get(node.id)
+                fields = score_fields(at[node.id].get(test_set) or {})
+                steps.append({"node": node.id, "name": node.name, "level": node.level, "depth": node.depth,
+                              "status": entry and entry.status, **{m: fields[m] for m in METRICS}})
+            out.append({"code": lang.code, "language": lang.name, "test_set": test_set, "path": steps})
+    return out
+
+
+def path_second_metric(paths: list[dict]) -> str:
+    """The BLEU shown next to chrF++ on the path: spBLEU where the run has it, else BLEU (13a)."""
+    return "spbleu" if any(s["spbleu"] is not None for p in paths for s in p["path"]) else "bleu_13a"
+
+
+def path_markdown(paths: list[dict], levels: list[str]) -> str:
+    """Languages and test sets x levels; each cell `chrF++ / spBLEU (node name)` (BLEU 13a where the run has
+    no spBLEU; smatch F1 for parsing runs) at that depth of the language's path."""
+    depth = max((len(p["path"]) for p in paths), default=0)
+    second = path_second_metric(paths)
+    heads = [levels[i] if i < len(levels) else f"depth {i}" for i in range(depth)]
+    lines = ["| code | language | test set | " + " | ".join(heads) + " |", "|" + "---|" * (3 + depth)]
+    for p in paths:
+        cells = []
+        for i in range(depth):
+            if i >= len(p["path"]):
+                cells.append("")
+                continue
+            s = p["path"][i]
+            if s["smatch"] is not None and s["chrf++"] is None:  # a parsing run
+                cells.append(f"{_fmt_score(s['smatch'], 1)} ({s['name']})")
+            else:
+                cells.append(f"{_fmt_score(s['chrf++'], 1)} / {_fmt_score(s[second], 1)} ({s['name']})")
+        lines.append(f"| {p['code']} | {p['language']} | {p['test_set'] or '-'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_score(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def path_csv(paths: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["code", "language", "test_set", "depth", "level", "node", "status", *METRICS])
+    for p in paths:
+        for s in p["path"]:
+            writer.writerow([p["code"], p["language"], p["test_set"] or "", s["depth"], s["level"], s["node"],
+                             s["status"], *("" if s[m] is None else f"{s[m]:.4f}" for m in METRICS)])
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Data preparation and checks outside a run: `hql-ray data`, `translate` and `parse` on Ray Data."""

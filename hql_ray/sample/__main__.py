@@ -1,5 +1,0 @@
-import sys
-
-from hql_ray.sample.generator import main
-
-sys.exit(main())

@@ -1,0 +1,1 @@
+"""Settings and inputs: errors, the typed records, the config (with its `tune:` search space), the language tree."""

@@ -1,0 +1,89 @@
+"""What node training needs from its surroundings: device, rank, reporting, checkpoints.
+
+`LocalContext` runs a node in-process without Ray (tests, debugging, the bare-loop benchmark);
+`hql_ray.orchestration.ray_worker.RayTrainContext` is the same interface inside a Ray Train worker, and
+`hql_ray.orchestration.warm.WarmContext` inside a warm worker.
+Keeping this seam small is what lets `train_node` run without Ray.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class NodeContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def latest_checkpoint(self) -> Path | None:
+        """Directory of the checkpoint to resume from, or None for a fresh start."""
+        return None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        """Called by every worker the same number of times; rank 0 passes the checkpoint dir."""
+
+    def progress(self, update: dict) -> None:
+        """Live progress (step, loss, ...) for the driver's tree view; cheap, best effort."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over workers (identity for one worker)."""
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+
+class LocalContext(NodeContext):
+    """One process, no Ray. Checkpoints go to `checkpoint_root` (kept: a re-run resumes from them)."""
+
+    def __init__(
+        self,
+        checkpoint_root: str | Path | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self._root = Path(checkpoint_root) if checkpoint_root else None
+        self._on_progress = on_progress
+        self._device = torch.device(device) if device is not None else None
+        self.reports: list[dict] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self._device or super().device
+
+    def latest_checkpoint(self) -> Path | None:
+        if self._root is None:
+            return None
+        for name in ("latest", ".old"):  # .old: killed between report's two renames
+            if (self._root / name / "state.json").exists():
+                return self._root / name
+        return None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None and self._root is not None:
+            self._root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self._root, prefix=".ckpt-"))
+            shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+            latest = self._root / "latest"
+            old = self._root / ".old"
+            if latest.exists():
+                latest.rename(old)
+            tmp.rename(latest)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def progress(self, update: dict) -> None:
+        if self._on_progress is not None:
+            self._on_progress(update)
