@@ -1,7 +1,7 @@
 """Batching and padding: pure Python + torch, no `datasets`, no corpus code.
 
-Kept apart from `hql_ray.data.dataset` (which re-exports it) so that a bare GPU image with only torch
-can import it too: `benchmarks/gpu_qlora.py` times our real batching, not a copy.
+Kept apart from `hql_ray.data.dataset` (which re-exports it): the node's batches, by examples
+(train.batch_size) or by real tokens (train.batch_tokens), and their padding (train.pad_to_multiple).
 """
 
 from __future__ import annotations
@@ -54,10 +54,16 @@ def real_token_share(lengths: list[int], batches: list[list[int]]) -> float:
     return real / padded if padded else 1.0
 
 
-def collate(rows: list[dict], pad_id: int, label_pad: int = -100) -> dict[str, torch.Tensor]:
-    """Pad a batch: input_ids/attention_mask with pad_id/0, labels with -100 (ignored by the loss)."""
-    width = max(len(r["input_ids"]) for r in rows)
-    target_width = max(len(r["labels"]) for r in rows)
+def padded_width(longest: int, multiple: int = 0) -> int:
+    """`longest` rounded up to a multiple of `multiple` (0: unchanged): train.pad_to_multiple."""
+    return -(-longest // multiple) * multiple if multiple else longest
+
+
+def collate(rows: list[dict], pad_id: int, label_pad: int = -100, multiple: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a batch: input_ids/attention_mask with pad_id/0, labels with -100 (ignored by the loss), each to its
+    longest example (or up to a multiple of `multiple`)."""
+    width = padded_width(max(len(r["input_ids"]) for r in rows), multiple)
+    target_width = padded_width(max(len(r["labels"]) for r in rows), multiple)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), target_width), label_pad, dtype=torch.long)
@@ -70,30 +76,30 @@ def collate(rows: list[dict], pad_id: int, label_pad: int = -100) -> dict[str, t
 
 
 def token_budget_batches(
-    src_lengths: list[int], tgt_lengths: list[int], max_tokens: int, seed: int = 0, megabatch: int = 4096
+    src_lengths: list[int], tgt_lengths: list[int], max_tokens: int, seed: int = 0
 ) -> list[list[int]]:
-    """Length-grouped batches holding at most `max_tokens` PADDED tokens each (source + target).
+    """Batches of at most `max_tokens` REAL tokens each (source + target; an example longer than that gets a
+    batch of its own), in random order: train.batch_tokens.
 
-    A batch of n examples costs n * (longest source + longest target), what the GPU processes.
-    Like `length_grouped_batches`: shuffle, sort mega-batches of `megabatch` examples by length,
-    cut greedily, shuffle the batches. An example longer than the budget gets a batch of its own.
+    fairseq's recipe: examples sorted by their token count (ties in a seeded random order), cut greedily, the
+    batches shuffled. Neighbours in that order have nearly the same lengths, so padding stays low, and the cuts
+    depend only on the sorted counts: every epoch (every seed) has the same number of batches, of the same
+    sizes, and only which of equally long examples go together, and the order, change.
     """
     rng = random.Random(seed)
-    order = list(range(len(src_lengths)))
-    rng.shuffle(order)
+    total = [s + t for s, t in zip(src_lengths, tgt_lengths)]
+    ties = [rng.random() for _ in total]
+    order = sorted(range(len(total)), key=lambda i: (total[i], ties[i]))
     batches: list[list[int]] = []
-    for start in range(0, len(order), megabatch):
-        chunk = sorted(order[start : start + megabatch], key=lambda i: (src_lengths[i], tgt_lengths[i]), reverse=True)
-        batch: list[int] = []
-        src_max = tgt_max = 0
-        for i in chunk:
-            s, t = max(src_max, src_lengths[i]), max(tgt_max, tgt_lengths[i])
-            if batch and (len(batch) + 1) * (s + t) > max_tokens:
-                batches.append(batch)
-                batch, s, t = [], src_lengths[i], tgt_lengths[i]
-            batch.append(i)
-            src_max, tgt_max = s, t
-        if batch:
+    batch: list[int] = []
+    used = 0
+    for i in order:
+        if batch and used + total[i] > max_tokens:
             batches.append(batch)
+            batch, used = [], 0
+        batch.append(i)
+        used += total[i]
+    if batch:
+        batches.append(batch)
     rng.shuffle(batches)
     return batches

@@ -347,17 +347,22 @@ def clipped_counts(ds: datasets.Dataset) -> dict[str, int]:
 
 
 # ---- sizes for batching ----------------------------------------------------------------------------
-def example_lengths(ds: datasets.Dataset) -> list[int]:
-    """Cost of an example for padding purposes: the longer of its source and target.
+def example_sizes(ds: datasets.Dataset) -> tuple[list[int], list[int]]:
+    """Each example's source and target token counts (the real tokens of a batch: train.batch_tokens).
 
     Read as Arrow list lengths (no row is turned into Python lists): ~3 ms for 100K rows where the
     per-row loop took ~10 s (review C15)."""
-    import numpy as np
     import pyarrow.compute as pc
 
     if len(ds) == 0:
-        return []
+        return [], []
     table = ds.with_format("arrow")[:]  # selections and shuffles applied
     src = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
     tgt = pc.list_value_length(table.column("labels")).to_numpy(zero_copy_only=False)
-    return np.maximum(src, tgt).tolist()
+    return src.tolist(), tgt.tolist()
+
+
+def example_lengths(ds: datasets.Dataset) -> list[int]:
+    """Cost of an example for padding purposes: the longer of its source and target."""
+    src, tgt = example_sizes(ds)
+    return [max(s, t) for s, t in zip(src, tgt)]

@@ -29,6 +29,8 @@ VALIDATION_MODES = ("first", "sample")
 TEST_SETS = ("flores", "ldc2020t07", "amr3")
 EXPORT_MODES = ("adapter", "adapter-bf16", "merged", "compact")
 EXECUTORS = ("auto", "warm", "ray-train")
+PRECISIONS = ("fp32", "bf16")  # train.precision
+HOST_SYNCS = ("step", "log")  # train.host_sync
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -165,6 +167,33 @@ class TrainSection:
     # Rows per chunk of the head + cross-entropy (hql_ray.training.losses: no full-vocabulary fp32 logits for
     # the whole batch); 0 = the model's own loss. Needs a frozen head (not model.mode fft).
     chunked_loss: int = 0
+    # The GPU step (hql_ray/training/step.py, docs/gpu.md). The defaults keep the original's step until the GPU
+    # check (benchmarks/gpu_check.sh) has measured the others.
+    # fp32: LoRA, the upcast embeddings/head and the loss in fp32 (the original). bf16: the forward and backward
+    # under torch.autocast(bfloat16); the LoRA weights, their gradients and the optimizer stay fp32.
+    precision: str = "fp32"
+    # Real (non-pad) source + target tokens per optimizer step, whatever the number of workers (as batch_size):
+    # length-grouped batches of about this many tokens instead of batch_size examples. None = batch_size.
+    batch_tokens: int | None = None
+    # Pad each batch's source and target lengths up to a multiple of this (0 = to the longest example): fewer
+    # distinct shapes for compiled blocks and CUDA graphs. The loss is the same (padding is masked).
+    pad_to_multiple: int = 0
+    # log: the step's loss and token counts stay on the device and are read every log_every steps (one host sync
+    # per interval; attention masks built so that transformers never reads them back). step: read every step.
+    host_sync: str = "log"
+    # model.mode qlora: the 4-bit base's weights dequantized once and kept (in the compute dtype) while the node
+    # trains, instead of dequantized at every matmul: the same numbers, ~1 GB more at mT5-large, far fewer kernels.
+    dequantized_base: bool = False
+    # Regional compilation: torch.compile each encoder/decoder block (one graph per block kind, reused by every
+    # layer), eager with a warning if compiling fails. compile_backend: torch.compile's backend.
+    compile_blocks: bool = False
+    compile_backend: str = "inductor"
+    # CUDA graphs for the compiled blocks (torch.compile mode reduce-overhead); needs compile_blocks, CUDA and
+    # fixed shapes (pad_to_multiple). Ignored with a warning on CPU.
+    cuda_graphs: bool = False
+    # Several workers: gradients summed in buckets of this many MB, each launched while the backward goes on
+    # (DDP's default size); 0 = one all-reduce after the backward.
+    grad_bucket_mb: float = 25.0
 
 
 @dataclass
@@ -338,6 +367,7 @@ class Config:
         if self.train.chunked_loss < 0 or (self.train.chunked_loss and self.model.mode == "fft"):
             raise ConfigError("train.chunked_loss must be >= 0, and 0 with model.mode fft (it trains the head), "
                               f"got {self.train.chunked_loss} with {self.model.mode}")
+        self._validate_step()
         if self.resources.wait_warning_s <= 0 or self.resources.wait_timeout_s < 0:
             raise ConfigError("resources.wait_warning_s must be > 0 and resources.wait_timeout_s >= 0 "
                               f"(0 = wait forever), got {self.resources.wait_warning_s} and "
@@ -348,6 +378,22 @@ class Config:
         if "/" in self.run_name or self.run_name in ("", ".", ".."):
             raise ConfigError(f"run.name (-sn) must be a plain folder name, got {self.run_name!r}")
         return self
+
+    def _validate_step(self) -> None:
+        """train.precision, batch_tokens, pad_to_multiple, host_sync, compile_*, cuda_graphs, grad_bucket_mb."""
+        t = self.train
+        _choice("train.precision", t.precision, PRECISIONS)
+        _choice("train.host_sync", t.host_sync, HOST_SYNCS)
+        if t.batch_tokens is not None and t.batch_tokens < 1:
+            raise ConfigError(f"train.batch_tokens must be >= 1 or null (batch_size examples), got {t.batch_tokens}")
+        if t.pad_to_multiple < 0 or t.grad_bucket_mb < 0:
+            raise ConfigError("train.pad_to_multiple and train.grad_bucket_mb must be >= 0, got "
+                              f"{t.pad_to_multiple} and {t.grad_bucket_mb}")
+        if t.cuda_graphs and not (t.compile_blocks and t.pad_to_multiple):
+            raise ConfigError("train.cuda_graphs needs train.compile_blocks and train.pad_to_multiple > 0 (fixed "
+                              f"shapes), got compile_blocks {t.compile_blocks}, pad_to_multiple {t.pad_to_multiple}")
+        if not t.compile_backend:
+            raise ConfigError("train.compile_backend must name a torch.compile backend (inductor, aot_eager...)")
 
 
 def _renamed(data: dict) -> dict:
