@@ -136,3 +136,43 @@ def test_each_node_has_its_own_seed():
     seeds = {node_seed(0, n) for n in ("level0.Indo_European", "level1.Germanic", "language.German")}
     assert len(seeds) == 3
     assert node_seed(0, "language.German") == node_seed(0, "language.German") != node_seed(1, "language.German")
+
+
+def _worker_runs(rank: int, world_size: int, port: int, cfgs: list[dict], out) -> None:
+    """Several nodes one after the other on the same process group (one spawn for several comparisons)."""
+    torch.set_num_threads(1)
+    no_dropout()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        out.put((rank, [val_losses(train_node(cfg, GERMAN, [], DistContext(rank, world_size))) for cfg in cfgs]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_overlapped_buckets_and_token_budgets_on_two_workers(tmp_path, small_corpus, four_language_tree,
+                                                             without_dropout):
+    """train.grad_bucket_mb: gradients summed bucket by bucket while the backward runs add up to exactly what
+    one all-reduce after the backward gives; train.batch_tokens is global: two workers follow one."""
+    budget = {"train.batch_tokens": 1200}
+    cfgs = [config(tmp_path / "one", small_corpus, four_language_tree, **budget, **{"train.grad_bucket_mb": 0}),
+            # ~1 KB buckets: the tiny LoRA's 48 tensors in dozens of buckets, most launched during the backward
+            config(tmp_path / "many", small_corpus, four_language_tree, **budget, **{"train.grad_bucket_mb": 0.001})]
+    torch.set_num_threads(1)
+    single = val_losses(train_node(cfgs[0], GERMAN, [], LocalContext(device="cpu")))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_worker_runs, args=(r, 2, port, cfgs, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert results[0] == results[1]
+    one_bucket, many_buckets = results[0]
+    assert many_buckets == one_bucket  # the same sums, bit for bit
+    assert len(single) == len(one_bucket) == 4 and single[-1] < 0.9 * single[0]
+    for ours, alone in list(zip(one_bucket, single))[1:]:
+        assert abs(ours - alone) < 0.01 * alone

@@ -44,6 +44,13 @@ class NodeContext:
             torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_sum_async(self, tensor: torch.Tensor):
+        """Start summing `tensor` over workers in place; returns a handle to `.wait()` on, or None when there is
+        nothing to wait for (one worker). The node's gradient buckets overlap the backward with it."""
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM, async_op=True)
+        return None
+
 
 class LocalContext(NodeContext):
     """One process, no Ray. Checkpoints go to `checkpoint_root` (kept: a re-run resumes from them)."""

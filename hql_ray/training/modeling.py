@@ -264,11 +264,23 @@ def load_base_model(
     for param in model.parameters():
         param.requires_grad = mode == "fft"
     if gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        set_gradient_checkpointing(model, True)
     return model
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Gradient checkpointing (non-reentrant) on or off on a loaded model, PEFT-wrapped or not: what
+    load_base_model sets at load time (benchmarks switch it on one loaded model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if on:
+        kwargs = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return
+    (getattr(base, "activation_checkpointing_disable", None) or base.gradient_checkpointing_disable)()
+    base.disable_input_require_grads()  # prepare_model_for_kbit_training's hook: only checkpointing needs it
 
 
 def is_4bit(model) -> bool:

@@ -30,6 +30,7 @@ from hql_ray.scoring import evaluation
 from hql_ray.training import handoff, losses, modeling, tracking
 from hql_ray.settings.config import Config
 from hql_ray.training.context import LocalContext, NodeContext
+from hql_ray.training.step import StepBatch, StepLosses, StepRunner, to_device
 from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,22 @@ def global_batch_size(cfg: Config, world_size: int) -> int:
     return cfg.train.batch_size * (world_size if cfg.train.batch_per_worker else 1)
 
 
-def batches_for_epoch(lengths, cfg: Config, epoch: int, world_size: int) -> list[list[int]]:
-    """The epoch's optimizer-step batches, the same on every worker (each trains its share of each)."""
+def global_batch_tokens(cfg: Config, world_size: int) -> int:
+    """Real tokens per optimizer step with train.batch_tokens (scaled like global_batch_size)."""
+    return cfg.train.batch_tokens * (world_size if cfg.train.batch_per_worker else 1)
+
+
+def batches_for_epoch(sizes: tuple[list[int], list[int]], cfg: Config, epoch: int, world_size: int) -> list[list[int]]:
+    """The epoch's optimizer-step batches, the same on every worker (each trains its share of each): batch_size
+    examples, or about batch_tokens real tokens. `sizes`: each example's source and target token counts."""
+    src, tgt = sizes
+    seed = cfg.run.seed * 1000 + epoch
+    if cfg.train.batch_tokens:
+        return batching.token_budget_batches(src, tgt, global_batch_tokens(cfg, world_size), seed=seed)
     return batching.length_grouped_batches(
-        lengths, global_batch_size(cfg, world_size), seed=cfg.run.seed * 1000 + epoch,
+        [max(s, t) for s, t in zip(src, tgt)], global_batch_size(cfg, world_size), seed=seed,
         group=cfg.train.group_by_length,
     )
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -112,33 +119,6 @@ def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> 
     ctx.all_reduce_sum(total)
     model.train(was_training)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
-
-
-def sync_gradients(params: list[torch.nn.Parameter], ctx: NodeContext, loss_sum: torch.Tensor,
-                   tokens: torch.Tensor) -> float:
-    """Gradients of the summed token losses -> of the global batch's mean token loss; returns that loss.
-
-    Each worker's backward summed its tokens' losses (`loss_sum` over `tokens` label tokens); one flat
-    all-reduce adds up gradients, loss and tokens across workers (no DDP wrapper needed), and dividing
-    by the global token count gives what one worker would get on the whole batch."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if ctx.world_size <= 1:
-        n = float(tokens)
-        torch._foreach_div_(grads, max(n, 1.0))
-        for p, g in zip(params, grads):
-            p.grad = g
-        return float(loss_sum) / max(n, 1.0)
-    flat = torch.cat([g.reshape(-1).float() for g in grads]
-                     + [loss_sum.reshape(1).float().to(grads[0].device), tokens.reshape(1).float().to(grads[0].device)])
-    ctx.all_reduce_sum(flat)
-    n = max(float(flat[-1]), 1.0)
-    flat /= n
-    offset = 0
-    for p, g in zip(params, grads):
-        size = g.numel()
-        p.grad = flat[offset : offset + size].view_as(g).to(g.dtype)
-        offset += size
-    return float(flat[-2])
 
 
 def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -182,21 +162,19 @@ def load_checkpoint(path: Path, params, optimizer, scheduler) -> tuple[dict, dic
 
 # ---- the node: set-up, loop, finish ----------------------------------------------------------------
 class LossMeter:
-    """Mean training loss since the meter was last read (`take`)."""
+    """Mean training loss of the steps since the meter was last read (`take`), over the node's StepLosses: the
+    device values are read back only when a mean is asked for (hql_ray/training/step.py)."""
 
-    def __init__(self) -> None:
-        self.total, self.n = 0.0, 0
-
-    def add(self, loss: float) -> None:
-        self.total += loss
-        self.n += 1
+    def __init__(self, losses: StepLosses) -> None:
+        self.losses, self.start = losses, len(losses)
 
     def mean(self) -> float:
-        return self.total / max(self.n, 1)
+        values = self.losses.floats()[self.start:]
+        return sum(values) / max(len(values), 1)
 
     def take(self) -> float:
         value = self.mean()
-        self.total, self.n = 0.0, 0
+        self.start = len(self.losses)
         return value
 
 
@@ -214,13 +192,15 @@ class TrainState:
     val_data: Any
     model: Any
     params: dict[str, torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    steps_per_epoch: int
-    total_steps: int
-    eval_every: int
-    ckpt_every: int
-    curve_every: int  # loss-curve points between validations: at most ~100 per node
+    # From st.cfg by plan_steps:
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    eval_every: int = 0
+    ckpt_every: int = 0
+    curve_every: int = 0  # loss-curve points between validations: at most ~100 per node
+    runner: StepRunner | None = None  # the optimizer step (hql_ray/training/step.py)
     started: float = 0.0
     step: int = 0
     best_loss: float = math.inf
@@ -250,19 +230,31 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
                                    progress=ctx.progress)
     model = build_model(cfg, parent_chain, ctx.device)
     model.train()
-    params = trainable(model)
-    optimizer = make_optimizer(cfg, list(params.values()))
-    steps_per_epoch = len(batches_for_epoch(ds_lib.example_lengths(train_data), cfg, 0, ctx.world_size))
-    total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    st = TrainState(cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, trainable(model))
+    plan_steps(st)
+    return st
+
+
+def plan_steps(st: TrainState) -> None:
+    """Optimizer, schedule, step counts and the step runner, from st.cfg (again after a change of config: the
+    GPU check's rungs share one loaded model)."""
+    cfg, ctx = st.cfg, st.ctx
+    if st.runner is not None:
+        st.runner.close()
+    params = list(st.params.values())
+    st.optimizer = make_optimizer(cfg, params)
+    st.steps_per_epoch = len(batches_for_epoch(ds_lib.example_sizes(st.train_data), cfg, 0, ctx.world_size))
+    st.total_steps = max(1, math.ceil(cfg.train.epochs * st.steps_per_epoch))
     if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    eval_every = cfg.train.eval_every or steps_per_epoch
-    return TrainState(
-        cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, params, optimizer,
-        get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, total_steps),
-        steps_per_epoch, total_steps, eval_every, ckpt_every=cfg.train.checkpoint_every or eval_every,
-        curve_every=max(cfg.train.log_every, total_steps // 100, 1),
-    )
+        st.total_steps = min(st.total_steps, cfg.train.max_steps)
+    st.eval_every = cfg.train.eval_every or st.steps_per_epoch
+    st.ckpt_every = cfg.train.checkpoint_every or st.eval_every
+    # A multiple of log_every: the curve's points read the losses when the progress line does (one host sync).
+    log_every = cfg.train.log_every
+    st.curve_every = log_every * math.ceil(max(log_every, st.total_steps // 100, 1) / log_every)
+    st.scheduler = get_linear_schedule_with_warmup(st.optimizer, cfg.train.warmup_steps, st.total_steps)
+    st.runner = StepRunner(st.model, params, st.optimizer, st.scheduler, ctx, cfg.train,
+                           lambda batch: forward_loss(st, batch))
 
 
 def resume_or_start(st: TrainState) -> None:
@@ -281,17 +273,22 @@ def resume_or_start(st: TrainState) -> None:
 
 def batches_from_step(st: TrainState):
     """Per optimizer step still to train, this worker's forward passes (its share of the step's global
-    batch, cut into micro-batches; possibly none). Each epoch's order comes from its own seed."""
-    lengths = ds_lib.example_lengths(st.train_data)
+    batch, cut into micro-batches; possibly none) as a StepBatch. Each epoch's order comes from its own seed."""
+    sizes = src, tgt = ds_lib.example_sizes(st.train_data)
+    train = st.cfg.train
     epoch, batches = None, []
     for step in range(st.step, st.total_steps):
         if step // st.steps_per_epoch != epoch:
             epoch = step // st.steps_per_epoch
-            batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx.world_size)
-        st.batch_rows = batches[step % st.steps_per_epoch]
-        share = batching.worker_share(st.batch_rows, st.ctx.rank, st.ctx.world_size)
-        yield [to_device(batching.collate(list(st.train_data.select(rows)), st.pad_id), st.ctx.device)
-               for rows in batching.micro_batches(share, st.cfg.train.micro_batch_size)]
+            batches = batches_for_epoch(sizes, st.cfg, epoch, st.ctx.world_size)
+        st.batch_rows = rows = batches[step % st.steps_per_epoch]
+        share = batching.worker_share(rows, st.ctx.rank, st.ctx.world_size)
+        parts = batching.micro_batches(share, train.micro_batch_size)
+        micro = [batching.collate(list(st.train_data.select(part)), st.pad_id, multiple=train.pad_to_multiple)
+                 for part in parts]
+        yield StepBatch([to_device(b, st.ctx.device, non_blocking=train.host_sync == "log") for b in micro],
+                        [sum(tgt[i] for i in part) for part in parts], sum(tgt[i] for i in rows),
+                        sum(src[i] + tgt[i] for i in rows), rows)
 
 
 def forward_loss(st: TrainState, batch: dict) -> torch.Tensor:
@@ -301,31 +298,12 @@ def forward_loss(st: TrainState, batch: dict) -> torch.Tensor:
     return st.model(**batch).loss
 
 
-def train_step(st: TrainState, micro_batches: list[dict]) -> float:
-    """One optimizer step on the global batch; returns its mean token loss."""
-    params = list(st.params.values())
-    if st.ctx.world_size == 1 and len(micro_batches) == 1:  # the whole batch in one pass: nothing to add up
-        loss = forward_loss(st, micro_batches[0])
-        loss.backward()
-        value = float(loss.detach())
-    else:
-        # Summed on the device: no host sync per micro-batch (sync_gradients reads them once).
-        loss_sum = torch.zeros((), dtype=torch.float64, device=st.ctx.device)
-        tokens = torch.zeros((), dtype=torch.float64, device=st.ctx.device)
-        for batch in micro_batches:
-            n = (batch["labels"] != -100).sum()
-            loss = forward_loss(st, batch)
-            (loss * n).backward()
-            loss_sum += loss.detach().double() * n
-            tokens += n
-        value = sync_gradients(params, st.ctx, loss_sum, tokens)
-    if st.cfg.train.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(params, st.cfg.train.max_grad_norm)
-    st.optimizer.step()
-    st.scheduler.step()
-    st.optimizer.zero_grad(set_to_none=True)
+def train_step(st: TrainState, batch: StepBatch) -> torch.Tensor | float:
+    """One optimizer step on the global batch (st.runner: hql_ray/training/step.py); returns its mean token loss,
+    a float (train.host_sync step) or a device tensor that StepLosses reads later (log)."""
+    loss = st.runner.step(batch)
     st.step += 1
-    return value
+    return loss
 
 
 def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter) -> None:
@@ -422,13 +400,12 @@ def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[Adapter
         if st.resumed_step is None:
             st.tracker.point(st.history[0])  # the untrained validation loss, step 0
         st.progress()
-        since_validation, since_point = LossMeter(), LossMeter()
+        losses = StepLosses(ctx.all_reduce_sum if ctx.world_size > 1 else None)
+        since_validation, since_point = LossMeter(losses), LossMeter(losses)
         mark = time.perf_counter()
         for batch in batches_from_step(st):
-            loss = train_step(st, batch)
+            losses.add(train_step(st, batch))
             st.tracker.trained(st.batch_rows, time.perf_counter() - mark)
-            since_validation.add(loss)
-            since_point.add(loss)
             when_due(st, since_validation, since_point)
             mark = time.perf_counter()
         result = finish(st)
