@@ -196,3 +196,53 @@ def test_step_keys_are_validated(tmp_path, small_corpus, four_language_tree):
         with pytest.raises(ConfigError, match="train\\."):
             config(**bad)
     config(**{"train.cuda_graphs": "true", "train.compile_blocks": "true", "train.pad_to_multiple": 64})
+
+
+class Handle:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def wait(self):
+        self.log.append(("wait", self.name))
+
+
+def test_grad_reducer_launches_buckets_during_the_backward_in_a_fixed_order():
+    """A stand-in all-reduce that doubles (two workers with the same gradients) and logs when it is called."""
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(4)])
+    params = list(layers.parameters())
+    log = []
+
+    def all_reduce_async(flat):
+        flat.mul_(2)
+        log.append(("launch", flat.numel()))
+        return Handle(log, flat.numel())
+
+    reducer = step.GradReducer(params, all_reduce_async, bucket_mb=2 * 16 * 17 * 4 / 2**20)  # two layers a bucket
+    assert [len(b) for b in reducer.buckets] == [4, 4]
+    x = torch.randn(3, 16)
+    expected = torch.autograd.grad(layers(x).sum(), params)
+    reducer.arm()
+    loss = layers(x).sum()
+    loss.backward()
+    launched_in_backward = len(log)
+    reducer.finish()
+    assert launched_in_backward == 2  # both buckets went as soon as their gradients were there
+    assert log == [("launch", 544), ("launch", 544), ("wait", 544), ("wait", 544)]
+    for p, g in zip(params, expected):
+        assert torch.equal(p.grad, 2 * g)
+    reducer.close()
+    for p in params:
+        p.grad = None
+    layers(x).sum().backward()  # hooks removed: nothing launched, nothing doubled
+    assert len(log) == 4 and all(torch.equal(p.grad, g) for p, g in zip(params, expected))
+
+
+def test_grad_reducer_on_a_worker_with_nothing_to_train_sends_zeros():
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    sent = []
+    reducer = step.GradReducer(params, lambda flat: sent.append(flat.clone()), bucket_mb=0)
+    reducer.arm()
+    reducer.finish()
+    assert len(sent) == 1 and torch.equal(sent[0], torch.zeros(5))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
