@@ -255,7 +255,8 @@ def start_rung(st, cfg, initial, seed: int = 1234):
     from hql_ray.training import modeling, node
 
     st.cfg = cfg
-    if cfg.train.cuda_graphs:  # another compile mode: its own graphs, not counted against dynamo's recompile limit
+    if cfg.train.cuda_graphs and st.ctx.device.type == "cuda":  # another compile mode: its own graphs, not
+        # counted against dynamo's recompile limit
         import torch._dynamo
 
         torch._dynamo.reset()

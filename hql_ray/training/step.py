@@ -12,6 +12,7 @@ Each part is behind a `train:` key, and each keeps the original's arithmetic unl
 - token weighting: each micro-batch's mean token loss counts with its share of the global batch's label tokens,
   so the summed gradients are those of the global batch's mean token loss, whatever the number of workers.
 - several workers: `GradReducer` sums the gradients over workers in buckets launched while the backward runs.
+- train.dequantized_base: the 4-bit base's frozen weights dequantized once (`DequantizedBase`), not per matmul.
 - train.compile_blocks: regional compilation (`CompiledBlocks`): each T5 block compiled, one graph per kind of
   block reused by all 24 layers, during the training step only; eager with a warning if compiling fails.
 """
