@@ -201,7 +201,10 @@ def measure(layers: int, variants: list[str]) -> list[dict]:
         st = node.setup(node_config(base, out, {}), NodeSpec.coerce({"id": "language.German", "languages": [
             ["deu_Latn", "German"]], "is_leaf": True}), [], LocalContext(device="cpu"))
         n4 = sum(1 for m in st.model.modules() if type(m).__name__ == "Linear4bit")
-        rows = [count_variant(st, base, out, name) for name in variants]
+        rows = []
+        for name in variants:
+            rows.append(count_variant(st, base, out, name))
+            print(f"  {name}: {rows[-1]}", file=sys.stderr, flush=True)  # progress: a compile takes minutes
     for row in rows:
         row.update(layers=layers, linear4bit=n4, lora_tensors=len(st.params))
     return rows
