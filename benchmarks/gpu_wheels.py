@@ -3,7 +3,8 @@
 That machine (docs/gpu.md; .library/device KINDS.md) has Python 3.12, PyTorch 2.11 (CUDA 13.0), transformers
 5.17, peft, accelerate, sacrebleu, pyarrow, ... but no bitsandbytes, datasets, penman or smatch, and nothing can
 be fetched there. This downloads, for cp312 manylinux x86_64, the packages the node needs that it lacks, plus
-transformers and peft at the project's versions (the CPU proof ran those), every version read from
+transformers and peft at the project's versions (the CPU proof ran those) and regex (which transformers checks at
+import), every version read from
 .ci/requirements.lock; builds smatch's wheel from its source (it publishes none; pure Python); and keeps of
 bitsandbytes' wheel only its CPU and CUDA 13 libraries (43 MB -> a few: a call carries at most 64 MiB in all).
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / ".ci" / "requirements.lock"
-WHEELS = ["bitsandbytes", "transformers", "peft", "datasets", "dill", "multiprocess", "penman"]
+# regex: transformers 5.24 checks regex>=2025.10.22 at import (the image's is not known to be that new).
+WHEELS = ["bitsandbytes", "transformers", "peft", "regex", "datasets", "dill", "multiprocess", "penman"]
 FROM_SOURCE = ["smatch"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64"]
