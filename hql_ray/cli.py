@@ -72,7 +72,7 @@ def console_main() -> None:
     that the driver's Ray shutdown is ending, and a normal exit would wait for them (a second
     Ctrl-C must never be needed)."""
     code = main()
-    if code == 130:
+    if code in (130, 143):  # Ctrl-C, SIGTERM
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

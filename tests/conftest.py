@@ -145,3 +145,34 @@ def kill_when(driver, ready, title: str, timeout_s: float = 400.0):
                 return workers[0]
         time.sleep(0.05)
     return None
+
+
+def node_spec(node_id: str, languages, is_leaf: bool = True, **extra):
+    """A NodeSpec for a node trained outside a tree (train_node in a test): its id and (code, name) pairs."""
+    from hql_ray.settings.records import NodeSpec
+
+    return NodeSpec(node_id, node_id.split(".")[-1], node_id.split(".")[0] if "." in node_id else "", 0, None,
+                    is_leaf, tuple(tuple(pair) for pair in languages), **extra)
+
+
+def with_section(cfg, section: str, **values):
+    """A copy of `cfg` with `values` set in one of its sections (cfg.train, cfg.eval, ...)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+
+
+def export_adapter(chain, out_dir, base_model_name_or_path):
+    """ONE standard PEFT adapter dir from in-memory adapter states (their exact concatenation): what the saved
+    chain's export (`export.export_saved_chain`) must equal."""
+    from hql_ray.training.adapter_algebra import concat_adapters, frozen_shape
+    from hql_ray.training.adapter_files import atomic_dir, save_tensors
+
+    state = concat_adapters(chain)
+    config = frozen_shape(state).to_peft(base_model_name_or_path=base_model_name_or_path, inference_mode=True)
+
+    def write(tmp):
+        config.save_pretrained(str(tmp))
+        save_tensors(state.tensors, tmp / "adapter_model.safetensors")
+
+    return atomic_dir(out_dir, write)

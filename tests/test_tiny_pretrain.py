@@ -53,7 +53,7 @@ def test_pretraining_raises_chrf_far_above_the_untrained_model(tokenizer):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MT5ForConditionalGeneration(modeling._tiny_config(len(tokenizer), dropout_rate=0.0))
+        model = MT5ForConditionalGeneration(modeling.tiny_config(len(tokenizer), dropout_rate=0.0))
         before = chrf(model)
         losses = tiny_pretrain.pretrain(model, tokenizer, pairs,
                                         tiny_pretrain.PretrainSettings(steps=120, batch_size=16))

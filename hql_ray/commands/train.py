@@ -17,7 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from hql_ray.settings.config import HANDOFFS, MODES, TEST_SETS, VALIDATION_MODES, make_config
+from hql_ray.settings.config import MODES, TEST_SETS, VALIDATION_MODES, make_config
+from hql_ray.settings.handoffs import HANDOFFS
 from hql_ray.settings.errors import ConfigError
 from hql_ray.settings.tree import parse_level_args
 
@@ -45,7 +46,15 @@ def add_parser(sub) -> None:
     p.add_argument("--slots", type=int, metavar="N",
                    help="with --dry-run: worker slots to plan for (default: --num-gpus, else the GPUs "
                         "visible here, else resources.num_cpu_slots or the CPUs)")
-    orig = p.add_argument_group("the original train.py's flags")
+    add_original_flags(p.add_argument_group("the original train.py's flags"))
+    add_our_flags(p.add_argument_group("hql-ray"))
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.learning_rate=1e-4 model.lora.r=64")
+    p.set_defaults(run=run)
+
+
+def add_original_flags(orig) -> None:
+    """The original train.py's flags, with its meanings."""
     orig.add_argument("-bm", "--base-model", help="hub name, local dir, or 'tiny' (built-in random tiny mT5)")
     orig.add_argument("-tm", "--training-mode", choices=MODES, help="qlora (4-bit base + LoRA), lora, or fft")
     orig.add_argument("-ln", "--level-names", nargs="+", metavar="LEVEL",
@@ -67,7 +76,9 @@ def add_parser(sub) -> None:
     orig.add_argument("-ge", "--global-evaluations", metavar="PATH",
                       help="JSON of the references' language-ID score per test set and language "
                            "(the original's global_evaluations; computed and written there if missing)")
-    ours = p.add_argument_group("hql-ray")
+
+
+def add_our_flags(ours) -> None:
     ours.add_argument("--data-dir", help="data folder: ours (CORPUS/CODE/CORPUS_CODE_SPLIT.tsv) or the "
                                          "original's (GoldAMR_SilverText/data/amr3/..., see data/README.md)")
     ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores)")
@@ -86,7 +97,8 @@ def add_parser(sub) -> None:
     ours.add_argument("--storage-path", help="Ray Train storage: local dir, NFS path or s3:// URI")
     ours.add_argument("--num-gpus", type=int, help="GPU slots to use (default: all the cluster has; 0 = CPU)")
     ours.add_argument("--address", help="Ray cluster to join ('auto' = the running one); default: start a local Ray")
-    ours.add_argument("--handoff", choices=HANDOFFS, help="parent -> child: stack (default), merge, continue")
+    ours.add_argument("--handoff", choices=list(HANDOFFS), help="parent -> child: "
+                      + "; ".join(f"{name}: {mode.help}" for name, mode in HANDOFFS.items()) + " (default stack)")
     ours.add_argument("--direction", choices=["amr2text", "text2amr"], help="generation (default) or parsing")
     ours.add_argument("--resume", action="store_true", help="continue a run: finished nodes are kept, the rest retrained")
     ours.add_argument("--simulate", type=float, metavar="SEC_PER_EXAMPLE",
@@ -97,9 +109,6 @@ def add_parser(sub) -> None:
                            "node adapters and exports move the bytes a real run moves)")
     ours.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     ours.add_argument("-v", "--verbose", action="store_true", help="show Ray and worker logs")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides, e.g. train.learning_rate=1e-4 model.lora.r=64")
-    p.set_defaults(run=run)
 
 
 def flags_to_dict(args: argparse.Namespace) -> dict:
@@ -183,31 +192,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(cfg, args: argparse.Namespace) -> int:
-    from hql_ray.orchestration import plan
+    from hql_ray.orchestration import run_model
     from hql_ray.settings.tree import load_tree
 
     # An existing run folder (no --resume) is refused first: before the data check, the demo base's
     # build or Ray.
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
-    plan.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
+    run_model.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
 
+    from hql_ray.orchestration import stop
     from hql_ray.orchestration.driver import Driver
     from hql_ray.outputs.progress import make_reporter
+    from hql_ray.training.simulate import Simulation
 
-    simulate = None
+    stop.on_sigterm()
+    simulation = None
     if args.simulate is not None:
-        simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs, "adapters": args.simulate_adapters}
-    driver = Driver(cfg, simulate=simulate)
+        simulation = Simulation(args.simulate, cfg.train.epochs, args.simulate_adapters)
+    driver = Driver(cfg, simulation=simulation)
     reporter = make_reporter(cfg, plain=args.plain, tree=driver.tree)
     driver.on_event = reporter.event
-    with reporter:
-        manifest = driver.run()
+    try:
+        with reporter:
+            manifest = driver.run()
+    except stop.Stopped:
+        print(f"hql-ray: stopped by SIGTERM; finished nodes are kept in {driver.run_dir}, and the nodes in flight "
+              "continue from their latest checkpoint: re-run the same command with --resume", file=sys.stderr)
+        return stop.EXIT_CODE
     failed = [n for n, v in manifest.nodes.items() if v.status not in ("done", "skipped")]
     run_dir = driver.run_dir
     if failed:
         print(f"{len(failed)} node(s) not done: {', '.join(failed)}. Finished nodes are kept in {run_dir}; "
               f"fix the problem and re-run the same command with --resume.", file=sys.stderr)
         return 1
-    if not simulate:
+    if not simulation:
         print(f"done: {run_dir}/results.md, adapters in {run_dir}/final/")
     return 0

@@ -28,19 +28,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hql_ray.data import corpus
+from hql_ray.scoring import metrics
 from hql_ray.settings.config import Config
+from hql_ray.settings.handoffs import handoff_for
 from hql_ray.settings.errors import ConfigError, InputError
 from hql_ray.settings.tree import LanguageTree
+from hql_ray.training.simulate import Simulation
 
 log = logging.getLogger(__name__)
 VERDICTS = "preflight-verdicts.json"  # under cfg.cache_dir
 
 
-def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
+def check(cfg: Config, tree: LanguageTree, simulation: Simulation | None = None,
           skipped: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
     """Everything above; -> node id -> training examples. `skipped`: nodes this run does not train."""
-    if simulate:
-        return _simulated_sizes(tree, simulate)
+    handoff_for(cfg)  # model.handoff names a mode, and one that fits model.mode
+    if simulation is not None:
+        return {node.id: sum(simulation.examples_of(lang.code) for lang in node.languages)
+                for node in tree.nodes.values()}
     check_model(cfg)
     d = cfg.data
     used = corpus.check_layout(d.dir, tree.languages, d.corpora)
@@ -67,8 +72,6 @@ def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
         per_language[lang.code] = n
     if cfg.eval.generate:
         check_test_sets(cfg, tree, verdicts)
-        from hql_ray.scoring import metrics
-
         for note in metrics.check_eval_files(cfg):
             log.warning("%s", note)
     verdicts.save()
@@ -204,15 +207,3 @@ def check_model(cfg: Config) -> None:
         # Installed is enough here (importing it costs seconds: torch and its kernels); the workers import it.
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("-tm qlora needs bitsandbytes, which is not installed here; use -tm lora")
-    if cfg.model.mode == "fft" and cfg.model.handoff != "stack":
-        # fft hands full weights to children; the adapter hand-off modes do not apply.
-        raise ConfigError("model.handoff applies to lora/qlora; with -tm fft leave it at its default (stack)")
-
-
-def _simulated_sizes(tree: LanguageTree, simulate: dict) -> dict[str, int]:
-    per_language = simulate.get("examples_per_language", {})
-    default = int(simulate.get("examples", 31000))
-    return {
-        node.id: sum(int(per_language.get(lang.code, default)) for lang in node.languages)
-        for node in tree.nodes.values()
-    }

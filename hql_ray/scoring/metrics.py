@@ -38,17 +38,11 @@ from sacrebleu.tokenizers import tokenizer_spm
 from sacrebleu.tokenizers.tokenizer_base import BaseTokenizer
 
 from hql_ray.settings.errors import ConfigError, InputError
+from hql_ray.settings.records import TEXT_METRICS
 
-# Score keys of a text (amr2text) evaluation, in the paper's order, with their display names and the
-# names the original train.py wrote in its per-node evaluation JSON.
-TEXT_METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "lid_diff")
-METRIC_NAMES = {"spbleu": "spBLEU", "bleu_13a": "BLEU (13a)", "chrf++": "chrF++", "lid": "LID",
-                "lid_diff": "LID diff", "smatch": "smatch F1"}
+# The names the original train.py wrote in its per-node evaluation JSON, by our score keys.
 ORIGINAL_NAMES = {"spbleu": "bleu", "bleu_13a": "old_bleu", "chrf++": "chrf++", "lid": "lid", "lid_diff": "lid_diff"}
 TEST_SETS = ("flores", "ldc2020t07", "amr3")
-# Scores written by hql-ray before test sets were scored apart (manifest format <= 2): one score per
-# language on the union of every corpus's test split (amr3 + flores), its "bleu" being BLEU 13a.
-LEGACY_TEST_SET = "union"
 FLORES200_VOCAB = 256_000  # pieces of sacreBLEU's flores200 SentencePiece model
 _FASTTEXT_MAGIC = 793712314  # first int32 of a fastText .bin file
 HF_PREFIX = "hf://"
@@ -411,43 +405,6 @@ def check_eval_files(cfg) -> list[str]:
             notes.append(f"eval.lid_baseline {ev.lid_baseline} does not exist yet: the references' LID is "
                          "computed by the workers and written there at the end of the run")
     return notes
-
-
-# ---------------------------------------------------------------- the scores of a language, by test set
-_LEGACY_KEYS = {"n", "bleu", "chrf++", "spbleu", "f1", "precision", "recall", "signatures", "samples", "clipped"}
-
-
-def upgrade_legacy(entry: dict) -> dict:
-    """One score dict of an older hql-ray (one per language, on the union of the test splits; its
-    "bleu" was BLEU 13a) in today's keys. Metrics it did not compute say so."""
-    out = {k: v for k, v in entry.items() if k not in ("bleu", "signatures")}
-    if "f1" in entry:
-        return out
-    sigs = entry.get("signatures") or {}
-    out["bleu_13a"] = entry.get("bleu")
-    out["signatures"] = {k: v for k, v in {"bleu_13a": sigs.get("bleu"), "chrf++": sigs.get("chrf++"),
-                                           "spbleu": sigs.get("spbleu")}.items() if v}
-    why = "not recorded by the older hql-ray that made this run"
-    not_computed = {} if out.get("spbleu") is not None else {"spbleu": why}
-    not_computed.update({"lid": "older hql-ray (no LID then)", "lid_diff": "older hql-ray (no LID then)"})
-    out["not_computed"] = not_computed
-    for key in TEXT_METRICS:
-        out.setdefault(key, None)
-    return out
-
-
-def is_legacy(entry) -> bool:
-    return isinstance(entry, dict) and bool(_LEGACY_KEYS & set(entry))
-
-
-def scores_by_test_set(entry) -> dict[str, dict]:
-    """A language's entry of a node's metrics["languages"] as {test set: scores}. Today's entries are
-    that already; an older hql-ray's single score dict becomes {"union": ...} in today's keys."""
-    if not isinstance(entry, dict):
-        return {}
-    if is_legacy(entry):
-        return {LEGACY_TEST_SET: upgrade_legacy(entry)}
-    return {k: v for k, v in entry.items() if isinstance(v, dict)}
 
 
 # ---------------------------------------------------------------- smatch

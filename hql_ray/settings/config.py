@@ -1,8 +1,8 @@
 """One typed config for a run: YAML file + the original's flags + `key=value` overrides.
 
 Precedence (later wins): built-in defaults < `--config FILE` < flags < `section.key=value` overrides.
-Validated up front so that a typo fails before any model is loaded. Crosses Ray boundaries as a plain
-dict (`to_dict` / `from_dict`).
+Validated up front so that a typo fails before any model is loaded. Crosses Ray boundaries as itself (a
+dataclass pickles); `to_dict` / `from_dict` are for YAML and the manifest.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Any
 import yaml
 
 from hql_ray.settings.errors import ConfigError
+from hql_ray.settings.exports import EXPORT_MODES
+from hql_ray.settings.handoffs import HANDOFFS
+from hql_ray.settings.search_space import parse_tune
 
 MODES = ("qlora", "lora", "fft")
-HANDOFFS = ("stack", "merge", "continue")
 DIRECTIONS = ("amr2text", "text2amr")
 OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
 TEST_SETS = ("flores", "ldc2020t07", "amr3")
-EXPORT_MODES = ("adapter", "adapter-bf16", "merged", "compact")
 EXECUTORS = ("auto", "warm", "ray-train")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
@@ -205,6 +206,9 @@ class ResourcesSection:
     # instead of hanging (0 = wait forever, e.g. for a slow autoscaler).
     wait_warning_s: float = 60.0
     wait_timeout_s: float = 1800.0
+    # On SIGTERM (Kubernetes, Slurm, `ray job stop`, a cloud's preemption notice: 30-120 s before the machine
+    # goes), every node in flight writes a checkpoint at its next log step; the driver waits this long for them.
+    stop_checkpoint_wait_s: float = 20.0
 
 
 @dataclass
@@ -271,8 +275,6 @@ class Config:
     def search_specs(self) -> dict:
         """The `tune:` section parsed once: {level or "default": LevelSpec, or None where not searched}."""
         if "_search_specs" not in self.__dict__:
-            from hql_ray.settings.search_space import parse_tune
-
             self.__dict__["_search_specs"] = parse_tune(self.tune)
         return self.__dict__["_search_specs"]
 
@@ -300,14 +302,14 @@ class Config:
 
     def validate(self) -> "Config":
         _choice("model.mode", self.model.mode, MODES)
-        _choice("model.handoff", self.model.handoff, HANDOFFS)
+        _choice("model.handoff", self.model.handoff, tuple(HANDOFFS))
         _choice("data.direction", self.data.direction, DIRECTIONS)
         _choice("eval.at_nodes", self.eval.at_nodes, ("all", "leaves"))
         _choice("model.quant_type", self.model.quant_type, ("nf4", "fp4"))
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
-        _choice("export.mode", self.export.mode, EXPORT_MODES)
+        _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
         _choice("resources.executor", self.resources.executor, EXECUTORS)
         for name in self.eval.test_sets:
             _choice("eval.test_sets", name, TEST_SETS)
@@ -342,6 +344,8 @@ class Config:
             raise ConfigError("resources.wait_warning_s must be > 0 and resources.wait_timeout_s >= 0 "
                               f"(0 = wait forever), got {self.resources.wait_warning_s} and "
                               f"{self.resources.wait_timeout_s}")
+        if self.resources.stop_checkpoint_wait_s < 0:
+            raise ConfigError(f"resources.stop_checkpoint_wait_s must be >= 0, got {self.resources.stop_checkpoint_wait_s}")
         if self.resources.num_gpus is not None and self.resources.num_gpus < 0:
             raise ConfigError(f"resources.num_gpus must be >= 0, got {self.resources.num_gpus}")
         self.search_specs  # a bad tune: section fails here, with the key named
