@@ -222,6 +222,8 @@ def test_newick_depth_drops_deeper_groups(tmp_path, capsys):
     assert capsys.readouterr().out == ("code,level0,level1,language\ndeu_Latn,IE,WG,German\n"
                                        "ltz_Latn,IE,WG,Luxembourgish\nnld_Latn,IE,WG,Dutch\n"
                                        "ita_Latn,IE,Italian,Italian\n")
+    assert main(["tree", "convert", str(FILES / "12langs.csv"), "--depth", "2"]) == 2  # a CSV: -ln picks levels
+    assert "--depth 2: cuts a Newick tree" in capsys.readouterr().err
 
 
 # --- show ------------------------------------------------------------------------------------

@@ -186,8 +186,9 @@ def convert(args: argparse.Namespace) -> int:
     from hql_ray.settings.newick import SUFFIXES, is_newick, read_tree
     from hql_ray.settings.tree import tree_rows
 
-    if args.depth is not None and args.depth < 0:
-        raise ConfigError(f"--depth {args.depth}: must be 0 or more")
+    if args.depth is not None and (args.depth < 0 or not is_newick(args.file)):
+        raise ConfigError(f"--depth {args.depth}: " + ("must be 0 or more" if args.depth < 0 else
+                          "cuts a Newick tree; for a CSV, choose its levels with -ln"))
     levels = None if args.levels is None else parse_level_args(args.levels)
     tree = read_tree(args.file, levels, depth=args.depth)
     to = args.to or ("newick" if (Path(args.output).suffix.lower() in SUFFIXES if args.output
