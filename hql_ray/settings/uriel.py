@@ -78,6 +78,7 @@ def _two_letter() -> dict[str, str]:
 
 def display_name(iso: str, script: str = "") -> str:
     """The paper's name for its languages; else the ISO 639-3 name (pycountry), as one word."""
+    iso = _two_letter().get(iso, iso)
     if iso in PAPER_NAMES:
         return PAPER_NAMES[iso]
     import pycountry
