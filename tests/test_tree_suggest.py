@@ -4,7 +4,6 @@ which trains a suggested tree through the real driver (slow)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
