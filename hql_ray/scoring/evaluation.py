@@ -1,7 +1,8 @@
 """Greedy generation and scoring of a node's languages on their test sets (no Ray here).
 
 Each test set is scored apart, as the original did: FLORES test for every language, LDC2020T07 for
-the languages that have it, amr3 test only when eval.test_sets lists it. A node's scores are
+the languages that have it, amr3 test only when eval.test_sets lists it, any other corpus's test split
+when it does (or when it is a training corpus and eval.test_sets is left to the data). A node's scores are
 {code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
 training state so that it can be tested with a tiny random model on CPU and reused from the CLI.
 
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from hql_ray.data import corpus
 from hql_ray.data import dataset as ds_lib
 from hql_ray.settings.config import DIRECTIONS, Config
 from hql_ray.settings.errors import InputError
@@ -197,8 +199,8 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
                   progress: Callable[[Task], None] | ds_lib.StepProgress | None = None) -> Languages:
     """Generate on each test set of each language and score it: {code: {test set: scores}}.
 
-    Test sets in eval.test_sets order; a language without a test set (LDC2020T07 has four languages)
-    simply lacks that key. With ``node_id``, the texts are also written under the run folder
+    Test sets in eval.test_sets order (None: the data's, `corpus.test_sets_of`); a language without a test
+    set (LDC2020T07 has four languages) simply lacks that key. With ``node_id``, the texts are also written under the run folder
     (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g. `ctx.progress`)
     hears the generation of each test set batch by batch, then its scoring (a `Task`, phase "evaluate").
     """
@@ -208,10 +210,11 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
     if steps.node_id is None:
         steps.node_id = node_id
     results: Languages = {}
+    test_sets = corpus.test_sets_of(cfg.data.dir, cfg.data.corpora, cfg.eval.test_sets)
     for index, (code, name) in enumerate(languages, 1):
         per_set: dict[str, TestSetScores] = {}
         texts: dict[str, GeneratedTexts] = {}
-        for test_set in cfg.eval.test_sets:
+        for test_set in test_sets:
             try:
                 test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
             except Exception as exc:  # noqa: BLE001 - a bad test file costs its scores, not the other sets'

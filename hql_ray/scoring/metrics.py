@@ -42,7 +42,6 @@ from hql_ray.settings.records import TEXT_METRICS
 
 # The names the original train.py wrote in its per-node evaluation JSON, by our score keys.
 ORIGINAL_NAMES = {"spbleu": "bleu", "bleu_13a": "old_bleu", "chrf++": "chrf++", "lid": "lid", "lid_diff": "lid_diff"}
-TEST_SETS = ("flores", "ldc2020t07", "amr3")
 FLORES200_VOCAB = 256_000  # pieces of sacreBLEU's flores200 SentencePiece model
 _FASTTEXT_MAGIC = 793712314  # first int32 of a fastText .bin file
 HF_PREFIX = "hf://"
