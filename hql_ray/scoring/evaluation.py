@@ -28,7 +28,7 @@ from hql_ray.data import corpus
 from hql_ray.data import dataset as ds_lib
 from hql_ray.settings.config import DIRECTIONS, Config
 from hql_ray.settings.errors import InputError
-from hql_ray.scoring.metrics import ORIGINAL_NAMES, read_lid_baseline, smatch_scores, text_scores
+from hql_ray.scoring.metrics import ORIGINAL_NAMES, effective_lid_model, read_lid_baseline, smatch_scores, text_scores
 from hql_ray.settings.records import TEXT_METRICS, Languages, Sample, Task, TestSetScores, TextsRef
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def not_scored(reason: str, n: int = 0, direction: str = "amr2text") -> TestSetS
 def _baseline(cfg: Config) -> dict[str, dict[str, float]]:
     """The references' LID from eval.lid_baseline as this worker sees the file ({} if absent or unreadable
     here: then the worker computes them, and the driver writes them to the file at the end of the run)."""
-    if not cfg.eval.lid_baseline or not cfg.eval.lid_model or cfg.data.direction != "amr2text":
+    if not cfg.eval.lid_baseline or cfg.data.direction != "amr2text" or not effective_lid_model(cfg.eval.lid_model):
         return {}
     try:
         return read_lid_baseline(cfg.eval.lid_baseline)

@@ -28,6 +28,9 @@ DIRECTIONS = ("amr2text", "text2amr")
 OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
+# train.validation_loss: token = every label token of the validation set weighs the same; batch_mean = the
+# original HF Trainer's eval_loss, the mean of per-batch mean losses (each batch weighted by its examples).
+VALIDATION_LOSSES = ("token", "batch_mean")
 EXECUTORS = ("auto", "warm", "ray-train")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
@@ -158,6 +161,7 @@ class TrainSection:
     checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation. And at the end.
     checkpoints_kept: int = 2  # Ray Train keeps this many of a node's latest checkpoints (~2.3 GB each at r=256)
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
+    validation_loss: str = "token"  # token | batch_mean (the original Trainer's; VALIDATION_LOSSES)
     log_every: int = 10
     # Same update rule either way: adafactor_foreach (hql_ray.training.adafactor) stacks same-shaped tensors
     # into a few ops per step; adafactor_hf is transformers' per-tensor loop.
@@ -310,6 +314,7 @@ class Config:
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
+        _choice("train.validation_loss", self.train.validation_loss, VALIDATION_LOSSES)
         _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
         _choice("resources.executor", self.resources.executor, EXECUTORS)
         _check_test_set_names(self.eval.test_sets)
