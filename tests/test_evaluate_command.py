@@ -30,7 +30,7 @@ CORPUS = "qald9"  # named like the real one in ../shared/data/qald9-hql (a test 
 def own_corpus(root: Path) -> Path:
     """A data folder holding one corpus of one's own (no amr3, no flores): the sample generator's amr3 text,
     under another name."""
-    from hql_ray.data.sample.generator import write_sample
+    from make_sample import write_sample  # data/make_sample.py (conftest puts data/ on the path)
 
     sample = root / "sample"
     write_sample(sample, n_train=24, n_validation=6, n_test=5, n_flores_train=1, n_flores_validation=1,
