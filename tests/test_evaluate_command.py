@@ -117,7 +117,7 @@ def kept_texts(run_dir: Path, record: dict) -> tuple[list[str], list[str]]:
             (folder / "reference.txt").read_text(encoding="utf-8").splitlines())
 
 
-def test_an_own_corpus_trains_and_its_test_split_is_scored_without_flags(own_run):
+def test_an_own_corpus_trains_and_its_test_split_is_scored_without_flags(own_run, tmp_path):
     run_dir, data, said = own_run
     manifest = read_manifest(run_dir)
     assert manifest.data["config"]["data"]["corpora"] == [CORPUS]  # what it trained on, recorded
@@ -133,6 +133,10 @@ def test_an_own_corpus_trains_and_its_test_split_is_scored_without_flags(own_run
     assert [(r["code"], r["test_set"]) for r in rows] == [("deu_Latn", CORPUS), ("ita_Latn", CORPUS)]
     card = (run_dir / "final" / "deu_Latn" / CARD).read_text(encoding="utf-8")
     assert f"| {CORPUS} | 5 |" in card
+    report = tmp_path / "report"  # the report's tables and plots have its rows too
+    assert main(["report", str(run_dir), "--out", str(report)]) == 0
+    assert (report / "plots" / f"scores_{CORPUS}.png").is_file()
+    assert f"| deu_Latn | German | {CORPUS} |" in (report / "report.md").read_text(encoding="utf-8")
     # no model file for spBLEU or LID: each says how to get it, without retraining
     results = (run_dir / "results.md").read_text(encoding="utf-8")
     assert "- spBLEU: not computed: no flores200 SentencePiece model" in results

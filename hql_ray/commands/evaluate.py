@@ -103,7 +103,6 @@ def run(args: argparse.Namespace) -> int:
     for line in done.missing:
         print(f"hql-ray evaluate: not scored again: {line}", file=sys.stderr)
     print((run_dir / "results.md").read_text(encoding="utf-8"))
-    print(f"scored again: {done.scored} test set(s) of {sum(1 for e in manifest.nodes.values() if e.metrics)} "
-          f"node(s); {len(rows)} result row(s); wrote {run_dir / 'results.md'}, results.csv, manifest.json and "
-          f"{cards} model card(s)")
+    print(f"scored again: {done.scored} test set(s) of {len(done.nodes)} node(s); {len(rows)} result row(s); wrote "
+          f"{run_dir / 'results.md'}, results.csv, manifest.json and {cards} model card(s)")
     return 1 if done.missing and not done.scored else 0

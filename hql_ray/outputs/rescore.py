@@ -37,6 +37,7 @@ class Rescored:
     """What `rescore_run` did: test sets scored again, and those it could not, with why."""
 
     scored: int = 0
+    nodes: set[str] = field(default_factory=set)  # the nodes whose scores changed
     smatch: int = 0  # parsing runs' test sets (smatch needs no model: kept)
     missing: list[str] = field(default_factory=list)  # "node code test set: why"
 
@@ -113,6 +114,7 @@ def rescore_run(manifest: Manifest, run_dir: Path, models: EvalModels) -> Rescor
                 folder = str(Path(record.texts.dir).parent.parent)  # evaluation/<node>[/trial...]
                 texts_by_folder.setdefault(folder, {})[test_set] = texts
                 done.scored += 1
+                done.nodes.add(node_id)
             for folder, texts in texts_by_folder.items():
                 write_node_texts(run_dir, folder, code, {t: sets[t] for t in texts}, texts)
     manifest.save()
