@@ -143,6 +143,47 @@ def test_an_own_corpus_trains_and_its_test_split_is_scored_without_flags(own_run
     assert "`hql-ray fetch-eval-models` downloads it; then `hql-ray evaluate RUN` scores a finished run again" in results
 
 
+def assert_rescored(run_dir: Path, before: dict, lid_file: Path) -> int:
+    """Every test set the run scored has, in the manifest, spBLEU, BLEU (13a), chrF++, LID and LID diff equal to
+    sacreBLEU's and fastText's on its kept files (spBLEU: sacreBLEU's own flores200 tokenizer, which reads the model
+    from sacreBLEU's cache), the rest of its record kept, and the original's per-node JSON says the same.
+    -> the number of test sets checked."""
+    after, checked = read_manifest(run_dir), 0
+    model, labels = metrics.load_lid_model(str(lid_file))
+    for node, entry in before["nodes"].items():
+        for code, sets in ((entry.get("metrics") or {}).get("languages") or {}).items():
+            for test_set, old in sets.items():
+                new = after.nodes[node].metrics.languages[code][test_set]
+                hyps, refs = kept_texts(run_dir, old)
+                assert new.spbleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="flores200").score,
+                                                   abs=1e-9)
+                assert new.bleu_13a == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+                assert new.bleu_13a == pytest.approx(old["bleu_13a"], abs=1e-9)
+                assert new.chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score, abs=1e-9)
+                assert new.lid == pytest.approx(metrics.lid_score(model, hyps, code, labels), abs=1e-9)
+                assert new.reference_lid == pytest.approx(metrics.lid_score(model, refs, code, labels), abs=1e-9)
+                assert new.lid_diff == pytest.approx(new.lid - new.reference_lid, abs=1e-9)
+                assert new.not_computed == {} and set(new.signatures) == {"spbleu", "bleu_13a", "chrf++", "lid"}
+                assert new.n == old["n"] and [s.to_json() for s in new.samples] == old["samples"]  # kept
+                original = json.loads((run_dir / "evaluation" / node / f"{code}.json").read_text(encoding="utf-8"))
+                assert original[test_set]["bleu"] == new.spbleu and original[test_set]["lid"] == new.lid
+                checked += 1
+    return checked
+
+
+def assert_tables_show_spbleu_and_lid(run_dir: Path) -> None:
+    """results.md|csv and every model card show spBLEU and LID (the leaf's scores), nothing "not computed"."""
+    after = read_manifest(run_dir)
+    results = (run_dir / "results.md").read_text(encoding="utf-8")
+    assert "| spBLEU | BLEU (13a) | chrF++ | LID | LID diff |" in results and "not computed" not in results
+    for row in csv.DictReader((run_dir / "results.csv").open(encoding="utf-8")):
+        new = after.nodes[row["node"]].metrics.languages[row["code"]][row["test_set"]]
+        assert float(row["spbleu"]) == new.spbleu and float(row["lid"]) == new.lid and row["not_computed"] == ""
+        card = (run_dir / "final" / row["code"] / CARD).read_text(encoding="utf-8")
+        assert (f"| {row['test_set']} | {new.n} | {new.spbleu:.2f} | {new.bleu_13a:.2f} | {new.chrf:.2f} | "
+                f"{new.lid:.2f} | {new.lid_diff:.2f} |") in card
+
+
 def test_fetch_then_evaluate_adds_spbleu_and_lid_without_retraining(own_run, model_caches, monkeypatch, tiny_lid,
                                                                     capsys):
     run_dir, _, _ = own_run
@@ -160,33 +201,12 @@ def test_fetch_then_evaluate_adds_spbleu_and_lid_without_retraining(own_run, mod
 
     assert main(["evaluate", str(run_dir)]) == 0  # no flags: the caches fetch-eval-models filled
     out = capsys.readouterr().out
-    assert "scored again: 2 test set(s)" in out and "wrote" in out
+    assert "scored again: 2 test set(s) of 2 node(s)" in out and "and 2 model card(s)" in out
+    assert assert_rescored(run_dir, before, tiny_lid) == 2
+    assert_tables_show_spbleu_and_lid(run_dir)
     after = read_manifest(run_dir)
-    for node, code in (("language.German", "deu_Latn"), ("language.Italian", "ita_Latn")):
-        old = before["nodes"][node]["metrics"]["languages"][code][CORPUS]
-        new = after.nodes[node].metrics.languages[code][CORPUS]
-        hyps, refs = kept_texts(run_dir, old)
-        # sacreBLEU's own flores200 tokenizer reads the model from its cache, where fetch-eval-models put it
-        assert new.spbleu == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="flores200").score, abs=1e-9)
-        assert new.bleu_13a == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9) == old["bleu_13a"]
-        assert new.chrf == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score, abs=1e-9)
-        model, labels = metrics.load_lid_model(str(tiny_lid))
-        assert new.lid == pytest.approx(metrics.lid_score(model, hyps, code, labels), abs=1e-9)
-        assert new.reference_lid == pytest.approx(metrics.lid_score(model, refs, code, labels), abs=1e-9)
-        assert new.lid_diff == pytest.approx(new.lid - new.reference_lid, abs=1e-9)
-        assert new.reference_lid > 50.0 and new.reference_lid_source == "computed"
-        assert new.not_computed == {} and set(new.signatures) == {"spbleu", "bleu_13a", "chrf++", "lid"}
-        assert new.n == old["n"] and [s.to_json() for s in new.samples] == old["samples"]  # the rest is kept
-        original = json.loads((run_dir / "evaluation" / node / f"{code}.json").read_text(encoding="utf-8"))
-        assert original[CORPUS]["bleu"] == new.spbleu and original[CORPUS]["lid"] == new.lid
-    rows = {r["code"]: r for r in csv.DictReader((run_dir / "results.csv").open(encoding="utf-8"))}
-    assert float(rows["deu_Latn"]["spbleu"]) == after.nodes["language.German"].metrics.languages["deu_Latn"][
-        CORPUS].spbleu and rows["deu_Latn"]["lid"] != "" and rows["deu_Latn"]["not_computed"] == ""
-    results = (run_dir / "results.md").read_text(encoding="utf-8")
-    assert "| spBLEU | BLEU (13a) | chrF++ | LID | LID diff |" in results and "not computed" not in results
-    card = (run_dir / "final" / "deu_Latn" / CARD).read_text(encoding="utf-8")
     new = after.nodes["language.German"].metrics.languages["deu_Latn"][CORPUS]
-    assert f"| {CORPUS} | 5 | {new.spbleu:.2f} | {new.bleu_13a:.2f} | {new.chrf:.2f} | {new.lid:.2f} |" in card
+    assert new.reference_lid > 50.0 and new.reference_lid_source == "computed"  # German references
     assert {p: p.read_bytes() for p in adapters} == adapters  # nothing trained or exported again
     assert after.data["config"]["eval"]["lid_model"] is None  # (the caches: the signatures name the files)
     assert f"model:{metrics.effective_lid_model(None)}|" in new.signatures["lid"]
@@ -236,3 +256,19 @@ def test_evaluate_refuses_a_running_run_and_says_what_it_cannot_score(own_run, t
     assert "scored again: 1 test set(s)" in captured.out
     assert (f"not scored again: language.Italian ita_Latn {CORPUS}: its texts (evaluation/language.Italian/ita_Latn/"
             f"{CORPUS}) are gone") in captured.err
+
+
+@pytest.mark.slow  # the demo itself (21 nodes, its base pre-trained once): minutes on 2 cores
+def test_a_finished_demo_run_rescored_shows_spbleu_and_lid(ray_session, model_caches, monkeypatch, tiny_lid,
+                                                           tmp_path):
+    out = tmp_path / "runs"
+    assert main(["train", "--config", "configs/demo.yaml", f"run.output_dir={out}", "--plain"]) == 0
+    run_dir = out / "demo"
+    before = json.loads((run_dir / "manifest.json").read_text())
+    assert "- spBLEU: not computed" in (run_dir / "results.md").read_text(encoding="utf-8")
+    hyps, refs = kept_texts(run_dir, before["nodes"]["language.German"]["metrics"]["languages"]["deu_Latn"]["flores"])
+    offline_downloads(monkeypatch, tiny_spm(tmp_path, refs + hyps), tiny_lid)
+    assert main(["fetch-eval-models", "--only", "spbleu"]) == 0
+    assert main(["evaluate", str(run_dir), "--lid-model", str(tiny_lid)]) == 0
+    assert assert_rescored(run_dir, before, tiny_lid) == 2 * 12  # flores and amr3 at each of the 12 leaves
+    assert_tables_show_spbleu_and_lid(run_dir)

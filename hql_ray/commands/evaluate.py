@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("a text2amr run is scored with smatch, which needs no model file: nothing to score again",
                          path=run_dir)
     models = models_for(args, cfg)
-    done = rescore.rescore_run(manifest, run_dir, models)
+    # The record says which models its scores are from (None: the caches; the signatures name the files).
     manifest.data["config"].setdefault("eval", {}).update(spbleu_model=models.spbleu_model, lid_model=models.lid_model)
-    manifest.save()  # the record says which models its scores are from
+    done = rescore.rescore_run(manifest, run_dir, models)  # (saves the manifest)
     rows = results.write_results(manifest, tree, run_dir)
     cards = refresh_cards(manifest, tree, run_dir, cfg)
     for line in done.missing:

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
         "fetch-eval-models",
         help="download the spBLEU and LID models (flores200 SentencePiece, GlotLID) where runs read them",
         description="Download sacreBLEU's flores200 SentencePiece model (spBLEU) into sacreBLEU's cache and GlotLID "
-        "(LID) into the Hugging Face cache, where runs and `hql-ray evaluate` find them without flags. Needs a network.",
+        "(LID) into the Hugging Face cache, where runs and `hql-ray evaluate` find them without flags. "
+        "Needs a network.",
     )
     p.add_argument("--only", choices=WHAT, help="fetch one of the two (default: both)")
     p.add_argument("--force", action="store_true", help="download again even if the cache has them")
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"hql-ray fetch-eval-models: error: {err}", file=sys.stderr)
             failed += 1
             continue
-        state = ("downloaded" if fetched.downloaded else "already there") + (f", {fetched.name}" if fetched.name else "")
+        state = "downloaded" if fetched.downloaded else "already there"
+        state += f", {fetched.name}" if fetched.name else ""
         print(f"{fetched.metric}: {fetched.path} ({state}; from {fetched.source})")
     if failed:
         return 2

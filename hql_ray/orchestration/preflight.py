@@ -122,9 +122,9 @@ def check_test_sets(cfg: Config, tree: LanguageTree, verdicts: "Verdicts | None"
             _check_ldc(cfg, tree, verdicts)
             continue
         if test_set not in known:
+            here = corpus.sorted_test_sets(known + [corpus.LDC] * corpus.ldc_folder_exists(d.dir))
             raise InputError(f"eval.test_sets (--test-sets) names {test_set}, but it is no corpus here; the test "
-                             f"sets here: {', '.join(corpus.sorted_test_sets(known + [corpus.LDC] * corpus.ldc_folder_exists(d.dir)))}",
-                             path=d.dir)
+                             f"sets here: {', '.join(here) or 'none'}", path=d.dir)
         for lang in tree.languages:
             path = corpus.corpus_file(d.dir, test_set, lang.code, "test")
             if not path.is_file():

@@ -2,8 +2,8 @@
 
 Each test set is scored apart, as the original did: FLORES test for every language, LDC2020T07 for
 the languages that have it, amr3 test only when eval.test_sets lists it, any other corpus's test split
-when it does (or when it is a training corpus and eval.test_sets is left to the data). A node's scores are
-{code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
+when it does (or when it is a training corpus and eval.test_sets is left to the data). A node's scores
+are {code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
 training state so that it can be tested with a tiny random model on CPU and reused from the CLI.
 
 References are the test set's raw sentences. The original decoded them from the tokenized labels
@@ -28,7 +28,8 @@ from hql_ray.data import corpus
 from hql_ray.data import dataset as ds_lib
 from hql_ray.settings.config import DIRECTIONS, Config
 from hql_ray.settings.errors import InputError
-from hql_ray.scoring.metrics import ORIGINAL_NAMES, effective_lid_model, read_lid_baseline, smatch_scores, text_scores
+from hql_ray.scoring.metrics import (ORIGINAL_NAMES, effective_lid_model, read_lid_baseline, smatch_scores,
+                                    text_scores)
 from hql_ray.settings.records import TEXT_METRICS, Languages, Sample, Task, TestSetScores, TextsRef
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,10 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
     """Generate on each test set of each language and score it: {code: {test set: scores}}.
 
     Test sets in eval.test_sets order (None: the data's, `corpus.test_sets_of`); a language without a test
-    set (LDC2020T07 has four languages) simply lacks that key. With ``node_id``, the texts are also written under the run folder
-    (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g. `ctx.progress`)
-    hears the generation of each test set batch by batch, then its scoring (a `Task`, phase "evaluate").
+    set (LDC2020T07 has four languages) simply lacks that key. With ``node_id``, the texts are also written
+    under the run folder (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g.
+    `ctx.progress`) hears the generation of each test set batch by batch, then its scoring (a `Task`, phase
+    "evaluate").
     """
     model.eval()
     baseline = _baseline(cfg)
