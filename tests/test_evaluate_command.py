@@ -258,7 +258,8 @@ def test_evaluate_refuses_a_running_run_and_says_what_it_cannot_score(own_run, t
             f"{CORPUS}) are gone") in captured.err
 
 
-@pytest.mark.slow  # the demo itself (21 nodes, its base pre-trained once): minutes on 2 cores
+@pytest.mark.slow  # the demo itself (21 nodes, its base pre-trained once): about 7 minutes on 2 idle cores
+@pytest.mark.timeout(2400)  # (a busy machine triples that)
 def test_a_finished_demo_run_rescored_shows_spbleu_and_lid(ray_session, model_caches, monkeypatch, tiny_lid,
                                                            tmp_path):
     out = tmp_path / "runs"
