@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +17,12 @@ sys.path.insert(0, str(REPO / "data"))  # make_sample: the bundled sample's gene
 
 # Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU needs eval.spbleu_model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ... nor read this machine's Hugging Face and sacreBLEU caches: GlotLID and the flores200 SentencePiece model
+# fetched there (hql-ray fetch-eval-models) would otherwise be every run's LID and spBLEU models, Ray workers' too.
+for _cache in ("HF_HUB_CACHE", "SACREBLEU"):
+    if _cache not in os.environ:
+        os.environ[_cache] = tempfile.mkdtemp(prefix=f"hql-tests-{_cache.lower()}-")
+        atexit.register(shutil.rmtree, os.environ[_cache], True)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 

@@ -79,7 +79,10 @@ def test_text_scores_without_spm_or_lid_say_why():
     assert set(why) == {"spbleu", "lid", "lid_diff"}
     assert why["spbleu"].startswith("no flores200 SentencePiece model: eval.spbleu_model is not set")
     assert "flores200sacrebleuspm" in why["spbleu"]
-    assert why["lid"] == "no LID model (eval.lid_model is not set)"
+    assert why["lid"].startswith("no LID model: eval.lid_model is not set and GlotLID (hf://cis-lmu/glotlid/model.bin) "
+                                 "is not in this machine's Hugging Face cache")
+    for reason in (why["spbleu"], why["lid"]):  # each says how to get it, without retraining
+        assert "`hql-ray fetch-eval-models` downloads it; then `hql-ray evaluate RUN`" in reason
 
 
 def test_spbleu_from_a_given_model_file_matches_sacrebleu_own(tiny_spm):

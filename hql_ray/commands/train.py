@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hql_ray.settings.config import MODES, TEST_SETS, VALIDATION_MODES, make_config
+from hql_ray.settings.config import MODES, VALIDATION_MODES, make_config
 from hql_ray.settings.handoffs import HANDOFFS
 from hql_ray.settings.errors import ConfigError
 from hql_ray.settings.tree import parse_level_args
@@ -81,18 +81,20 @@ def add_original_flags(orig) -> None:
 def add_our_flags(ours) -> None:
     ours.add_argument("--data-dir", help="data folder: ours (CORPUS/CODE/CORPUS_CODE_SPLIT.tsv) or the "
                                          "original's (GoldAMR_SilverText/data/amr3/..., see data/README.md)")
-    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores)")
-    ours.add_argument("--max-train-per-corpus", type=int, metavar="N",
+    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores; "
+                                                  "in a folder without them, every corpus in it)")
+    ours.add_argument("--max-train-per-corpus", type=cap_value, metavar="N|null",
                       help="training examples per corpus and language, a seeded sample (default: 31000, "
-                           "the paper's; data.max_train_per_corpus=null for all, as the original train.py)")
+                           "the paper's; null: all, as the original train.py)")
     ours.add_argument("--validation", choices=VALIDATION_MODES,
                       help="first: the original's first rows per corpus (see -ts; default); sample: a seeded "
                            "sample of data.max_validation_per_language per language")
     ours.add_argument("--evaluate", choices=["true", "false"],
                       help="generate on the test sets and score them after each node (default: true)")
-    ours.add_argument("--test-sets", nargs="+", choices=TEST_SETS, metavar="SET",
-                      help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3 "
-                           "(default: flores ldc2020t07, the original's)")
+    ours.add_argument("--test-sets", nargs="+", metavar="SET",
+                      help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3, or any corpus "
+                           "folder's name (its test split) (default: flores ldc2020t07, the original's, when "
+                           "flores is trained on; else the training corpora's test splits)")
     ours.add_argument("--output-dir", help="where runs are written (default: runs)")
     ours.add_argument("--storage-path", help="Ray Train storage: local dir, NFS path or s3:// URI")
     ours.add_argument("--num-gpus", type=int, help="GPU slots to use (default: all the cluster has; 0 = CPU)")
@@ -109,6 +111,19 @@ def add_our_flags(ours) -> None:
                            "node adapters and exports move the bytes a real run moves)")
     ours.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     ours.add_argument("-v", "--verbose", action="store_true", help="show Ray and worker logs")
+
+
+NO_CAP = "null"  # --max-train-per-corpus null: every example (the flag's value until flags_to_dict)
+
+
+def cap_value(text: str) -> int | str:
+    """--max-train-per-corpus: a number, or null/none for no cap."""
+    if text.strip().lower() in ("null", "none", "~"):
+        return NO_CAP
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or null") from None
 
 
 def flags_to_dict(args: argparse.Namespace) -> dict:
@@ -140,6 +155,8 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         value = getattr(args, attr, None)
         if value is not None:
             out.setdefault(section, {})[key] = value
+    if getattr(args, "max_train_per_corpus", None) == NO_CAP:
+        out["data"]["max_train_per_corpus"] = None
     if args.level_names:
         out.setdefault("tree", {})["levels"] = parse_level_args(args.level_names)
     if args.lora_size is not None:

@@ -81,7 +81,7 @@ class DataSettings:
 
     data_dir: str
     direction: str = "amr2text"
-    corpora: tuple[str, ...] | None = None  # training corpora; None = the original's (corpus.DEFAULT_CORPORA)
+    corpora: tuple[str, ...] | None = None  # training corpora; None = the data's (corpus.select_corpora)
     max_source_length: int | None = None  # None = no truncation
     max_target_length: int | None = None
     # split -> max examples per language: "train" per corpus, "validation" (sample mode) and "test" per language
@@ -116,7 +116,7 @@ class DataSettings:
         )
 
     def used_corpora(self) -> list[str]:
-        """The training corpora (named, or the original's); an unknown or missing one is an InputError."""
+        """The training corpora (named, or the data folder's); an unknown one is an InputError."""
         return corpus.select_corpora(self.data_dir, list(self.corpora) if self.corpora else None)
 
     def validation_rows(self, n_languages: int) -> int | None:

@@ -3,16 +3,18 @@
 `check` returns each node's number of training examples (after the per-corpus cap), which the scheduler
 uses as the node's work. What it checks, each failure an InputError/ConfigError naming the file (and line):
 
-- the training corpora (data.corpora, by default the original's amr3 and flores) have every split for
-  every language; folders that are not used are said once;
+- the training corpora (data.corpora; by default the original's amr3 and flores, or every corpus of a
+  folder without them) have every split for every language; folders that are not used are said once.
+  data.corpora and eval.test_sets left to the data (None) are fixed on `cfg` here (`resolve_data`), so
+  the run's record says what it trained on and scored, and a choice that is not the original's is said once;
 - every graph of the files the run reads (train and validation of the training corpora, and the test sets
   in eval.test_sets) parses, as the node would parse it; the verdict of a file that passed is cached
   under the cache folder by size and mtime, so the next run does not parse it again;
 - each node that trains gets validation rows (data.validation "first": validation_size // languages //
   corpora >= 1);
-- each test set in eval.test_sets has rows for the languages that should have it: flores (and amr3 when
-  asked) for every language, LDC2020T07 for deu/eng/ita/spa when the data folder has an ldc2020t07
-  folder; without one, LDC2020T07 is not scored and that is said once;
+- each test set in eval.test_sets has rows for the languages that should have it: a corpus's test split
+  (flores, amr3, or any corpus folder's) for every language, LDC2020T07 for deu/eng/ita/spa when the data
+  folder has an ldc2020t07 folder; without one, LDC2020T07 is not scored and that is said once;
 - the evaluation's files (metrics.check_eval_files: spBLEU and LID models, the -ge baseline): a given
   path that does not exist or load is an error, what will not be computed is said.
 """
@@ -49,6 +51,7 @@ def check(cfg: Config, tree: LanguageTree, simulation: Simulation | None = None,
     check_model(cfg)
     d = cfg.data
     used = corpus.check_layout(d.dir, tree.languages, d.corpora)
+    resolve_data(cfg, used)
     unused = corpus.unused_corpora(d.dir, used)
     if unused:
         log.warning("data: training on %s; not used: %s (name them in data.corpora / --corpus to use them)",
@@ -78,6 +81,22 @@ def check(cfg: Config, tree: LanguageTree, simulation: Simulation | None = None,
     return {node.id: sum(per_language[lang.code] for lang in node.languages) for node in tree.nodes.values()}
 
 
+def resolve_data(cfg: Config, used: list[str]) -> None:
+    """data.corpora and eval.test_sets left to the data folder (None) set to what it gives (`used`: the
+    training corpora found); said once when that is not the original's choice."""
+    d, ev = cfg.data, cfg.eval
+    own = d.corpora is None and used != list(corpus.DEFAULT_CORPORA)
+    if d.corpora is None:
+        d.corpora = list(used)
+    scored = ""
+    if ev.test_sets is None:
+        ev.test_sets = corpus.default_test_sets(d.dir, used)
+        scored = f" and scoring their test splits ({', '.join(ev.test_sets)})" if ev.generate else ""
+    if own:
+        log.warning("data: no amr3 and flores corpora in %s: training on every corpus there (%s)%s; --corpus and "
+                    "--test-sets choose others", d.dir, ", ".join(used), scored)
+
+
 def _check_validation(cfg: Config, tree: LanguageTree, used: list[str], skipped) -> None:
     """data.validation "first": every node that trains gets at least one row per corpus and language."""
     if cfg.data.validation != "first":
@@ -97,10 +116,15 @@ def check_test_sets(cfg: Config, tree: LanguageTree, verdicts: "Verdicts | None"
     """The test sets of eval.test_sets exist and hold rows for the languages that should have them."""
     d = cfg.data
     verdicts = verdicts or Verdicts(None, cfg)
-    for test_set in cfg.eval.test_sets:
+    known = corpus.discover_corpora(d.dir)
+    for test_set in corpus.test_sets_of(d.dir, d.corpora, cfg.eval.test_sets):
         if test_set == corpus.LDC:
             _check_ldc(cfg, tree, verdicts)
             continue
+        if test_set not in known:
+            here = corpus.sorted_test_sets(known + [corpus.LDC] * corpus.ldc_folder_exists(d.dir))
+            raise InputError(f"eval.test_sets (--test-sets) names {test_set}, but it is no corpus here; the test "
+                             f"sets here: {', '.join(here) or 'none'}", path=d.dir)
         for lang in tree.languages:
             path = corpus.corpus_file(d.dir, test_set, lang.code, "test")
             if not path.is_file():

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hql_ray.outputs.manifest import Manifest, RunRecord, atomic_write_text
-from hql_ray.scoring.metrics import TEST_SETS, merge_lid_baseline
+from hql_ray.data.corpus import order_key_of_test_set as test_set_key  # flores, ldc2020t07, amr3, others
+from hql_ray.scoring.metrics import merge_lid_baseline
 from hql_ray.settings.errors import InputError
 from hql_ray.settings.records import LEGACY_TEST_SET, METRIC_NAMES, NodeMetrics, TestSetScores
 from hql_ray.settings.tree import LanguageTree
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "lid_diff", "smatch")  # smatch = F1, for text2amr runs
 BEST_METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "smatch")  # higher is better (LID diff: no "best")
 WINNER_ORDER = ("chrf++", "spbleu", "bleu_13a", "smatch")  # the best run of a (language, test set)
-TEST_SET_ORDER = (*TEST_SETS, LEGACY_TEST_SET)
 LEGACY_NOTE = (f"test set '{LEGACY_TEST_SET}': scores from an older hql-ray, one per language on the union of "
                "every corpus's test split (amr3 + flores), not the paper's test sets; its BLEU is BLEU (13a)")
 NOT_COMPUTED = "not computed"
@@ -42,12 +42,6 @@ def num_or_none(value) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-def test_set_key(name) -> tuple:
-    if name is None:
-        return (len(TEST_SET_ORDER) + 1, "")
-    return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), str(name))
 
 
 def node_scores(metrics: NodeMetrics | None, code: str) -> dict[str, TestSetScores]:
@@ -258,7 +252,7 @@ def score_rows(runs: list[RunRecord]) -> list[ScoreRow]:
 
     `best_metrics` lists the metrics where this run has the highest score for that language and test set
     (among runs that have one); `best` is the run with the best chrF++ (ties: spBLEU, BLEU 13a; parsing
-    runs: smatch). Languages in the order of the first run that has them, test sets in TEST_SET_ORDER.
+    runs: smatch). Languages in the order of the first run that has them, test sets in `test_set_key` order.
     """
     codes: dict[str, str] = {}
     for run in runs:

@@ -1,8 +1,9 @@
 """Greedy generation and scoring of a node's languages on their test sets (no Ray here).
 
 Each test set is scored apart, as the original did: FLORES test for every language, LDC2020T07 for
-the languages that have it, amr3 test only when eval.test_sets lists it. A node's scores are
-{code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
+the languages that have it, amr3 test only when eval.test_sets lists it, any other corpus's test split
+when it does (or when it is a training corpus and eval.test_sets is left to the data). A node's scores
+are {code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
 training state so that it can be tested with a tiny random model on CPU and reused from the CLI.
 
 References are the test set's raw sentences. The original decoded them from the tokenized labels
@@ -23,10 +24,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from hql_ray.data import corpus
 from hql_ray.data import dataset as ds_lib
 from hql_ray.settings.config import DIRECTIONS, Config
 from hql_ray.settings.errors import InputError
-from hql_ray.scoring.metrics import ORIGINAL_NAMES, read_lid_baseline, smatch_scores, text_scores
+from hql_ray.scoring.metrics import (ORIGINAL_NAMES, effective_lid_model, read_lid_baseline, smatch_scores,
+                                    text_scores)
 from hql_ray.settings.records import TEXT_METRICS, Languages, Sample, Task, TestSetScores, TextsRef
 
 log = logging.getLogger(__name__)
@@ -160,7 +163,7 @@ def not_scored(reason: str, n: int = 0, direction: str = "amr2text") -> TestSetS
 def _baseline(cfg: Config) -> dict[str, dict[str, float]]:
     """The references' LID from eval.lid_baseline as this worker sees the file ({} if absent or unreadable
     here: then the worker computes them, and the driver writes them to the file at the end of the run)."""
-    if not cfg.eval.lid_baseline or not cfg.eval.lid_model or cfg.data.direction != "amr2text":
+    if not cfg.eval.lid_baseline or cfg.data.direction != "amr2text" or not effective_lid_model(cfg.eval.lid_model):
         return {}
     try:
         return read_lid_baseline(cfg.eval.lid_baseline)
@@ -197,10 +200,11 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
                   progress: Callable[[Task], None] | ds_lib.StepProgress | None = None) -> Languages:
     """Generate on each test set of each language and score it: {code: {test set: scores}}.
 
-    Test sets in eval.test_sets order; a language without a test set (LDC2020T07 has four languages)
-    simply lacks that key. With ``node_id``, the texts are also written under the run folder
-    (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g. `ctx.progress`)
-    hears the generation of each test set batch by batch, then its scoring (a `Task`, phase "evaluate").
+    Test sets in eval.test_sets order (None: the data's, `corpus.test_sets_of`); a language without a test
+    set (LDC2020T07 has four languages) simply lacks that key. With ``node_id``, the texts are also written
+    under the run folder (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g.
+    `ctx.progress`) hears the generation of each test set batch by batch, then its scoring (a `Task`, phase
+    "evaluate").
     """
     model.eval()
     baseline = _baseline(cfg)
@@ -208,10 +212,11 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
     if steps.node_id is None:
         steps.node_id = node_id
     results: Languages = {}
+    test_sets = corpus.test_sets_of(cfg.data.dir, cfg.data.corpora, cfg.eval.test_sets)
     for index, (code, name) in enumerate(languages, 1):
         per_set: dict[str, TestSetScores] = {}
         texts: dict[str, GeneratedTexts] = {}
-        for test_set in cfg.eval.test_sets:
+        for test_set in test_sets:
             try:
                 test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
             except Exception as exc:  # noqa: BLE001 - a bad test file costs its scores, not the other sets'

@@ -28,7 +28,9 @@ DIRECTIONS = ("amr2text", "text2amr")
 OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
-TEST_SETS = ("flores", "ldc2020t07", "amr3")
+# train.validation_loss: token = every label token of the validation set weighs the same; batch_mean = the
+# original HF Trainer's eval_loss, the mean of per-batch mean losses (each batch weighted by its examples).
+VALIDATION_LOSSES = ("token", "batch_mean")
 EXECUTORS = ("auto", "warm", "ray-train")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
@@ -159,6 +161,7 @@ class TrainSection:
     checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation. And at the end.
     checkpoints_kept: int = 2  # Ray Train keeps this many of a node's latest checkpoints (~2.3 GB each at r=256)
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
+    validation_loss: str = "token"  # token | batch_mean (the original Trainer's; VALIDATION_LOSSES)
     log_every: int = 10
     # Same update rule either way: adafactor_foreach (hql_ray.training.adafactor) stacks same-shaped tensors
     # into a few ops per step; adafactor_hf is transformers' per-tensor loop.
@@ -172,8 +175,10 @@ class TrainSection:
 class EvalSection:
     generate: bool = True  # generate on the test sets of every language under a node and score them
     # Test sets, each scored and reported apart: flores (every language), ldc2020t07 (deu, eng, ita, spa:
-    # AMR 2.0 test translated), amr3 (amr3's own test split, not scored by the original).
-    test_sets: list[str] = field(default_factory=lambda: ["flores", "ldc2020t07"])
+    # AMR 2.0 test translated), amr3 (amr3's own test split, not scored by the original), or any corpus
+    # folder's name (its test split). None = from the data (hql_ray.data.corpus.default_test_sets): the
+    # original's (flores, ldc2020t07) when flores is trained on, else the training corpora's test splits.
+    test_sets: list[str] | None = None
     # SentencePiece model for spBLEU (sacreBLEU's flores200 tokenizer); None = sacreBLEU's cache if present.
     spbleu_model: str | None = None
     lid_model: str | None = None  # fastText language-ID model (GlotLID in the paper); None = no LID
@@ -309,10 +314,10 @@ class Config:
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
+        _choice("train.validation_loss", self.train.validation_loss, VALIDATION_LOSSES)
         _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
         _choice("resources.executor", self.resources.executor, EXECUTORS)
-        for name in self.eval.test_sets:
-            _choice("eval.test_sets", name, TEST_SETS)
+        _check_test_set_names(self.eval.test_sets)
         for key, value in [
             ("train.batch_size", self.train.batch_size),
             ("model.lora.r", self.model.lora.r),
@@ -490,6 +495,19 @@ def _coerce(hint, value, source: str, key: str):
             raise ConfigError(f"{key} must be a string, got {value!r}", path=source)
         return str(value)
     return value
+
+
+def _check_test_set_names(names: list[str] | None) -> None:
+    """eval.test_sets names corpus folders (or ldc2020t07): plain folder names, each once."""
+    for name in names or []:
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            raise ConfigError(f"eval.test_sets: {name!r} is not a test set name (a corpus folder's name, e.g. "
+                              "flores, ldc2020t07, amr3)")
+    if names is not None and len(set(names)) != len(names):
+        raise ConfigError(f"eval.test_sets lists a test set twice: {', '.join(names)}")
+    if names is not None and not names:
+        raise ConfigError("eval.test_sets is empty: name a test set, leave it out (the data's), or set "
+                          "eval.generate=false")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -89,7 +89,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> float:
-    """Token-weighted mean loss over the validation set, summed across workers."""
+    """The validation set's mean loss over length-sorted batches of eval.batch_size, summed across workers.
+
+    train.validation_loss "token": every label token weighs the same (each batch's mean token loss weighted by
+    its tokens). "batch_mean": the original HF Trainer's eval_loss, each batch's mean loss weighted by its
+    examples (with equal batches, the mean of the per-batch means)."""
     was_training = model.training
     model.eval()
     lengths = ds_lib.example_lengths(data)
@@ -100,8 +104,8 @@ def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> 
         rows = data.select(mine[start : start + cfg.eval.batch_size])
         batch = to_device(batching.collate(list(rows), pad_id), ctx.device)
         loss = model(**batch).loss.float()
-        n_tokens = int((batch["labels"] != -100).sum())
-        total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64)
+        weight = len(rows) if cfg.train.validation_loss == "batch_mean" else int((batch["labels"] != -100).sum())
+        total += torch.tensor([loss.item() * weight, weight], dtype=torch.float64)
     ctx.all_reduce_sum(total)
     model.train(was_training)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
