@@ -170,7 +170,7 @@ def node_spec(cfg, dry: bool):
 
     languages = [[lang.code, lang.name] for lang in load_tree(cfg.tree.file, ["language"]).languages]
     languages = languages[:2] if dry else languages
-    return NodeSpec.coerce({"id": "gpu-check", "languages": languages, "is_leaf": False})
+    return NodeSpec("gpu-check", "gpu-check", "", 0, None, False, tuple(tuple(pair) for pair in languages))
 
 
 # ---- one rung --------------------------------------------------------------------------------------------------
@@ -403,10 +403,10 @@ def node_stage(args) -> None:
     settings = {**ladder(args.dry_run)[4].settings, "train.max_steps": 4, "train.eval_every": 2}
     cfg = check_config(args, settings)
     t0 = time.perf_counter()
-    result = node.train_node(cfg.to_dict(), node_spec(cfg, args.dry_run), [], LocalContext(device=device))
+    result = node.train_node(cfg, node_spec(cfg, args.dry_run), [], LocalContext(device=device))
     m = result.metrics
-    row = {"kind": "node", "seconds": time.perf_counter() - t0, "steps": m["steps"],
-           "initial_val_loss": m["initial_val_loss"], "val_loss": m["val_loss"],
+    row = {"kind": "node", "seconds": time.perf_counter() - t0, "steps": m.steps,
+           "initial_val_loss": m.initial_val_loss, "val_loss": m.val_loss,
            "adapter_tensors": len(result.adapter.tensors) if result.adapter else 0}
     row["summary"] = (f"{row['steps']} steps in {row['seconds']:.0f} s, validation loss {row['initial_val_loss']:.3f}"
                       f" -> {row['val_loss']:.3f}, adapter of {row['adapter_tensors']} tensors")

@@ -198,8 +198,8 @@ def measure(layers: int, variants: list[str]) -> list[dict]:
         out = Path(tmp)
         base = model_dir(out / "model", layers)
         torch.manual_seed(0)
-        st = node.setup(node_config(base, out, {}), NodeSpec.coerce({"id": "language.German", "languages": [
-            ["deu_Latn", "German"]], "is_leaf": True}), [], LocalContext(device="cpu"))
+        st = node.setup(node_config(base, out, {}), NodeSpec("language.German", "German", "language", 0, None, True,
+                                                            (("deu_Latn", "German"),)), [], LocalContext(device="cpu"))
         n4 = sum(1 for m in st.model.modules() if type(m).__name__ == "Linear4bit")
         rows = []
         for name in variants:

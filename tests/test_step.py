@@ -21,13 +21,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import tiny_overrides
+from conftest import node_spec, tiny_overrides
 from hql_ray.settings.config import ConfigError, LoraShape, make_config
 from hql_ray.training import handoff, modeling, step
 from hql_ray.training.context import LocalContext
 from hql_ray.training.node import train_node
 
-GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
+GERMAN = node_spec("language.German", [("deu_Latn", "German")])
 BASE = {"train.max_steps": 6, "train.eval_every": 2, "train.epochs": 3, "eval.generate": "false",
         "model.lora.dropout": 0, "model.mode": "qlora", "train.learning_rate": 3e-3, "train.log_every": 3}
 SYNCS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::item", "aten::equal"}
@@ -47,8 +47,8 @@ class SyncCounter(TorchDispatchMode):
 
 def run(tmp_path, corpus, tree, **extra):
     cfg = make_config(overrides=tiny_overrides(tmp_path, corpus, tree, **{**BASE, **extra})).with_absolute_paths()
-    result = train_node(cfg.to_dict(), GERMAN, [], LocalContext(device="cpu"))
-    return [h["val_loss"] for h in result.history if "val_loss" in h], result
+    result = train_node(cfg, GERMAN, [], LocalContext(device="cpu"))
+    return [h.val_loss for h in result.history if h.val_loss is not None], result
 
 
 @pytest.fixture
@@ -126,8 +126,8 @@ def test_sync_free_step_matches_the_original_exactly(tmp_path, small_corpus, fou
     sync_free, result = run(tmp_path / "b", small_corpus, four_language_tree, **{"train.host_sync": "log"})
     assert sync_free == original
     assert original[-1] < 0.9 * original[0]  # it trained: the comparison means something
-    curve = [h for h in result.history if "val_loss" not in h]
-    assert [h["step"] for h in curve] == [3] and curve[0]["train_loss"] > 0  # log_every 3: one point
+    curve = [h for h in result.history if h.val_loss is None]
+    assert [h.step for h in curve] == [3] and curve[0].train_loss > 0  # log_every 3: one point
 
 
 def test_bf16_follows_fp32(tmp_path, small_corpus, four_language_tree, without_dropout):
@@ -143,7 +143,7 @@ def test_token_budget_batches_train_like_batch_size(tmp_path, small_corpus, four
     tokens, result = run(tmp_path / "b", small_corpus, four_language_tree, **{"train.batch_tokens": 8 * 150})
     assert tokens[-1] < 0.9 * tokens[0]
     assert tokens[1:] == pytest.approx(eight[1:], rel=0.1)
-    assert result.metrics["steps"] == 6
+    assert result.metrics.steps == 6
 
 
 def test_dequantized_base_trains_like_the_4bit_base(tmp_path, small_corpus, four_language_tree):
