@@ -133,6 +133,9 @@ def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) 
     kept = {n for n, s in status.items() if cfg.run.resume and s == "done"}
     workers = model.replay(sizes, total, kept | skipped) if model is not None else {}
     adapter = _adapter(plan, cfg)
+    if cfg.train.batch_tokens:
+        plan.notes.append("steps ?: with train.batch_tokens an epoch's steps follow its examples' token counts, "
+                          "known when a node tokenizes its data (the same BatchPlan then counts them)")
     for node in tree.nodes.values():
         w = workers.get(node.id)
         state = "skipped" if node.id in skipped else "done" if node.id in kept else "train"

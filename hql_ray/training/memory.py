@@ -217,7 +217,7 @@ def node_memory(cfg: Config, frozen_ranks: list[int], batch: int | None = None, 
     if activations:
         gc = cfg.model.gradient_checkpointing
         gc = (True if gc is None else gc) if checkpointing is None else checkpointing
-        per_pass = BatchPlan.of(cfg.train, 1).per_pass
+        per_pass = BatchPlan.of(cfg.train, 1).rows_per_pass(source_len + target_len)  # (a token budget's rows)
         parts["activations"] = activation_bytes(cfg, frozen_ranks, batch or per_pass, source_len, target_len, gc)
     parts["total"] = sum(parts.values())
     return parts
