@@ -66,9 +66,11 @@ def at_revision(rev: str) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="e3d78c9", help="the git revision to compare with")
+    parser.add_argument("--rev", help="the revision to measure (default: the working tree)")
     args = parser.parse_args()
-    before, now = shape_of(at_revision(args.base)), shape_of(working_tree())
-    print(f"| hql_ray/ | {args.base} | now | now / before |\n|---|---|---|---|")
+    before = shape_of(at_revision(args.base))
+    now = shape_of(at_revision(args.rev) if args.rev else working_tree())
+    print(f"| hql_ray/ | {args.base} | {args.rev or 'now'} | ratio |\n|---|---|---|---|")
     for f in fields(Shape):
         a, b = getattr(before, f.name), getattr(now, f.name)
         print(f"| {f.name} | {a} | {b} | {b / a:.2f} |" if a else f"| {f.name} | {a} | {b} | - |")

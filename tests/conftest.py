@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "data"))  # make_sample: the bundled sample's generator (not part of the package)
 
 # Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU needs eval.spbleu_model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,7 +31,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """The bundled generator, small: 12 languages, amr3 + flores, a few dozen examples each."""
-    from hql_ray.data.sample.generator import write_sample
+    from make_sample import write_sample
 
     out = tmp_path_factory.mktemp("corpus")
     write_sample(out, n_train=24, n_validation=6, n_test=4, n_flores_train=8, n_flores_validation=2,

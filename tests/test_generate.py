@@ -47,7 +47,7 @@ def run_dir(tmp_path_factory) -> Path:
     from hql_ray.training.context import LocalContext
     from hql_ray.outputs.manifest import Manifest
     from hql_ray.training.node import train_node
-    from hql_ray.data.sample.generator import write_sample
+    from make_sample import write_sample
     from hql_ray.settings.tree import load_tree
 
     root = tmp_path_factory.mktemp("gen")

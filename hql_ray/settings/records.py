@@ -3,7 +3,7 @@
 What a node trains on (`NodeSpec`), what it gives back (`NodeResult`: its `NodeMetrics`, with one
 `TestSetScores` per language and test set, its `HistoryPoint`s, its workers, its trials), what the
 run record keeps (`NodeResources`, `ExportInfo`), what workers say while they train (`Progress`, with
-the `Task` of a long step), and what the driver tells the terminal (one event record per `RunEvent`).
+the `Task` of a long step), and what the driver tells the terminal (one record per kind of event).
 
 Plain dataclasses: they pickle through Ray unchanged (tensors inside `NodeResult.adapter` are numpy
 arrays while they cross Ray, see `hql_ray.training.adapter_files.to_wire`). The manifest stores them
@@ -434,26 +434,11 @@ class Progress(JsonRecord):
         return self.task if self.task is not None and self.task.phase == self.phase else None
 
 
-# ---- the driver's events --------------------------------------------------------------------------
-
-
-class RunEvent(str, Enum):
-    """The kinds of the driver's events; each has its record below (`event.kind`)."""
-
-    RUN_STARTED = "run_started"
-    SKIPPED = "skipped"  # done in an earlier run and kept (--resume), or skipped by -sv
-    NODE_STARTED = "node_started"
-    NODE_WAITING = "node_waiting"  # its run waits for resources
-    NODE_DONE = "node_done"
-    NODE_FAILED = "node_failed"
-    EXPORT_STARTED = "export_started"
-    EXPORT_DONE = "export_done"
-    RUN_FINISHED = "run_finished"
+# ---- the driver's events (one record per kind; the reporters tell them apart by type) ----------------
 
 
 @dataclass
 class RunStarted:
-    kind: ClassVar[RunEvent] = RunEvent.RUN_STARTED
     run_dir: str
     slots: int
     gpu: bool
@@ -463,13 +448,11 @@ class RunStarted:
 
 @dataclass
 class NodeSkipped:
-    kind: ClassVar[RunEvent] = RunEvent.SKIPPED
     node: str
 
 
 @dataclass
 class NodeStarted:
-    kind: ClassVar[RunEvent] = RunEvent.NODE_STARTED
     node: str
     workers: int
     executor: str = "ray-train"
@@ -477,7 +460,6 @@ class NodeStarted:
 
 @dataclass
 class NodeWaiting:
-    kind: ClassVar[RunEvent] = RunEvent.NODE_WAITING
     node: str
     message: str
     trial: str | None = None
@@ -486,21 +468,18 @@ class NodeWaiting:
 
 @dataclass
 class NodeDone:
-    kind: ClassVar[RunEvent] = RunEvent.NODE_DONE
     node: str
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
 
 @dataclass
 class NodeFailed:
-    kind: ClassVar[RunEvent] = RunEvent.NODE_FAILED
     node: str
     error: str
 
 
 @dataclass
 class ExportStarted:
-    kind: ClassVar[RunEvent] = RunEvent.EXPORT_STARTED
     node: str
     code: str
     index: int = 1
@@ -509,7 +488,6 @@ class ExportStarted:
 
 @dataclass
 class ExportDone:
-    kind: ClassVar[RunEvent] = RunEvent.EXPORT_DONE
     node: str
     code: str
     index: int = 1
@@ -519,7 +497,6 @@ class ExportDone:
 
 @dataclass
 class RunFinished:
-    kind: ClassVar[RunEvent] = RunEvent.RUN_FINISHED
     failed: list[str] = field(default_factory=list)
     not_done: list[str] = field(default_factory=list)
 

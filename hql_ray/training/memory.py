@@ -64,7 +64,7 @@ def base_model_config(base: str, models_dir=None, local_only: bool = True):
         built = models_dir / modeling.TINY_PRETRAINED_DIR_NAME if models_dir is not None else None
         if built is not None and (built / "config.json").is_file():
             return AutoConfig.from_pretrained(str(built))
-            return modeling.tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
+        return modeling.tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
     if base == "google/mt5-large":
         return flops.mt5_config()
     return AutoConfig.from_pretrained(os.path.expanduser(base), local_files_only=local_only)

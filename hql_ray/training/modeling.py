@@ -26,11 +26,6 @@ TINY_PRETRAINED = "tiny-pretrained"
 TINY_PRETRAINED_DIR_NAME = "tiny-mt5-pretrained-v1"  # bump whenever its config, data, tokenizer or recipe changes
 
 
-def is_tiny(base_model: str) -> bool:
-    """A built-in tiny base (built under models_dir, no download): "tiny" or "tiny-pretrained"."""
-    return base_model in TINY_BASES
-
-
 def load_tokenizer(base_model: str):
     """The tokenizer for ``base_model``: "tiny" is byte-level ByT5 (no files, works offline)."""
     if base_model == TINY:

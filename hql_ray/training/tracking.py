@@ -315,13 +315,6 @@ def step_offset(ancestors: list[str], nodes: dict) -> int:
     return sum((nodes[a].metrics.steps or 0) for a in ancestors if a in nodes and nodes[a].metrics is not None)
 
 
-def with_step_offset(spec: NodeSpec, tree, manifest) -> NodeSpec:
-    """The node's spec, told where its steps start from the root (its ancestors' steps in the manifest)."""
-    import dataclasses
-
-    return dataclasses.replace(spec, step_offset=step_offset([a.id for a in tree.ancestors(spec.id)], manifest.nodes))
-
-
 def write_run_text(folder: Path, cfg: Config, tree) -> _Backend:
     """The config (YAML) and the tree as TensorBoard text, once per run folder."""
     import yaml
