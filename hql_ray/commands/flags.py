@@ -63,8 +63,9 @@ def switch_words(argv: list[str], names: list[str]) -> list[str]:
         arg = argv[i]
         name, eq, value = arg.partition("=")
         if name.startswith("--") and name[2:] in names:
-            if not eq and i + 1 < len(argv) and argv[i + 1].lower() in TRUE_WORDS + FALSE_WORDS:
-                value, i = argv[i + 1], i + 1
+            following = argv[i + 1] if i + 1 < len(argv) else "-"
+            if not eq and not following.startswith("-") and "=" not in following:  # its value (not an override)
+                value, i = following, i + 1
             elif not eq:
                 value = "true"
             if value.lower() not in TRUE_WORDS + FALSE_WORDS:

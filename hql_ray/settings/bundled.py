@@ -51,3 +51,15 @@ def sample_dir() -> Path:
 
 def language_file(name: str) -> Path:
     return root() / "language_files" / name
+
+
+SAMPLE_TITLE = "# Sample corpus (synthetic)"  # the first line of the sample's README (data/make_sample.py writes it)
+
+
+def is_sample(data_dir: str | Path) -> bool:
+    """The bundled sample, or a corpus its generator wrote: synthetic data, no public dataset to name."""
+    readme = Path(data_dir) / "README.md"
+    try:
+        return readme.read_text(encoding="utf-8").startswith(SAMPLE_TITLE)
+    except OSError:
+        return False
