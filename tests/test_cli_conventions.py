@@ -38,7 +38,7 @@ def test_bare_hql_ray_lists_the_commands_and_trains_nothing(monkeypatch, capsys)
     monkeypatch.setattr(train_cmd, "run", lambda args: pytest.fail("bare hql-ray must not train"))
     assert main([]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "tree", "data", "report", "generate", "translate", "parse"):
+    for command in ("train", "tree", "data", "report", "generate", "push", "translate", "parse"):
         assert command in out
     assert "hql-ray train" in out  # where the demo went
 

@@ -198,7 +198,9 @@ def test_generate_loads_the_pushed_layout_from_a_folder_and_from_a_hub_id(demo_l
     assert generated(f"hf://{PREFIX}-deu_Latn", "deu_Latn", graphs, capsys) == from_run
     assert generated(f"{PREFIX}-deu_Latn", "German", graphs, capsys) == from_run
     code, _, err = cli(["generate", "hf://hql-tester/nothing-here", "--lang", "deu_Latn", str(graphs)], capsys)
-    assert code == 2 and "not in the local Hugging Face cache" in err
+    assert code == 2 and "hql-tester/nothing-here is not in the local Hugging Face cache" in err
+    code, _, err = cli(["generate", "no-such/run", "--lang", "deu_Latn", str(graphs)], capsys)  # a typo, or an id
+    assert code == 2 and "no folder no-such/run here, and as a Hub id: no-such/run is not in the local" in err
 
 
 def test_the_cards_load_snippets_run(demo_like_run, pushed, tmp_path):

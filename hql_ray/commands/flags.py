@@ -6,7 +6,7 @@
 | languages             | `--langs a b`                      | `--langs a,b` (translate, parse, tree suggest)    |
 | corpora               | `--corpus a b`                     | `--corpus a,b`                                    |
 | tree levels           | `-ln/--levels a b`                 | `--level-names` (train), `"a", "b"` and `a,b`     |
-| on/off switches       | `--evaluate` / `--no-evaluate`     | `--evaluate true|false`                           |
+| on/off switches       | `--evaluate` / `--no-evaluate`     | `--evaluate true` / `--evaluate false`            |
 | how much is printed   | `-v/--verbose`, `-q/--quiet`       |                                                   |
 """
 

@@ -128,7 +128,6 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         "skip_values": ("tree", "skip"),
         "global_evaluations": ("eval", "lid_baseline"),
         "data_dir": ("data", "dir"),
-
         "max_train_per_corpus": ("data", "max_train_per_corpus"),
         "validation": ("data", "validation"),
         "test_sets": ("eval", "test_sets"),

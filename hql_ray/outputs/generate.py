@@ -131,7 +131,14 @@ def model_folder(ref: str | Path) -> Path:
     or a Hub id (`hf://owner/name`, or `owner/name` where no such local path exists), downloaded into the
     Hugging Face cache (HF_HUB_OFFLINE=1: the cache only)."""
     repo = hub_layout.hub_id(str(ref))
-    return hub_layout.download(repo) if repo is not None else Path(ref)
+    if repo is None:
+        return Path(ref)
+    try:
+        return hub_layout.download(repo)
+    except InputError as err:
+        if str(ref).startswith(hub_layout.HF_SCHEME):
+            raise
+        raise InputError(f"no folder {ref} here, and as a Hub id: {err}") from None
 
 
 class Generator:

@@ -110,24 +110,36 @@ def plan_push(run_dir: str | Path, prefix: str, *, single_repo: bool = False,
         raise InputError("no language of this run has an export under final/ to push (is the run finished?)",
                          path=run.run_dir / "final")
     base_files = _base_files(run, plan)
-    if single_repo:  # the base in its folder: the root holds no adapter (transformers would take it for one)
-        base = (prefix, hub_layout.BASE_DIR) if base_files else None
-        repo = RepoPlan(prefix, codes)
-        for code in codes:
-            repo.files += _language_files(run, code, model_card.CardPlace(prefix, code, *(base or (None, None))))
-        repo.files += [RepoFile(f"{hub_layout.BASE_DIR}/{path}", source=source) for path, source in base_files]
-        repo.files.append(RepoFile(model_card.CARD, text=index_card(run, prefix, codes, base)))
-        plan.repos.append(repo)
-        return plan
+    plan.repos = (_one_repo if single_repo else _repo_per_language)(run, prefix, codes, base_files)
+    return plan
+
+
+def _one_repo(run: FinishedRun, prefix: str, codes: list[str], base_files: list[tuple[str, Path]]) -> list[RepoPlan]:
+    """One repository, a folder per language, the base (if pushed) in `base/`: the root holds no adapter, which
+    transformers would take the repository for."""
+    base = (prefix, hub_layout.BASE_DIR) if base_files else (None, None)
+    repo = RepoPlan(prefix, codes)
+    for code in codes:
+        repo.files += _language_files(run, code, model_card.CardPlace(prefix, code, *base))
+    repo.files += [RepoFile(f"{hub_layout.BASE_DIR}/{path}", source=source) for path, source in base_files]
+    repo.files.append(RepoFile(model_card.CARD, text=index_card(run, prefix, codes, base if base_files else None)))
+    return [repo]
+
+
+def _repo_per_language(run: FinishedRun, prefix: str, codes: list[str],
+                       base_files: list[tuple[str, Path]]) -> list[RepoPlan]:
+    """A repository per language (`prefix-<code>`); a pushed base is one of its own (`prefix-base`), which the
+    adapters name as their base."""
+    repos = []
     base_repo = f"{prefix}-{hub_layout.BASE_DIR}" if base_files else None
-    if base_repo:  # a repository of its own, which the adapters name as their base
-        plan.repos.append(RepoPlan(base_repo, [], [RepoFile(path, source=source) for path, source in base_files]
-                                   + [RepoFile(model_card.CARD, text=base_card(run, base_repo))]))
+    if base_repo:
+        repos.append(RepoPlan(base_repo, [], [RepoFile(path, source=source) for path, source in base_files]
+                              + [RepoFile(model_card.CARD, text=base_card(run, base_repo))]))
     for code in codes:
         repo_id = f"{prefix}-{code}"
-        plan.repos.append(RepoPlan(repo_id, [code], _language_files(run, code, model_card.CardPlace(repo_id, None,
-                                                                                                   base_repo))))
-    return plan
+        repos.append(RepoPlan(repo_id, [code], _language_files(run, code, model_card.CardPlace(repo_id, None,
+                                                                                               base_repo))))
+    return repos
 
 
 def _codes(run: FinishedRun, wanted: list[str] | None, plan: PushPlan) -> list[str]:
