@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 # One 60-step node (the root only), a validation every 5 steps; on CPU slots.
 ROOT_ONLY = {"tree.levels": "[level0]", "resources.num_gpus": 0, "resources.cpus_per_worker": 1,
-             "train.epochs": 1, "train.batch_size": 2, "train.max_steps": 60, "train.eval_every": 5,
+             "train.epochs": 2, "train.batch_size": 2, "train.max_steps": 60, "train.eval_every": 5,
              "train.log_every": 5, "eval.generate": "false", "resources.max_failures": 0}
 
 

@@ -25,7 +25,7 @@ from hql_ray.training import tracking
 from hql_ray.settings.config import Config, make_config
 from hql_ray.training.context import LocalContext
 from hql_ray.training.node import train_node
-from hql_ray.settings.records import NodeSpec
+from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 from hql_ray.settings.tree import load_tree
 
 GERMAN = NodeSpec("language.German", "German", "language", 2, "level1.Germanic", True, (("deu_Latn", "German"),))
@@ -149,7 +149,9 @@ def test_wandb_offline_run_per_node(tmp_path, config, monkeypatch):
                 history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
             elif kind == "summary":
                 summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
-        if (run is not None and summary) or time.time() > deadline:
+        # wandb's service writes the file as it goes: wait for every step and the final summary
+        if (run is not None and "best/val_loss" in summary and len(history) >= len(out.history)) \
+                or time.time() > deadline:
             break
         time.sleep(1)
     assert run is not None, f"no run record in {path}"
@@ -264,9 +266,9 @@ def test_mlflow_parent_and_nested_runs(tmp_path, config, mlflow_server):
     by_name = {r.info.run_name: r for r in nested}
     assert set(by_name) == {ROOT.id, GERMAN.id}
     for out, node, offset in ((root, ROOT, 0), (child, GERMAN, 4)):
-        run = by_name[node["id"]]
+        run = by_name[node.id]
         assert run.info.status == "FINISHED"
-        assert run.data.params["level"] == node["level"] and run.data.params["step_offset"] == str(offset)
+        assert run.data.params["level"] == node.level and run.data.params["step_offset"] == str(offset)
         train = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/train")}
         assert train == pytest.approx({h.step: h.train_loss for h in out.history if h.train_loss is not None})
         from_root = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss_from_root/val")}
@@ -274,7 +276,7 @@ def test_mlflow_parent_and_nested_runs(tmp_path, config, mlflow_server):
 
 
 def test_a_backend_failing_mid_run_warns_once(tmp_path):
-    from hql_ray.settings.records import NodeSpec
+    from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 
     class Broken(tracking._Backend):
         name = "broken"
@@ -291,8 +293,8 @@ def test_a_backend_failing_mid_run_warns_once(tmp_path):
         tracked.add("missing", lambda: __import__("no_such_tracking_package"))  # a package not installed
         tracker = tracking.NodeTracker(NodeSpec("x", "x", "", 0, None, True, ()), tracked)
         for step in range(5):
-            tracker.point({"step": step, "train_loss": 1.0})
-        tracker.finish({"val_loss": 1.0})
+            tracker.point(HistoryPoint(step, train_loss=1.0))
+        tracker.finish(NodeMetrics(val_loss=1.0))
         tracker.close()
     assert Broken.calls == 1
     assert [str(w.message) for w in caught] == [
@@ -303,7 +305,7 @@ def test_a_backend_failing_mid_run_warns_once(tmp_path):
 def test_other_ranks_log_nothing(tmp_path, config):
     cfg = config(tmp_path, **{"tracking.tensorboard": "true",
                                                                  "tracking.mlflow_uri": "http://127.0.0.1:9"})
-    from hql_ray.settings.records import NodeSpec
+    from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 
     tracker = tracking.NodeTracker.open(cfg, GERMAN, rank=1)
     assert not tracker.active and not (cfg.run_dir / "tensorboard").exists()

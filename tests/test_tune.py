@@ -63,7 +63,7 @@ def test_default_applies_to_every_level_and_levels_override_it():
 
 
 def test_trial_values_land_in_the_node_config():
-    cfg = make_config().to_dict()
+    cfg = make_config()
     choice = search_space.trial_choice({"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
     assert choice == TrialChoice(16, 16, 2e-4)
     out = search_space.trial_config(cfg, choice)
