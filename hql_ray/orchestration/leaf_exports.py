@@ -10,6 +10,7 @@ from pathlib import Path
 from hql_ray.orchestration import keeper
 from hql_ray.orchestration.run_model import RunModel
 from hql_ray.outputs import export, export_modes, model_card
+from hql_ray.outputs.manifest import read_manifest
 from hql_ray.settings.records import ExportDone, ExportInfo, ExportStarted, NodeMetrics
 
 
@@ -39,5 +40,6 @@ class LeafExports:
 
     def write_card(self, node_id: str, code: str, metrics: NodeMetrics | None, info: ExportInfo | None) -> None:
         out_dir = self.run_dir / "final" / code
-        card = model_card.card_info(self.model.cfg, self.model.tree, node_id, code, out_dir, metrics, info)
+        card = model_card.card_info(self.model.cfg, self.model.tree, node_id, code, out_dir, metrics, info,
+                                    cuda=model_card.ran_on_cuda(read_manifest(self.run_dir)))
         model_card.write_model_card(out_dir, card)

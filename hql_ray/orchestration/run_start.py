@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hql_ray.orchestration import keeper, run_model
 from hql_ray.orchestration.run_state import Run
+from hql_ray.outputs import run_files
 from hql_ray.outputs.manifest import Manifest
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError
@@ -38,6 +39,7 @@ def open_manifest(cfg: Config, tree: LanguageTree, skipped: set[str]) -> Manifes
     for node_id in skipped:
         if manifest.nodes[node_id].status != "done":
             manifest.update(node_id, status="skipped")
+    run_files.open_run_files(cfg, run_dir)  # config.yaml and this start's line in train.log
     return manifest
 
 
