@@ -156,6 +156,8 @@ def test_schedule_and_steps_follow_the_driver():
     assert model.batch_plan(1000, 4).total_steps == 32
     cfg.train.max_steps = 10
     assert model.batch_plan(1000, 4).total_steps == 10
+    cfg.train.batch_tokens = 4096  # steps follow token counts the dry run does not have: unknown, not guessed
+    assert model.batch_plan(1000, 4).total_steps is None
     assert model.frozen_ranks("language.German") == [16, 16, 16]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import socket
 
 import pytest
@@ -18,7 +19,7 @@ from conftest import tiny_overrides
 from hql_ray.data import batching
 from hql_ray.settings.config import make_config
 from hql_ray.training.context import LocalContext, NodeContext
-from hql_ray.data.batch_plan import global_batch
+from hql_ray.data.batch_plan import BatchPlan, global_batch
 from hql_ray.training.node import node_seed, train_node
 from conftest import node_spec
 
@@ -124,6 +125,27 @@ def test_batch_per_worker_is_the_explicit_old_scaling(tmp_path, small_corpus, fo
     assert global_batch(cfg.train, 4) == 8
     cfg.train.batch_per_worker = True
     assert global_batch(cfg.train, 4) == 32
+
+
+def test_token_budget_plan_counts_the_batches_the_node_trains(tmp_path, small_corpus, four_language_tree):
+    """train.batch_tokens: BatchPlan counts an epoch's steps from the examples' token counts (what the node's
+    epoch_batches cut, every epoch), global like batch_size; the dry run, without token counts, says None."""
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree,
+                                               **{"train.batch_tokens": 100, "train.epochs": 2}))
+    cfg.train.max_steps = None  # (the tests' overrides cap it)
+    rng = random.Random(0)
+    sizes = src, tgt = [rng.randint(5, 60) for _ in range(50)], [rng.randint(3, 40) for _ in range(50)]
+    plan = BatchPlan.of(cfg.train, 50, 2, sizes=sizes)
+    assert plan.global_tokens == 100 and plan.total_steps == 2 * plan.steps_per_epoch
+    for seed in range(3):
+        batches = plan.epoch_batches(sizes, seed)
+        assert len(batches) == plan.steps_per_epoch
+        assert sorted(i for b in batches for i in b) == list(range(50))
+        assert all(len(b) == 1 or sum(src[i] + tgt[i] for i in b) <= 100 for b in batches)
+    assert BatchPlan.of(cfg.train, 50, 2).total_steps is None
+    assert plan.rows_per_pass(50) == 2 and BatchPlan.of(cfg.train, 50).rows_per_pass(500) == 1
+    cfg.train.batch_per_worker = True
+    assert BatchPlan.of(cfg.train, 50, 2, sizes=sizes).global_tokens == 200
 
 
 def test_worker_shares_cover_the_batch_once():
