@@ -9,6 +9,7 @@ says of the export mode (its line, whether it loads without PEFT) is the mode's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from hql_ray.data.dataset import make_pair
+from hql_ray.outputs import layout
 from hql_ray.outputs.export import base_model_reference
 from hql_ray.settings.config import Config
 from hql_ray.settings.exports import FULL_EXPORT, exporter_named
@@ -49,6 +51,14 @@ class CardInfo:
     data: str
     scores: dict[str, TestSetScores] = field(default_factory=dict)
     export: ExportInfo | None = None
+    seen: dict[str, list[str]] = field(default_factory=dict)  # node of the path -> languages it was trained on
+    node: str | None = None  # an inner node's own model (final/nodes/<node>/; export.nodes all): code is its id
+    prompt_language: str = ""  # a node's card: the language its load example names in the prompt
+
+    @property
+    def folder(self) -> str:
+        """Where the export is, in the run folder."""
+        return str(layout.node_dir(self.node) if self.node else layout.language_dir(self.code))
 
     @property
     def exporter(self):
@@ -57,15 +67,17 @@ class CardInfo:
 
 
 def card_info(cfg: Config, tree: LanguageTree, node_id: str, code: str, out_dir: Path, metrics: NodeMetrics | None,
-              export: ExportInfo | None) -> CardInfo:
-    """The card of language `code`, exported from leaf `node_id` of the run of `cfg` into `out_dir`."""
+              export: ExportInfo | None, seen: dict[str, list[str]] | None = None) -> CardInfo:
+    """The card of language `code`, exported from leaf `node_id` of the run of `cfg` into `out_dir`; `seen`: the
+    languages each node of the path was trained on (default: the tree's; a grown run's kept nodes saw fewer)."""
+    path = [a.id for a in tree.ancestors(node_id)] + [node_id]
     adapter_cfg = out_dir / "adapter_config.json"
     cap = cfg.data.max_train_per_corpus
     corpora = ", ".join(cfg.data.corpora or ["amr3", "flores"])
     return CardInfo(
         code, tree.language_name(code), cfg.data.direction,
         make_pair(cfg.data.direction, tree.language_name(code), "{amr}", "{text}")[0],
-        [a.id for a in tree.ancestors(node_id)] + [node_id], cfg.model.handoff, cfg.model.mode, cfg.model.base,
+        path, cfg.model.handoff, cfg.model.mode, cfg.model.base,
         base_model_reference(cfg), cfg.run_name,
         {"quant_type": cfg.model.quant_type, "double_quant": cfg.model.double_quant,
          "compute_dtype": cfg.model.compute_dtype} if cfg.model.mode == "qlora" else None,
@@ -75,20 +87,37 @@ def card_info(cfg: Config, tree: LanguageTree, node_id: str, code: str, out_dir:
         + (f", at most {cap} examples per corpus and language" if cap else "") + f" ({Path(cfg.data.dir).name}/)",
         dict((metrics.languages if metrics else {}).get(code) or {}),
         export,
+        {n: list((seen or {}).get(n) or tree.nodes[n].codes) for n in path},
     )
+
+
+def node_card_info(cfg: Config, tree: LanguageTree, node_id: str, out_dir: Path, metrics: NodeMetrics | None,
+                   export: ExportInfo | None, seen: dict[str, list[str]] | None = None) -> CardInfo:
+    """The card of inner node `node_id`'s own model (final/nodes/<id>/): a family's model, for a language
+    without one of its own; its prompt names the language ("{language}"), its scores are its languages'."""
+    info = card_info(cfg, tree, node_id, tree.nodes[node_id].codes[0], out_dir, None, export, seen)
+    trained = info.seen[node_id]
+    languages = metrics.languages if metrics else {}
+    return dataclasses.replace(
+        info, code=node_id, language=tree.nodes[node_id].name, node=node_id,
+        prompt=make_pair(cfg.data.direction, "{language}", "{amr}", "{text}")[0],
+        prompt_language=tree.language_name(trained[0]),
+        scores={f"{code} {test_set}": scores for code in trained
+                for test_set, scores in sorted((languages.get(code) or {}).items())})
 
 
 def load_lines(info: CardInfo) -> list[str]:
     """How to load it and generate one sentence: the whole model from its folder, or the run's base (as it
     was trained: 4-bit with qlora) with the adapter."""
+    prompt = info.prompt.replace("{language}", info.prompt_language)
     tail = [f"tokenizer = AutoTokenizer.from_pretrained({info.base_ref!r})",
-            f"inputs = tokenizer({info.prompt.replace('{amr}', EXAMPLE_AMR)!r}, return_tensors='pt')"
+            f"inputs = tokenizer({prompt.replace('{amr}', EXAMPLE_AMR)!r}, return_tensors='pt')"
             if info.direction == "amr2text" else
-            f"inputs = tokenizer({info.prompt.replace('{text}', EXAMPLE_TEXT)!r}, return_tensors='pt')",
+            f"inputs = tokenizer({prompt.replace('{text}', EXAMPLE_TEXT)!r}, return_tensors='pt')",
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_special_tokens=True))"]
     if info.exporter is not None and info.exporter.whole_model:
         return ["from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
-                f"model = AutoModelForSeq2SeqLM.from_pretrained('final/{info.code}')", *tail]
+                f"model = AutoModelForSeq2SeqLM.from_pretrained({info.folder!r})", *tail]
     lines = ["from peft import PeftModel", "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer"]
     if info.mode == "qlora":
         quant = info.quantization
@@ -98,30 +127,37 @@ def load_lines(info: CardInfo) -> list[str]:
                   f"base = AutoModelForSeq2SeqLM.from_pretrained({info.base_ref!r}, quantization_config=quant)"]
     else:
         lines += [f"base = AutoModelForSeq2SeqLM.from_pretrained({info.base_ref!r})"]
-    return lines + [f"model = PeftModel.from_pretrained(base, 'final/{info.code}')", *tail]
+    return lines + [f"model = PeftModel.from_pretrained(base, {info.folder!r})", *tail]
 
 
 def card_text(info: CardInfo) -> str:
     exporter = info.exporter
+    own = ({"language": info.code, "language_name": info.language} if info.node is None else
+           {"node": info.node, "node_name": info.language})
+    codes = info.seen.get(info.node, []) if info.node else [info.code]
     front = {
         "library_name": "transformers" if exporter is not None and exporter.whole_model else "peft",
         "base_model": info.base_model,
-        "language": [info.code.split("_")[0]],
+        "language": list(dict.fromkeys(code.split("_")[0] for code in codes)),
         "tags": ["amr-to-text" if info.direction == "amr2text" else "text-to-amr", "hql-ray", info.mode]
         + ([f"export-{info.export.mode}"] if info.export else []),
-        "hql_ray": {"language": info.code, "language_name": info.language, "direction": info.direction,
+        "hql_ray": {**own, "direction": info.direction,
                     "prompt": info.prompt, "tree_path": info.tree_path, "handoff": info.handoff,
                     "quantization": info.quantization, "lora_rank": info.lora_rank},
     }
+    if info.seen:
+        front["hql_ray"]["trained_languages"] = info.seen
     if info.export:
         front["hql_ray"]["export"] = info.export.to_json()
     quant = info.quantization
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-        f"# {info.language} ({info.code}): {'AMR-to-text' if info.direction == 'amr2text' else 'text-to-AMR'}",
+        f"# {info.language} ({info.code}): {'AMR-to-text' if info.direction == 'amr2text' else 'text-to-AMR'}"
+        + (" for the family" if info.node else ""),
         "",
         f"Trained with hql-ray (hierarchical QLoRA) down the tree path {' → '.join(info.tree_path)}, "
         f"hand-off `{info.handoff}`, from the run `{info.run}`.",
+        *_node_lines(info),
         "",
         f"- **Base model**: `{info.base_model}`, trained as `{info.mode}`"
         + (f" over its 4-bit quantization ({quant['quant_type']}, double quant {quant['double_quant']}, compute "
@@ -130,6 +166,9 @@ def card_text(info: CardInfo) -> str:
         f"- **Prompt** (the model input, exactly): `{info.prompt}`",
         f"- **Training data**: {info.data}",
     ]
+    if info.seen:
+        lines.append("- **Languages each node of the path was trained on**: "
+                     + "; ".join(f"`{n}`: {', '.join(codes)}" for n, codes in info.seen.items()))
     if info.lora_rank:
         lines.append(f"- **Adapter**: one LoRA of rank {info.lora_rank} on {', '.join(info.target_modules)}")
     if exporter is not None and info.export is not None:
@@ -137,6 +176,15 @@ def card_text(info: CardInfo) -> str:
     lines += score_table(info.scores)
     lines += ["", "## Load it", "", "```python", *load_lines(info), "```", ""]
     return "\n".join(lines)
+
+
+def _node_lines(info: CardInfo) -> list[str]:
+    """A node's card: what the model is for (a language of the family without a model of its own)."""
+    if not info.node:
+        return []
+    return ["", f"The own model of the inner node `{info.node}`, trained on {', '.join(info.seen.get(info.node, []))}. "
+            "For a language of this family without a model of its own, put that language's name in the prompt "
+            f"(`{{language}}` below; `hql-ray generate RUN --node {info.node} --lang CODE` does it)."]
 
 
 def score_table(scores: dict[str, TestSetScores]) -> list[str]:
