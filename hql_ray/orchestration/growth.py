@@ -180,7 +180,7 @@ def open_grown(cfg: Config, tree: LanguageTree, old: Manifest, growth: Growth) -
         if not growth.in_place:
             _link_outputs(growth.source, manifest.path.parent, node_id, earlier)
             fields = {**_kept_fields(earlier), "reused_from": str(growth.source)}
-        manifest.update(node_id, **fields, trained_languages=seen[node_id])
+        manifest.update(node_id, **{**fields, "trained_languages": seen[node_id]})
     for node_id in growth.retrain + growth.reset:  # (new Ray Train run names: not the earlier checkpoints)
         manifest.update(node_id, status="pending", adapter=None, trained_languages=[],
                         retrained=manifest.nodes[node_id].retrained + 1)
