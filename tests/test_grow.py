@@ -183,3 +183,16 @@ def test_retrain_a_node_and_what_is_below_it(first, small_corpus, capsys):
     assert list((run_dir / "storage").glob(f"level1.Romance.train.{manifest.run_id}.r1"))
     history = manifest.nodes["language.Italian"].history
     assert history and history[-1].step == 4
+
+
+def test_resume_with_export_nodes_all_exports_what_an_earlier_run_did_not(first, small_corpus):
+    out, first_dir = first
+    run_dir = _copy(first, "leaves_only")
+    shutil.rmtree(run_dir / "final" / "nodes")
+    record = read_manifest(run_dir)
+    for node_id in record.nodes:
+        record.update(node_id, node_export=None)
+    manifest, started = drive(config(out, small_corpus, "leaves_only", TREE, "run.resume=true"))
+    assert started == []  # nothing trained
+    assert files(run_dir / "final" / "nodes") == files(first_dir / "final" / "nodes")
+    assert manifest.nodes["level1.Romance"].node_export.mode == "adapter"

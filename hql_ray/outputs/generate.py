@@ -177,7 +177,7 @@ def resolve_model(manifest: Manifest, tree: LanguageTree, lang: str | None, node
 
 def _fit_hint(manifest: Manifest, run_dir: Path, lang: str, fit: family.Fit) -> str:
     if fit.node is None:
-        return ""
+        return f"; no node's model fits it either ({fit.reason})"
     hint = (f"; the model of node {fit.node} fits it ({fit.reason}): hql-ray generate {run_dir} --node {fit.node} "
             f"--lang {lang}")
     if not layout.node_dir(fit.node, run_dir).is_dir():
