@@ -246,3 +246,31 @@ def test_grad_reducer_on_a_worker_with_nothing_to_train_sends_zeros():
     reducer.finish()
     assert len(sent) == 1 and torch.equal(sent[0], torch.zeros(5))
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in params)
+
+
+class Stopped(Exception):
+    """What the worker's SIGTERM handler does after the requested checkpoint: the node stops there."""
+
+
+class StopWhenAsked(LocalContext):
+    """A run told to stop (SIGTERM) at the first step the node asks: the node checkpoints, then the worker ends."""
+
+    def checkpoint_requested(self) -> bool:
+        return True
+
+    def checkpoint_written(self, step: int) -> None:
+        raise Stopped(step)
+
+
+def test_a_stop_checkpoints_and_resumes_to_the_same_losses(tmp_path, small_corpus, four_language_tree,
+                                                          without_dropout):
+    """main's checkpoint on request (SIGTERM) and resume, through the StepRunner with losses on the device: a node
+    stopped at step 3 (log_every 3, checkpoints every 2) resumes there and ends as the uninterrupted node."""
+    whole, _ = run(tmp_path / "a", small_corpus, four_language_tree)
+    cfg = make_config(overrides=tiny_overrides(tmp_path / "b", small_corpus, four_language_tree, **BASE)
+                      ).with_absolute_paths()
+    with pytest.raises(Stopped, match="3"):
+        train_node(cfg, GERMAN, [], StopWhenAsked(checkpoint_root=tmp_path / "ckpt", device="cpu"))
+    resumed = train_node(cfg, GERMAN, [], LocalContext(checkpoint_root=tmp_path / "ckpt", device="cpu"))
+    assert resumed.metrics.resumed_from_step == 3
+    assert [h.val_loss for h in resumed.history if h.val_loss is not None] == pytest.approx(whole, rel=1e-5)
