@@ -164,7 +164,8 @@ def count_variant(st, base: str, out: Path, name: str) -> dict:
     st.runner.phase = phase_counter(phases)
     batch = next(batches)  # collated outside: the count is the step's
     with DispatchCounter() as total, SyncCounter() as step_syncs:
-        losses.add(node.train_step(st, batch))
+        loss = node.train_step(st, batch)
+    losses.add(loss)  # (the loop's bookkeeping: a detach and a view, not the step's)
     st.runner.phase = lambda name: contextlib.nullcontext()
     log_every = st.cfg.train.log_every
     while st.step % log_every:
