@@ -177,10 +177,15 @@ class Generator:
             self._model = self._load()
         return self._model
 
-    def _load(self):
+    def load_base(self):
+        """The run's base model, loaded as the run trained it (4-bit for qlora) on self.device, no adapter."""
         from hql_ray.training import modeling
 
         cfg = self.cfg
+        return modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
+                                        double_quant=cfg.model.double_quant, quant_type=cfg.model.quant_type)
+
+    def _load(self):
         if self.whole_model:
             import torch
             from transformers import AutoModelForSeq2SeqLM
@@ -190,10 +195,7 @@ class Generator:
             return AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir), dtype=dtype).to(self.device).eval()
         from peft import PeftModel
 
-        model = modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
-                                         double_quant=cfg.model.double_quant,
-                                         quant_type=cfg.model.quant_type)
-        return PeftModel.from_pretrained(model, str(self.model_dir)).eval()
+        return PeftModel.from_pretrained(self.load_base(), str(self.model_dir)).eval()
 
     # ---- inputs -> prompts ---------------------------------------------------------------------
     def source(self, text: str, path: str | Path | None = None, line: int | None = None) -> str:

@@ -1,0 +1,237 @@
+"""hql-ray serve: a served run over real HTTP on loopback (Ray Serve on the session's Ray), against
+`hql-ray generate`'s outputs for the same graphs; bad requests; multiplexed replicas; merged and text2amr
+runs; the Serve config file; the command's errors. The load test, the memory measurement and the command
+stopped by SIGTERM / Ctrl-C are slow (their own Ray or many requests)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_runs import FOUR, GRAPHS, SENTENCES, make_run  # noqa: E402
+
+from hql_ray.cli import main  # noqa: E402
+from hql_ray.outputs.generate import generate_sentences, load_generator  # noqa: E402
+
+MORE = GRAPHS + ["(b / boy :mod (t / tall))", "(d / dog :ARG0-of (b / bark-01))"]
+LIMITS = {"max_items": 8, "max_input_chars": 400, "max_new_tokens": 16, "max_beams": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(url: str, body=None, raw: bytes | None = None, timeout: float = 120.0) -> tuple[int, object]:
+    """(status, decoded JSON) of a GET (no body) or a POST on loopback."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    return {"main": make_run(root, FOUR), "merged": make_run(root, FOUR[:2], name="merged", mode="lora",
+                                                             export_mode="merged"),
+            "parse": make_run(root, FOUR[:2], name="parse", direction="text2amr")}
+
+
+@pytest.fixture(scope="module")
+def expected(runs) -> dict:
+    """`hql-ray generate`'s outputs (its own code path: load_generator + generate_sentences) per language."""
+    out = {}
+    for name, inputs in (("main", MORE), ("merged", GRAPHS), ("parse", SENTENCES)):
+        for code in (c for c, _ in (FOUR if name == "main" else FOUR[:2])):
+            out[name, code] = generate_sentences(runs[name], code, inputs, generator=load_generator(runs[name], code))
+    assert len({tuple(v) for (name, _), v in out.items() if name == "main"}) == 4  # every language its own outputs
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, runs):
+    """Serve on 127.0.0.1:<free port>: the four-language run at /, multiplexed (2 adapters per replica) at
+    /mux, the merged run at /merged, the text2amr run at /parse. Yields the base URL."""
+    from ray import serve
+
+    from hql_ray.serving.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {"cpus_per_replica": 0, "max_batch": 8, "batch_wait_ms": 50, "limits": LIMITS}
+    apps = {"main": ("/", {"run_dir": str(runs["main"])}),
+            "mux": ("/mux", {"run_dir": str(runs["main"]), "max_adapters": 2}),
+            "merged": ("/merged", {"run_dir": str(runs["merged"])}),
+            "parse": ("/parse", {"run_dir": str(runs["parse"])})}
+    serve.run_many([serve.RunTarget(build_app({**common, **args}), name=name, route_prefix=prefix)
+                    for name, (prefix, args) in apps.items()])  # started side by side, all running on return
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+
+def _served(url: str, items: list[dict]) -> list[str]:
+    status, body = call(f"{url}/generate", items)
+    assert status == 200, body
+    return [out["text"] for out in body]
+
+
+def test_every_language_equals_generate_with_languages_mixed_concurrently(server, expected):
+    """Single items of all four languages from 8 clients at once, and lists mixing them: the outputs of
+    `hql-ray generate`, and the replica's batches did mix languages (one shared base)."""
+    work = [(code, i) for i in range(len(MORE)) for code, _ in FOUR]
+    with ThreadPoolExecutor(8) as pool:
+        singles = list(pool.map(lambda w: call(f"{server}/generate", {"language": w[0], "amr": MORE[w[1]]}), work))
+        lists = list(pool.map(lambda code: _served(server, [{"language": c, "amr": g} for g in MORE[:4]
+                                                            for c in (code, "deu_Latn")]), [c for c, _ in FOUR]))
+    for (code, i), (status, body) in zip(work, singles):
+        assert status == 200 and body == {"language": code, "text": expected["main", code][i], "clipped": False}
+    for (code, _), outputs in zip(FOUR, lists):
+        assert outputs == [x for i in range(4) for x in (expected["main", code][i], expected["main", "deu_Latn"][i])]
+    status, health = call(f"{server}/health")
+    assert status == 200 and health["status"] == "ok" and not health["multiplexed"]
+    replica = health["replica"]
+    assert replica["attached"] == [c for c, _ in FOUR] and replica["models"] == 1  # one base, four adapters on it
+    assert replica["batches"]["most_languages"] >= 2 and replica["batches"]["largest"] > 1
+
+
+def test_languages_and_the_python_handle(server, runs, expected):
+    from ray import serve
+
+    from hql_ray.serving.requests import RequestError
+
+    status, info = call(f"{server}/languages")
+    assert status == 200 and (info["direction"], info["input"], info["output"]) == ("amr2text", "amr", "text")
+    assert [(x["code"], x["name"], x["prompt"], x["export"]) for x in info["languages"]] == \
+        [(code, name, f"Translate to {name}: {{amr}}", "adapter") for code, name in FOUR]
+    handle = serve.get_app_handle("main")
+    got = handle.generate.remote([{"language": "Italian", "amr": MORE[0]}, {"language": "nld_Latn", "amr": MORE[1]}]).result()
+    assert [x["text"] for x in got] == [expected["main", "ita_Latn"][0], expected["main", "nld_Latn"][1]]
+    assert handle.languages.remote().result() == info
+    with pytest.raises(RequestError, match="unknown language 'xx'"):
+        handle.generate.remote({"language": "xx", "amr": MORE[0]}).result()
+
+
+def test_options_per_request(server, runs):
+    import torch
+
+    from hql_ray.scoring.evaluation import generate
+
+    gen = load_generator(runs["main"], "spa_Latn")
+    short = generate_sentences(runs["main"], "spa_Latn", MORE, generator=gen, max_new_tokens=3)
+    assert _served(server, [{"language": "spa_Latn", "amr": g, "max_new_tokens": 3} for g in MORE]) == short
+    with torch.no_grad():
+        beams = generate(gen.model, gen.tokenizer, [gen.source(g) for g in MORE], max_new_tokens=8, num_beams=3,
+                         max_source_length=gen.max_source_length).outputs
+    mixed = [{"language": "spa_Latn", "amr": g, "num_beams": 3} for g in MORE] + [{"language": "ita_Latn", "amr": MORE[0]}]
+    assert _served(server, mixed)[:-1] == [" ".join(b.split()) for b in beams]
+
+
+BAD = [  # (body, status, what the message says)
+    ({"language": "xx_Latn", "amr": GRAPHS[0]}, 422,
+     "unknown language 'xx_Latn'; served languages: deu_Latn (German), nld_Latn (Dutch), ita_Latn (Italian), spa_Latn (Spanish)"),
+    ({"language": "deu_Latn", "amr": "(x / thing :ARG0)"}, 422, "malformed AMR: role :ARG0 of node x has no target"),
+    ({"language": "deu_Latn", "amr": "(w / want-01 :ARG0 (g / girl)"}, 422, "(character 30)"),
+    ({"language": "deu_Latn", "amr": "   "}, 422, "empty AMR"),
+    ({"language": "deu_Latn", "amr": "(a / and " + ":op1 (b / boy) " * 40 + ")"}, 413, "more than the limit of 400"),
+    ([{"language": "deu_Latn", "amr": GRAPHS[0]}] * 9, 413, "9 items in one request, more than the limit of 8"),
+    ([], 400, "empty list"),
+    ([{"language": "deu_Latn", "amr": GRAPHS[0]}, {"language": "deu_Latn", "amr": "(a / b"}], 422, "item 1: malformed AMR"),
+    ({"language": "deu_Latn", "graph": GRAPHS[0]}, 400, "unknown field(s) 'graph'"),
+    ({"language": "deu_Latn"}, 400, '"amr" is missing'),
+    ({"language": 3, "amr": GRAPHS[0]}, 400, '"language" is a int, not a string'),
+    ({"language": "deu_Latn", "amr": GRAPHS[0], "max_new_tokens": 17}, 400, '"max_new_tokens" must be an integer from 1 to 16'),
+    ({"language": "deu_Latn", "amr": GRAPHS[0], "num_beams": 0}, 400, '"num_beams" must be an integer from 1 to 3'),
+    ("just a string", 400, "expected a JSON object or a list of objects, got str"),
+]
+
+
+def test_bad_requests_get_4xx_and_the_server_goes_on(server, expected):
+    for body, status, message in BAD:
+        got_status, got = call(f"{server}/generate", body)
+        assert (got_status, message in got["error"]) == (status, True), (body, got)
+    status, got = call(f"{server}/generate", raw=b'{"language": "deu_Latn", "amr": "(a / b)"')
+    assert status == 400 and got["error"].startswith("request body is not valid JSON: Expecting ',' delimiter")
+    status, got = call(f"{server}/generate", raw=b"x" * 40_000)
+    assert status == 413 and "larger than the limit" in got["error"]
+    assert _served(server, [{"language": "deu_Latn", "amr": g} for g in MORE]) == expected["main", "deu_Latn"]
+    assert call(f"{server}/health")[1]["status"] == "ok"
+
+
+def test_multiplexed_replicas_hold_at_most_their_limit(server, expected):
+    """max_adapters=2 of four languages: routed by language, adapters swapped in and out (LRU), same outputs."""
+    order = [code for _ in range(2) for code, _ in FOUR]  # every language twice: evictions on the way
+    for code in order:
+        assert _served(f"{server}/mux", [{"language": code, "amr": g} for g in MORE]) == expected["main", code]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda w: call(f"{server}/mux/generate", {"language": w[0], "amr": MORE[w[1]]})[1]["text"],
+                            [(code, i) for code, _ in FOUR for i in range(len(MORE))]))
+    assert got == [expected["main", code][i] for code, _ in FOUR for i in range(len(MORE))]
+    health = call(f"{server}/mux/health")[1]
+    assert health["multiplexed"] and len(health["replica"]["attached"]) <= 2
+    assert health["replica"]["batches"]["most_languages"] == 1  # a multiplexed batch holds one language
+
+
+def test_merged_exports_and_text2amr_runs(server, expected):
+    for code, _ in FOUR[:2]:
+        assert _served(f"{server}/merged", [{"language": code, "amr": g} for g in GRAPHS]) == expected["merged", code]
+        status, body = call(f"{server}/parse/generate", [{"language": code, "text": s} for s in SENTENCES])
+        assert status == 200 and [x["amr"] for x in body] == expected["parse", code]
+    info = call(f"{server}/merged/languages")[1]
+    assert {x["export"] for x in info["languages"]} == {"model"}
+    info = call(f"{server}/parse/languages")[1]
+    assert (info["direction"], info["input"], info["output"]) == ("text2amr", "text", "amr")
+    status, body = call(f"{server}/parse/generate", {"language": "deu_Latn", "amr": GRAPHS[0]})
+    assert status == 400 and "unknown field(s) 'amr'; expected language, text" in body["error"]
+    assert call(f"{server}/parse/generate", {"language": "deu_Latn", "text": " "})[0] == 422  # empty sentence
+
+
+def test_serve_config_file_is_rays_format(runs, tmp_path, capsys):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from hql_ray.serving.settings import ServeSettings
+
+    path = tmp_path / "serve.yaml"
+    rc = main(["serve", str(runs["main"]), "--languages", "German", "ita_Latn", "--port", "8123", "--max-adapters", "1",
+               "--write-config", str(path)])
+    assert rc == 0 and "serve deploy" in capsys.readouterr().err
+    config = yaml.safe_load(path.read_text())
+    schema = ServeDeploySchema.model_validate(config)  # what `serve deploy` / `serve run` read
+    assert (schema.http_options.host, schema.http_options.port) == ("127.0.0.1", 8123)
+    app = schema.applications[0]
+    assert app.import_path == "hql_ray.serving.app:build_app" and app.route_prefix == "/"
+    settings = ServeSettings.from_dict(app.args)
+    assert settings.languages == ["deu_Latn", "ita_Latn"] and settings.max_adapters == 1
+    assert settings.run_dir == str(runs["main"].resolve())
+    # `serve run CONFIG run_dir=...` style string arguments
+    again = ServeSettings.from_dict({"run_dir": "r", "languages": "deu_Latn, ita_Latn", "max_batch": "4",
+                                     "batch_wait_ms": "2.5", "limits": {"max_items": "3"}})
+    assert (again.languages, again.max_batch, again.batch_wait_ms, again.limits.max_items) == (["deu_Latn", "ita_Latn"], 4, 2.5, 3)
+
+
+def test_command_refuses_bad_runs_languages_and_ports_before_starting(runs, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "run folder does not exist" in capsys.readouterr().err
+    assert main(["serve", str(runs["main"]), "--languages", "fra_Latn"]) == 2
+    assert "unknown language 'fra_Latn'" in capsys.readouterr().err
+    assert main(["serve", str(runs["main"]), "--max-batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(runs["main"]), "--port", str(busy.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
