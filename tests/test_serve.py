@@ -235,3 +235,158 @@ def test_command_refuses_bad_runs_languages_and_ports_before_starting(runs, tmp_
         busy.listen()
         assert main(["serve", str(runs["main"]), "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_500_requests_from_16_clients(server, expected):
+    """Loopback only, 16 clients at once, every language, single items and small lists: no error, the
+    outputs of `hql-ray generate`, and the server healthy after."""
+    work = [(i % 4, i % len(MORE), 1 + (i % 3 == 0)) for i in range(500)]  # (language, graph, items)
+
+    def one(w):
+        lang, graph, n = w
+        code = FOUR[lang][0]
+        items = [{"language": code, "amr": MORE[(graph + k) % len(MORE)]} for k in range(n)]
+        status, body = call(f"{server}/generate", items if n > 1 else items[0])
+        texts = [x["text"] for x in body] if n > 1 else [body["text"]]
+        return status, texts == [expected["main", code][(graph + k) % len(MORE)] for k in range(n)]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, work))
+    assert [r for r in results if r != (200, True)] == []
+    status, health = call(f"{server}/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["replica"]["batches"]["largest"] > 1
+
+
+@pytest.mark.slow
+def test_one_base_per_replica_whatever_the_number_of_languages(server, tmp_path_factory):
+    """Resident memory of a replica serving 12 languages vs 1 of the same run, over a base of ~150 MB (fp32):
+    the 11 more adapters cost their own bytes (a few MB each), not another base."""
+    from ray import serve
+
+    from hql_ray.serving.app import build_app
+    from serve_runs import TWELVE, random_base
+
+    root = tmp_path_factory.mktemp("memory")
+    base = random_base(root / "base", d_model=512, layers=4, d_ff=2048)
+    run = make_run(root, TWELVE, name="twelve", base=base, mode="lora")
+    apps = {"one": ["deu_Latn"], "twelve": [c for c, _ in TWELVE]}
+    try:  # beside the module's applications, on the same Serve
+        serve.run_many([serve.RunTarget(build_app({"run_dir": str(run), "cpus_per_replica": 0, "languages": codes}),
+                                        name=name, route_prefix=f"/{name}") for name, codes in apps.items()])
+        stats = {}
+        for name, codes in apps.items():
+            handle = serve.get_app_handle(name)
+            handle.generate.remote([{"language": c, "amr": GRAPHS[0]} for c in codes[:8]]).result()  # warm
+            handle.generate.remote([{"language": c, "amr": GRAPHS[1]} for c in codes[8:]] or
+                                   [{"language": codes[0], "amr": GRAPHS[1]}]).result()
+            stats[name] = handle.health.remote().result()["replica"]
+    finally:
+        for name in apps:
+            serve.delete(name)
+    one, twelve = stats["one"], stats["twelve"]
+    growth = twelve["rss_bytes"] - one["rss_bytes"]
+    print(f"\nreplica RSS: 1 language {one['rss_bytes'] / 1e6:.0f} MB, 12 languages {twelve['rss_bytes'] / 1e6:.0f} MB "
+          f"(+{growth / 1e6:.0f} MB); base parameters {one['base_bytes'] / 1e6:.0f} MB; adapters "
+          f"{one['adapter_bytes'] / 1e6:.1f} / {twelve['adapter_bytes'] / 1e6:.1f} MB")
+    assert one["base_bytes"] == twelve["base_bytes"] > 100e6 and one["models"] == twelve["models"] == 1
+    assert twelve["adapter_bytes"] == 12 * one["adapter_bytes"]
+    assert growth < twelve["adapter_bytes"] - one["adapter_bytes"] + 0.25 * one["base_bytes"]
+
+
+def _serve_command(run: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "hql_ray", "serve", str(run), "--port", str(port), "--languages", "deu_Latn", "ita_Latn"]
+
+
+def _env() -> dict:
+    import os
+
+    repo = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+def _wait_healthy(url: str, alive, timeout_s: float = 400.0) -> None:
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and alive():
+        try:
+            if call(f"{url}/health", timeout=10)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} never became healthy")
+
+
+def _refused(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _stopped_line(log: str, signame: str) -> None:
+    last = log.strip().splitlines()[-1]
+    assert last.startswith(f"hql-ray serve: stopped ({signame}): shut down the application and the local Ray "
+                           "it ran on in "), log[-2000:]
+
+
+@pytest.mark.slow
+def test_command_stops_on_sigterm_with_its_ray(runs, tmp_path, expected):
+    """`hql-ray serve` as a user runs it; `kill -TERM`: the server, its Ray and every process it started are
+    gone within seconds, with a last line saying so."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    port, log = free_port(), tmp_path / "serve.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_serve_command(runs["main"], port), stderr=err, stdout=err, env=_env(),
+                                start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", lambda: proc.poll() is None)
+        assert _served(f"http://127.0.0.1:{port}", [{"language": "ita_Latn", "amr": MORE[2]}]) == [expected["main", "ita_Latn"][2]]
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in started)
+        began = time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        print(f"\nSIGTERM -> exit in {time.time() - began:.1f} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _stopped_line(log.read_text(), "SIGTERM")
+    assert _refused(port)
+    psutil.wait_procs(started, timeout=10)
+    assert [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+@pytest.mark.slow
+def test_command_stops_on_ctrl_c_in_a_terminal(runs, tmp_path):
+    """Ctrl-C typed in a terminal (tmux send-keys C-c; a background job would ignore SIGINT)."""
+    import shlex
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("tmux") is None:
+        pytest.skip("no tmux to type Ctrl-C into")
+    port, log, rc = free_port(), tmp_path / "serve.log", tmp_path / "rc"
+    session = f"hql-serve-{port}"
+    line = f"{shlex.join(_serve_command(runs['main'], port))} 2> {log}; echo $? > {rc}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "40", "bash", "-c", line],
+                   env=_env(), check=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", lambda: not rc.exists())
+        began = time.time()
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
+        while not rc.exists() and time.time() - began < 30:
+            time.sleep(0.2)
+        print(f"\nCtrl-C -> exit in {time.time() - began:.1f} s")
+        assert rc.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    _stopped_line(log.read_text(), "SIGINT")
+    assert _refused(port)
