@@ -390,3 +390,50 @@ def test_command_stops_on_ctrl_c_in_a_terminal(runs, tmp_path):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     _stopped_line(log.read_text(), "SIGINT")
     assert _refused(port)
+
+
+@pytest.mark.slow
+def test_a_killed_replica_is_restarted_and_nothing_else_changes(server, expected):
+    import os
+    import signal
+    import time
+
+    before = call(f"{server}/mux/health")[1]["replica"]["pid"]
+    os.kill(before, signal.SIGKILL)
+    deadline, after = time.time() + 300, None
+    while time.time() < deadline:
+        status, health = call(f"{server}/mux/health")
+        if status == 200 and health["replica"]["pid"] != before:
+            after = health["replica"]["pid"]
+            break
+        time.sleep(1)
+    assert after is not None, "the killed replica did not come back"
+    assert _served(f"{server}/mux", [{"language": "nld_Latn", "amr": g} for g in MORE]) == expected["main", "nld_Latn"]
+    assert _served(server, [{"language": "ita_Latn", "amr": g} for g in MORE]) == expected["main", "ita_Latn"]
+
+
+@pytest.mark.slow
+def test_serve_run_accepts_the_config_file(runs, tmp_path, expected):
+    """Ray's own `serve run CONFIG` (what a cluster's `serve deploy` reads too) serves the written file."""
+    import shutil
+    import signal
+    import subprocess
+
+    serve_cli = shutil.which("serve") or str(Path(sys.executable).with_name("serve"))
+    port, config, log = free_port(), tmp_path / "serve.yaml", tmp_path / "serve.log"
+    assert main(["serve", str(runs["main"]), "--languages", "spa_Latn", "--port", str(port), "--cpus-per-replica", "0",
+                 "--write-config", str(config)]) == 0
+    with open(log, "w") as err:
+        proc = subprocess.Popen([serve_cli, "run", str(config)], stdout=err, stderr=err, env=_env(), start_new_session=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", lambda: proc.poll() is None)
+        url = f"http://127.0.0.1:{port}"
+        assert _served(url, [{"language": "Spanish", "amr": g} for g in MORE]) == expected["main", "spa_Latn"]
+        assert call(f"{url}/generate", {"language": "deu_Latn", "amr": MORE[0]})[0] == 422  # only Spanish served
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert _refused(port)

@@ -87,6 +87,9 @@ def _converted(kind, data: dict) -> dict:
         if name not in types:
             raise ConfigError(f"unknown serve setting: {name}")
         wanted = types[name]
+        if "None" in wanted and value in (None, "None", "null", ""):
+            out[name] = None
+            continue
         try:
             if wanted.startswith("list") and isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
