@@ -178,11 +178,13 @@ class Generator:
         return self._model
 
     def load_base(self):
-        """The run's base model, loaded as the run trained it (4-bit for qlora) on self.device, no adapter."""
+        """The run's base model, loaded as the run trained it (4-bit for qlora, its compute dtype) on
+        self.device, no adapter."""
         from hql_ray.training import modeling
 
         cfg = self.cfg
         return modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
+                                        compute_dtype=modeling.compute_dtype(cfg.model.compute_dtype),
                                         double_quant=cfg.model.double_quant, quant_type=cfg.model.quant_type)
 
     def _load(self):

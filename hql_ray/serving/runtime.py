@@ -55,8 +55,8 @@ def check_port(endpoint: Endpoint) -> None:
             raise InputError(f"cannot listen on {endpoint.host}:{endpoint.port}: {err.strerror} (--host, --port)") from None
 
 
-def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) -> bool:
-    """Ray, Serve's proxy and the application, ready to answer; True if this call started Ray."""
+def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) -> None:
+    """Ray (unless this process is connected already), Serve's proxy and the application, ready to answer."""
     import ray
     from ray import serve
 
@@ -64,8 +64,7 @@ def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) ->
 
     if not verbose:  # Serve's INFO lines in this process (the workers' logs are not shown either)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    started = not ray.is_initialized()
-    if started:
+    if not ray.is_initialized():
         kwargs = {"address": endpoint.address} if endpoint.address else {"address": "local", "include_dashboard": verbose}
         ray.init(log_to_driver=verbose, **kwargs)
         stop_on_signals()
@@ -75,36 +74,53 @@ def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) ->
             settings.gpus_per_replica = 1.0 if gpus >= settings.replicas else gpus / settings.replicas
     serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
     serve.run(build_app(settings.to_dict()), name=APP_NAME, route_prefix="/")
-    return started and not endpoint.address
 
 
-def stop(started_ray: bool) -> None:
-    """Stop the application; and the Ray this process started (which takes Serve with it)."""
+@dataclass
+class Owned:
+    """What this process has to undo when it stops: the local Ray it started, its connection, its application."""
+
+    ray: bool = False  # a local Ray started here (shutting it down takes Serve and the application with it)
+    connection: bool = False  # a connection opened here (to a cluster)
+    application: bool = False  # deployed (or being deployed) by this process
+
+
+def stop(owned: Owned) -> None:
+    """Undo what `owned` says, and nothing else (a Ray this process was already connected to stays)."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
-    if started_ray:
+    if owned.ray:
         ray.shutdown()
         return
-    try:
-        serve.delete(APP_NAME)
-    finally:
+    if owned.application:
+        try:
+            serve.delete(APP_NAME)
+        except Exception:  # noqa: BLE001 - stopped before it was deployed: nothing to delete
+            pass
+    if owned.connection:
         ray.shutdown()
 
 
 def serve_until_stopped(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False, say=None) -> int:
-    """Serve until Ctrl-C or SIGTERM; 0 after such a stop. `say(line)` prints a status line (stderr)."""
+    """Serve until Ctrl-C or SIGTERM; 0 after such a stop. `say(line)` prints a status line (stderr).
+    The signal handlers are this process's again on return."""
+    import ray
+
     say = say or (lambda line: print(f"hql-ray serve: {line}", file=sys.stderr, flush=True))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    fresh = not ray.is_initialized()
+    owned = Owned(ray=fresh and endpoint.address is None, connection=fresh and endpoint.address is not None)
     stop_on_signals()
-    started = endpoint.address is None  # a local Ray is this process's from its first moment
     try:
         if endpoint.address is None:
             check_port(endpoint)
         where = "a local Ray" if endpoint.address is None else f"the Ray at {endpoint.address}"
         say(f"starting {len(settings.languages)} language(s) of {settings.run_dir} on {where}")
-        started = start(settings, endpoint, verbose)
+        owned.application = True
+        start(settings, endpoint, verbose)
         mode = (f"at most {settings.max_adapters} adapter(s) per replica, routed by language"
                 if settings.multiplexed(len(settings.languages)) else "one base per replica, every language on it")
         say(f"serving {', '.join(settings.languages)} at {endpoint.url} ({settings.replicas} replica(s), {mode}): "
@@ -113,17 +129,20 @@ def serve_until_stopped(settings: ServeSettings, endpoint: Endpoint, verbose: bo
             time.sleep(3600)
     except Stopped as stopped:
         began = time.monotonic()
-        quiet_shutdown(started)
-        what = "the application and the local Ray it ran on" if started else "the application"
+        quiet_stop(owned)
+        what = "the application and the local Ray it ran on" if owned.ray else "the application"
         say(f"stopped ({stopped.signame}): shut down {what} in {time.monotonic() - began:.1f} s")
         return 0
     except BaseException:
-        quiet_shutdown(started)
+        quiet_stop(owned)
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
-def quiet_shutdown(started_ray: bool) -> None:
+def quiet_stop(owned: Owned) -> None:
     """`stop`, with Ctrl-C and SIGTERM ignored meanwhile: a second Ctrl-C must not cut the shutdown short."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop(started_ray)
+    stop(owned)
