@@ -65,6 +65,33 @@ def expected(runs) -> dict:
     return out
 
 
+def test_models_of_a_replica_without_ray(runs, expected):
+    """The replica's models (no Ray): one base, adapters attached and detached (the last one kept until the
+    next comes: PEFT cannot drop its last adapter), a batch mixing every attached language."""
+    from hql_ray.serving.catalog import Catalog
+    from hql_ray.serving.engine import LanguageModels
+    from hql_ray.serving.requests import Item
+
+    catalog = Catalog(runs["main"], device="cpu")
+    models = LanguageModels(catalog)
+    for code in catalog.codes:
+        models.attach(code)
+    one_adapter = models.held["adapter_bytes"] // 4
+    assert models.held["models"] == 1 and models.attached == catalog.codes
+    items = [Item(code, catalog.source(code, g), 8) for g in MORE for code in catalog.codes]
+    assert [o.text for o in models.generate(items)] == [expected["main", c][i] for i in range(len(MORE)) for c in catalog.codes]
+    for code in catalog.codes:
+        models.detach(code)
+    assert models.attached == [] and models.stale == "spa_Latn"  # kept (and invisible) until the next one
+    models.attach("nld_Latn")
+    assert models.stale is None and list(models.peft.peft_config) == ["nld_Latn"]
+    assert models.held["adapter_bytes"] == one_adapter
+    out = models.generate([Item("nld_Latn", catalog.source("nld_Latn", g), 8) for g in MORE])
+    assert [o.text for o in out] == expected["main", "nld_Latn"]
+    with pytest.raises(RuntimeError, match="deu_Latn not attached"):
+        models.generate([Item("deu_Latn", catalog.source("deu_Latn", MORE[0]), 8)])
+
+
 @pytest.fixture(scope="module")
 def server(ray_session, runs):
     """Serve on 127.0.0.1:<free port>: the four-language run at /, multiplexed (2 adapters per replica) at

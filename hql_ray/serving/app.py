@@ -110,14 +110,12 @@ class LanguageModel:
             await asyncio.to_thread(self.models.detach, code)
 
     async def stats(self) -> dict:
-        """This replica: its process, resident memory, attached languages and parameter bytes."""
+        """This replica: its process, resident memory, attached languages, batches and parameter bytes. It
+        answers at once, also while a batch generates (in a thread): health checks never wait for the model."""
         import psutil
 
-        async with self.lock:
-            memory = self.models.memory()
-            attached = self.models.attached
-        return {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "attached": attached,
-                "batches": dict(self.batches), **memory}
+        return {"pid": os.getpid(), "rss_bytes": psutil.Process().memory_info().rss, "attached": self.models.attached,
+                "batches": dict(self.batches), **self.models.held}
 
 
 @serve.deployment(name="Gateway")

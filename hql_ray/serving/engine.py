@@ -25,6 +25,7 @@ class LanguageModels:
         self.models: dict = {}  # code -> whole model (merged / fft exports)
         self.order: list[str] = []  # attached languages, oldest first
         self.stale: str | None = None  # PEFT cannot drop its last adapter: dropped when the next one comes
+        self.held = {"base_bytes": 0, "adapter_bytes": 0, "models": 0}  # `memory()` after the last change
 
     @property
     def attached(self) -> list[str]:
@@ -51,6 +52,7 @@ class LanguageModels:
                 self.peft.delete_adapter(self.stale)
                 self.stale = None
         self.order.append(code)
+        self.held = self.memory()
 
     def detach(self, code: str) -> None:
         if code not in self.order:
@@ -66,6 +68,7 @@ class LanguageModels:
             self.peft.delete_adapter(code)
         gc.collect()
         _empty_cuda_cache()
+        self.held = self.memory()
 
     def generate(self, items: list[Item]) -> list[Output]:
         """Outputs in the order of `items`. One `generate` call per (num_beams, max_new_tokens), and per
