@@ -1,7 +1,8 @@
 """hql-ray serve: a served run over real HTTP on loopback (Ray Serve on the session's Ray), against
-`hql-ray generate`'s outputs for the same graphs; bad requests; multiplexed replicas; merged and text2amr
-runs; the Serve config file; the command's errors. The load test, the memory measurement and the command
-stopped by SIGTERM / Ctrl-C are slow (their own Ray or many requests)."""
+`hql-ray generate`'s outputs for the same graphs; bad requests; multiplexed replicas; the replica's models
+without Ray (mixed batches, attach/detach, merged and text2amr runs); the Serve config file; the command's
+errors. Slow: 500 requests from 16 clients, the memory of 12 languages vs 1, merged and text2amr runs over
+HTTP, a killed replica, the command stopped by SIGTERM and Ctrl-C, Ray's `serve run` of the config file."""
 
 from __future__ import annotations
 
@@ -94,23 +95,37 @@ def test_models_of_a_replica_without_ray(runs, expected):
 
 @pytest.fixture(scope="module")
 def server(ray_session, runs):
-    """Serve on 127.0.0.1:<free port>: the four-language run at /, multiplexed (2 adapters per replica) at
-    /mux, the merged run at /merged, the text2amr run at /parse. Yields the base URL."""
+    """Serve on 127.0.0.1:<free port>: the four-language run at /, and multiplexed (2 adapters per replica)
+    at /mux. Yields the base URL."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    apps = {"main": ("/", {"run_dir": str(runs["main"])}),
+            "mux": ("/mux", {"run_dir": str(runs["main"]), "max_adapters": 2})}
+    run_apps(apps)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+COMMON = {"cpus_per_replica": 0, "max_batch": 8, "batch_wait_ms": 50, "limits": LIMITS}
+
+
+def run_apps(apps: dict[str, tuple[str, dict]]) -> None:
+    """Applications {name: (route prefix, args)} on the running Serve, started side by side, all running on return."""
     from ray import serve
 
     from hql_ray.serving.app import build_app
 
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    common = {"cpus_per_replica": 0, "max_batch": 8, "batch_wait_ms": 50, "limits": LIMITS}
-    apps = {"main": ("/", {"run_dir": str(runs["main"])}),
-            "mux": ("/mux", {"run_dir": str(runs["main"]), "max_adapters": 2}),
-            "merged": ("/merged", {"run_dir": str(runs["merged"])}),
-            "parse": ("/parse", {"run_dir": str(runs["parse"])})}
-    serve.run_many([serve.RunTarget(build_app({**common, **args}), name=name, route_prefix=prefix)
-                    for name, (prefix, args) in apps.items()])  # started side by side, all running on return
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    serve.run_many([serve.RunTarget(build_app({**COMMON, **args}), name=name, route_prefix=prefix)
+                    for name, (prefix, args) in apps.items()])
+
+
+@pytest.fixture(scope="module")
+def whole_and_parse(server, runs) -> str:
+    """Beside `server`'s: the merged run at /merged, the text2amr run at /parse."""
+    run_apps({"merged": ("/merged", {"run_dir": str(runs["merged"])}), "parse": ("/parse", {"run_dir": str(runs["parse"])})})
+    return server
 
 
 
@@ -216,7 +231,26 @@ def test_multiplexed_replicas_hold_at_most_their_limit(server, expected):
     assert health["replica"]["batches"]["most_languages"] == 1  # a multiplexed batch holds one language
 
 
-def test_merged_exports_and_text2amr_runs(server, expected):
+def test_merged_exports_and_text2amr_runs_without_ray(runs, expected):
+    """A replica's models for whole-model exports (one model per language) and for a text2amr run."""
+    from hql_ray.serving.catalog import Catalog
+    from hql_ray.serving.engine import LanguageModels
+    from hql_ray.serving.requests import Item
+
+    for name, inputs in (("merged", GRAPHS), ("parse", SENTENCES)):
+        catalog = Catalog(runs[name], device="cpu")
+        models = LanguageModels(catalog)
+        for code in catalog.codes:
+            models.attach(code)
+        assert catalog.whole_models == (name == "merged") and models.held["models"] == (2 if name == "merged" else 1)
+        items = [Item(code, catalog.source(code, x), 8) for x in inputs for code in catalog.codes]
+        assert [o.text for o in models.generate(items)] == \
+            [expected[name, c][i] for i in range(len(inputs)) for c in catalog.codes]
+
+
+@pytest.mark.slow
+def test_merged_exports_and_text2amr_runs_over_http(whole_and_parse, expected):
+    server = whole_and_parse
     for code, _ in FOUR[:2]:
         assert _served(f"{server}/merged", [{"language": code, "amr": g} for g in GRAPHS]) == expected["merged", code]
         status, body = call(f"{server}/parse/generate", [{"language": code, "text": s} for s in SENTENCES])
