@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
                    help="adapters per replica when they do not all fit: requests are then routed by language "
                         "(default 0: every language on every replica)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs (and torch threads) per replica")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default: 1 on a local GPU)")
+    p.add_argument("--gpus-per-replica", type=float,
+                   help="GPUs per replica (default: 1 where a local Ray has GPUs, else 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... inside a replica (default: cuda if it sees one)")
     limits = p.add_argument_group("request limits (beyond them: a 4xx answer)")
     limits.add_argument("--max-items", type=int, default=64, help="items per request (default 64)")
@@ -52,7 +53,7 @@ def settings_from(args: argparse.Namespace):
     return ServeSettings(
         run_dir=args.run_dir, languages=list(args.languages or []), replicas=args.replicas, max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms, max_adapters=args.max_adapters, cpus_per_replica=args.cpus_per_replica,
-        gpus_per_replica=args.gpus_per_replica, device=args.device,
+        gpus_per_replica=args.gpus_per_replica or 0.0, device=args.device,
         limits=RequestLimits(max_items=args.max_items, max_input_chars=args.max_input_chars,
                              max_new_tokens=args.max_new_tokens, max_beams=args.max_beams)).check()
 
@@ -78,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from hql_ray.serving.runtime import Endpoint, serve_until_stopped
 
-    return serve_until_stopped(settings, Endpoint(args.host, args.port, args.address), verbose=args.verbose)
+    return serve_until_stopped(settings, Endpoint(args.host, args.port, args.address), verbose=args.verbose,
+                               auto_gpus=args.gpus_per_replica is None)

@@ -55,8 +55,9 @@ def check_port(endpoint: Endpoint) -> None:
             raise InputError(f"cannot listen on {endpoint.host}:{endpoint.port}: {err.strerror} (--host, --port)") from None
 
 
-def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) -> None:
-    """Ray (unless this process is connected already), Serve's proxy and the application, ready to answer."""
+def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False, auto_gpus: bool = False) -> None:
+    """Ray (unless this process is connected already), Serve's proxy and the application, ready to answer.
+    `auto_gpus`: on a local Ray with GPUs, give each replica one (or an equal share)."""
     import ray
     from ray import serve
 
@@ -68,10 +69,9 @@ def start(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False) ->
         kwargs = {"address": endpoint.address} if endpoint.address else {"address": "local", "include_dashboard": verbose}
         ray.init(log_to_driver=verbose, **kwargs)
         stop_on_signals()
-    if not endpoint.address:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if settings.gpus_per_replica == 0 and gpus:  # a local GPU: give each replica one if there are enough
-            settings.gpus_per_replica = 1.0 if gpus >= settings.replicas else gpus / settings.replicas
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if auto_gpus and not endpoint.address and gpus:
+        settings.gpus_per_replica = 1.0 if gpus >= settings.replicas else gpus / settings.replicas
     serve.start(http_options={"host": endpoint.host, "port": endpoint.port})
     serve.run(build_app(settings.to_dict()), name=APP_NAME, route_prefix="/")
 
@@ -104,7 +104,8 @@ def stop(owned: Owned) -> None:
         ray.shutdown()
 
 
-def serve_until_stopped(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False, say=None) -> int:
+def serve_until_stopped(settings: ServeSettings, endpoint: Endpoint, verbose: bool = False, say=None,
+                        auto_gpus: bool = False) -> int:
     """Serve until Ctrl-C or SIGTERM; 0 after such a stop. `say(line)` prints a status line (stderr).
     The signal handlers are this process's again on return."""
     import ray
@@ -120,7 +121,7 @@ def serve_until_stopped(settings: ServeSettings, endpoint: Endpoint, verbose: bo
         where = "a local Ray" if endpoint.address is None else f"the Ray at {endpoint.address}"
         say(f"starting {len(settings.languages)} language(s) of {settings.run_dir} on {where}")
         owned.application = True
-        start(settings, endpoint, verbose)
+        start(settings, endpoint, verbose, auto_gpus)
         mode = (f"at most {settings.max_adapters} adapter(s) per replica, routed by language"
                 if settings.multiplexed(len(settings.languages)) else "one base per replica, every language on it")
         say(f"serving {', '.join(settings.languages)} at {endpoint.url} ({settings.replicas} replica(s), {mode}): "
