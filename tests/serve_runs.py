@@ -56,11 +56,12 @@ def make_run(root: Path, languages=FOUR, *, name: str = "run", base: str = "tiny
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     manifest = Manifest.create(cfg.run_dir / "manifest.json", tree, cfg.to_dict(), cfg.run_name)
     base_ref = export.base_model_reference(cfg)
-    for seed, (code, lang) in enumerate(languages):
+    for seed, (code, _) in enumerate(languages):
         leaf = tree.leaf_for(code)
         adapter = random_adapter(base_ref, rank, seed, cfg.run_dir / "nodes" / leaf.id / "adapter")
-        write_final(cfg, code, lang, [adapter], base_ref)
-        manifest.update(leaf.id, status="done", adapter=f"nodes/{leaf.id}/adapter")
+        info = write_final(cfg, tree, leaf.id, code, [adapter], base_ref)
+        manifest.update(leaf.id, status="done", adapter=f"nodes/{leaf.id}/adapter", exported=[code],
+                        exports={code: info})
     return cfg.run_dir
 
 
@@ -69,7 +70,8 @@ def random_adapter(base_ref: str, rank: int, seed: int, out_dir: Path) -> Path:
     import torch
 
     from hql_ray.settings.config import LoraShape
-    from hql_ray.training.handoff import attach_node_adapter, node_adapter_state, save_adapter_state
+    from hql_ray.training.adapter_files import save_adapter_state
+    from hql_ray.training.handoff import attach_node_adapter, node_adapter_state
     from hql_ray.training.modeling import load_base_model
 
     model = attach_node_adapter(load_base_model(base_ref, "lora", torch.device("cpu")),
@@ -82,19 +84,12 @@ def random_adapter(base_ref: str, rank: int, seed: int, out_dir: Path) -> Path:
     return save_adapter_state(node_adapter_state(model), out_dir)
 
 
-def write_final(cfg, code: str, lang: str, chain: list[Path], base_ref: str) -> Path:
-    """final/<code>/ in the run's export mode, with the model card the driver writes."""
-    from hql_ray.data.dataset import make_pair
+def write_final(cfg, tree, leaf_id: str, code: str, chain: list[Path], base_ref: str):
+    """final/<code>/ in the run's export mode, with the model card the driver writes; what the export holds
+    (the `ExportInfo` the driver records in the manifest)."""
     from hql_ray.outputs import export_modes, model_card
 
     out = cfg.run_dir / "final" / code
     info = export_modes.export_language(cfg, chain, out, base_ref)
-    model_card.write_model_card(out, {
-        "code": code, "language": lang, "direction": cfg.data.direction,
-        "prompt": make_pair(cfg.data.direction, lang, "{amr}", "{text}")[0], "tree_path": [f"language.{lang}"],
-        "handoff": cfg.model.handoff, "mode": cfg.model.mode, "base_model": cfg.model.base, "run": cfg.run_name,
-        "quantization": {"quant_type": cfg.model.quant_type, "double_quant": cfg.model.double_quant,
-                         "compute_dtype": cfg.model.compute_dtype} if cfg.model.mode == "qlora" else None,
-        "lora_rank": cfg.model.lora.r, "target_modules": sorted(cfg.model.lora.target_modules),
-        "data": "random factors (a test run)", "scores": {}, "load": ["from peft import PeftModel"], "export": info})
-    return out
+    model_card.write_model_card(out, model_card.card_info(cfg, tree, leaf_id, code, out, None, info))
+    return info

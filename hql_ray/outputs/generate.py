@@ -4,10 +4,13 @@ A run's exported leaf `RUN_DIR/final/<code>/` is a standard PEFT adapter over th
 (export modes adapter, adapter-bf16, compact) or a whole model (fft runs; export mode merged). Inputs
 are prepared exactly as training prepared them: the run's linearization options, the prompt of
 `dataset.make_pair`, the language's name from the run's tree, and the run's max source length
-(longer inputs are clipped, as they were in training, and flagged).
+(longer inputs are clipped, as they were in training, and flagged). A model `hql-ray push` put on the Hub
+loads the same way from its id (`hf://owner/name` or `owner/name`) or from a local copy of its repository
+(`model_folder`, `outputs.hub_layout`).
 
     gen = load_generator("runs/demo", "deu_Latn")
     gen(["(w / want-01 :ARG0 (g / girl))"])          # -> ["Das Mädchen will."]
+    load_generator("hf://me/hql-demo-deu_Latn", "deu_Latn")
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hql_ray.outputs import model_card
+from hql_ray.outputs import hub_layout, model_card
+from hql_ray.settings.exports import exporter_named
 from hql_ray.data.amr import AMRSyntaxError, linearize, parse_tree, read_text_lines
 from hql_ray.data.dataset import make_pair
 from hql_ray.settings.errors import InputError
@@ -122,38 +126,66 @@ def resolve_language(languages: list[Language], lang: str, run_dir: Path) -> Lan
     raise InputError(f"unknown language {lang!r}; this run's languages: {listed}", path=run_dir)
 
 
+def model_folder(ref: str | Path) -> Path:
+    """What `generate` (and `serve`) load from: a run folder, a local folder laid out as `hql-ray push` writes it,
+    or a Hub id (`hf://owner/name`, or `owner/name` where no such local path exists), downloaded into the
+    Hugging Face cache (HF_HUB_OFFLINE=1: the cache only)."""
+    repo = hub_layout.hub_id(str(ref))
+    if repo is None:
+        return Path(ref)
+    try:
+        return hub_layout.download(repo)
+    except InputError as err:
+        if str(ref).startswith(hub_layout.HF_SCHEME):
+            raise
+        raise InputError(f"no folder {ref} here, and as a Hub id: {err}") from None
+
+
 class Generator:
-    """A loaded leaf model with the run's input preparation; reuse it for many calls."""
+    """A loaded leaf model with the run's input preparation; reuse it for many calls. `run_dir`: a run folder, or a
+    pushed model (a Hub id or a folder in push's layout: `model_folder`)."""
 
     def __init__(self, run_dir: str | Path, lang: str, device: str | None = None):
         import torch
 
-        from hql_ray.settings.config import Config
+        folder = model_folder(run_dir)
+        if hub_layout.is_pushed(folder) and not (folder / "manifest.json").is_file():
+            self._open_pushed(folder, lang)
+        else:
+            self._open_run(folder, lang)
+        self.direction = self.cfg.data.direction
+        self.options = self.cfg.data.linearize
+        self.max_source_length = self.cfg.data.max_source_length
+        # The prompt the model card states (runs from before model cards: the one training used, rebuilt).
+        self.prompt = model_card.card_fields(self.model_dir).get("prompt")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._model = None
+        self._tokenizer = None
 
+    def _open_run(self, run_dir: Path, lang: str) -> None:
         manifest = read_manifest(run_dir)
         self.run_dir = manifest.path.parent
         tree, self.tree_note = run_tree(manifest)
         self.language = resolve_language(tree.languages, lang, self.run_dir)
-        try:
-            self.cfg = Config.from_dict(manifest.data.get("config") or {}, source=str(manifest.path))
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - an old or edited manifest
-            raise InputError(f"the run's config cannot be read: {err}", path=manifest.path) from None
-        self.direction = self.cfg.data.direction
-        self.options = self.cfg.data.linearize
-        self.max_source_length = self.cfg.data.max_source_length
+        self.cfg = manifest.config
         self.model_dir = self.run_dir / "final" / self.language.code
         if not self.model_dir.is_dir():
             leaf = tree.leaf_for(self.language.code)
             status = manifest.nodes[leaf.id].status if leaf.id in manifest.nodes else None
             raise InputError(f"no exported model for {self.language.code}: its leaf node {leaf.id} is {status}",
                              path=self.model_dir)
-        # The prompt the model card states (runs from before model cards: the one training used, rebuilt).
-        self.prompt = model_card.card_fields(self.model_dir).get("prompt")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._model = None
-        self._tokenizer = None
+        leaf = manifest.nodes.get(tree.leaf_for(self.language.code).id)
+        export = leaf.exports.get(self.language.code) if leaf is not None else None
+        self.exporter = exporter_named(export.mode) if export is not None else None  # None: an older run
+
+    def _open_pushed(self, folder: Path, lang: str) -> None:
+        """A pushed model: the language, config and export mode its card and config file state."""
+        models = {m.code: m for m in hub_layout.pushed_languages(folder)}
+        self.run_dir, self.tree_note = folder, None
+        self.language = resolve_language([Language(m.code, m.name) for m in models.values()], lang, folder)
+        pushed = models[self.language.code]
+        self.cfg, self.model_dir = pushed.cfg, pushed.model_dir
+        self.exporter = exporter_named((pushed.fields.get("export") or {}).get("mode"))
 
     # The model loads on first use, so bad input is reported before seconds (or minutes) of loading.
     @property
@@ -167,7 +199,10 @@ class Generator:
 
     @property
     def whole_model(self) -> bool:
-        """final/<code>/ is a whole model (fft, or export mode merged), not a PEFT adapter over the base."""
+        """final/<code>/ is a whole model (fft, or export mode merged), not a PEFT adapter over the base: as its
+        export mode says (`hql_ray.settings.exports`), or for a run older than that record, as its files say."""
+        if self.exporter is not None:
+            return self.exporter.whole_model
         return self.cfg.model.mode == "fft" or (
             (self.model_dir / "config.json").is_file() and not (self.model_dir / "adapter_config.json").is_file())
 
