@@ -1,7 +1,7 @@
 """hql-ray serve: a served run over real HTTP on loopback (Ray Serve on the session's Ray), against
 `hql-ray generate`'s outputs for the same graphs; bad requests; multiplexed replicas; the replica's models
-without Ray (mixed batches, attach/detach, merged and text2amr runs); the Serve config file; the command's
-errors. Slow: 500 requests from 16 clients, the memory of 12 languages vs 1, merged and text2amr runs over
+without Ray (mixed batches, attach/detach, merged and text2amr runs, a pushed model); the Serve config file;
+the command's errors. Slow: 500 requests from 16 clients, the memory of 12 languages vs 1, merged and text2amr runs over
 HTTP, a killed replica, the command stopped by SIGTERM and Ctrl-C, Ray's `serve run` of the config file."""
 
 from __future__ import annotations
@@ -246,6 +246,33 @@ def test_merged_exports_and_text2amr_runs_without_ray(runs, expected):
         items = [Item(code, catalog.source(code, x), 8) for x in inputs for code in catalog.codes]
         assert [o.text for o in models.generate(items)] == \
             [expected[name, c][i] for i in range(len(inputs)) for c in catalog.codes]
+
+
+def test_a_pushed_model_is_served_as_its_run(runs, expected, tmp_path):
+    """What `hql-ray push` lays out (one repository with a folder per language, or one per language, the tiny
+    base shipped beside) serves the run's outputs; a Serve config keeps a Hub id as written."""
+    from hql_ray.serving.catalog import Catalog, replica_reference
+    from hql_ray.serving.config_file import serve_config
+    from hql_ray.serving.engine import LanguageModels
+    from hql_ray.serving.requests import Item
+    from hql_ray.serving.settings import ServeSettings
+
+    for single in (["--single-repo"], []):
+        assert main(["push", str(runs["main"]), "--repo-prefix", "t/demo", "--dry-run", "-o", str(tmp_path), "-q",
+                     *single]) == 0
+    for folder, languages in ((tmp_path / "t" / "demo", ()), (tmp_path / "t" / "demo-ita_Latn", ("Italian",))):
+        catalog = Catalog(folder, languages, device="cpu")
+        assert catalog.codes == (sorted(c for c, _ in FOUR) if not languages else ["ita_Latn"])  # folder order
+        assert not catalog.whole_models and catalog.tree_note is None
+        models = LanguageModels(catalog)
+        for code in catalog.codes:
+            models.attach(code)
+        items = [Item(code, catalog.source(code, g), 8) for g in MORE for code in catalog.codes]
+        assert [o.text for o in models.generate(items)] == \
+            [expected["main", c][i] for i in range(len(MORE)) for c in catalog.codes]
+    assert replica_reference("hf://t/demo") == "hf://t/demo"
+    assert serve_config(ServeSettings(run_dir="hf://t/demo"))["applications"][0]["args"]["run_dir"] == "hf://t/demo"
+    assert replica_reference(tmp_path / "t" / "demo") == str((tmp_path / "t" / "demo").resolve())
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
         '{"language": CODE, "amr": GRAPH} (or a list of them), GET /languages, GET /health. Listens on '
         "127.0.0.1 unless --host says otherwise; it has no authentication: expose it only behind a gateway.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (manifest.json, final/<code>/)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (manifest.json, final/<code>/), or a model "
+                   "`hql-ray push` laid out: its folder or its Hub id (hf://OWNER/NAME)")
     p.add_argument("--languages", nargs="+", metavar="LANG", help="codes or names to serve (default: every exported one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
@@ -60,14 +61,14 @@ def settings_from(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
 
-    from hql_ray.serving.catalog import Catalog
+    from hql_ray.serving.catalog import Catalog, replica_reference
     from hql_ray.settings.errors import ConfigError
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be 1-65535, got {args.port}")
     settings = settings_from(args)
     catalog = Catalog(settings.run_dir, settings.languages, device="cpu")  # a bad run or language: one line, exit 2
-    settings.run_dir, settings.languages = str(catalog.run_dir.resolve()), catalog.codes
+    settings.run_dir, settings.languages = replica_reference(settings.run_dir), catalog.codes
     if catalog.tree_note:
         print(f"hql-ray serve: note: {catalog.tree_note}", file=sys.stderr)
     if args.write_config:

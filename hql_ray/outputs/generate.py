@@ -141,6 +141,11 @@ def model_folder(ref: str | Path) -> Path:
         raise InputError(f"no folder {ref} here, and as a Hub id: {err}") from None
 
 
+def is_pushed_model(folder: Path) -> bool:
+    """`folder` (from `model_folder`) holds a model in push's layout, not a run folder."""
+    return hub_layout.is_pushed(folder) and not (folder / "manifest.json").is_file()
+
+
 class Generator:
     """A loaded leaf model with the run's input preparation; reuse it for many calls. `run_dir`: a run folder, or a
     pushed model (a Hub id or a folder in push's layout: `model_folder`)."""
@@ -149,7 +154,7 @@ class Generator:
         import torch
 
         folder = model_folder(run_dir)
-        if hub_layout.is_pushed(folder) and not (folder / "manifest.json").is_file():
+        if is_pushed_model(folder):
             self._open_pushed(folder, lang)
         else:
             self._open_run(folder, lang)

@@ -1,15 +1,17 @@
 """The languages a server offers (`Catalog`): for each, `hql-ray generate`'s own `Generator` (the run's config,
 the prompt from the language's model card, the linearization), read once; no model is loaded here.
 
-The gateway uses it to turn a request's graph into the model input exactly as `generate` does; the model
-replicas use it to know where each language's export is and how to load the run's base."""
+What is served is what `generate` loads (`model_folder`): a run folder, or a model `hql-ray push` laid out (a
+local folder or a Hub id). The gateway uses the catalog to turn a request's graph into the model input exactly as
+`generate` does; the model replicas use it to know where each language's export is and how to load the base."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from hql_ray.outputs.generate import Generator, resolve_language
+from hql_ray.outputs import hub_layout
+from hql_ray.outputs.generate import Generator, is_pushed_model, model_folder, resolve_language
 from hql_ray.outputs.manifest import read_manifest, run_tree
 from hql_ray.settings.errors import InputError
 from hql_ray.settings.tree import Language
@@ -30,25 +32,50 @@ class LanguageInfo:
         return {"code": self.code, "name": self.name, "prompt": self.prompt, "export": self.export}
 
 
-def exported_languages(run_dir: str | Path) -> list[Language]:
-    """The run's languages that have an export under final/<code>/, in the tree's order."""
-    manifest = read_manifest(run_dir)
-    tree, _ = run_tree(manifest)
+@dataclass
+class Offer:
+    """What a run folder or a pushed model offers: the folder, every language it names (a run: its tree's), those
+    with an export, and the note on the run's tree (None: a pushed model, or nothing to say)."""
+
+    folder: Path
+    languages: list[Language]
+    exported: list[Language]
+    tree_note: str | None = None
+
+
+def offer_of(ref: str | Path) -> Offer:
+    """The languages of a run folder (exported: under final/<code>/, in the tree's order), or of a pushed model."""
+    folder = model_folder(ref)
+    if is_pushed_model(folder):
+        languages = [Language(m.code, m.name) for m in hub_layout.pushed_languages(folder)]
+        return Offer(folder, languages, languages)
+    manifest = read_manifest(folder)
+    tree, note = run_tree(manifest)
     final = manifest.path.parent / "final"
-    return [lang for lang in tree.languages if (final / lang.code).is_dir()]
+    return Offer(manifest.path.parent, tree.languages, [x for x in tree.languages if (final / x.code).is_dir()], note)
+
+
+def exported_languages(run_dir: str | Path) -> list[Language]:
+    """The languages that have an export (a run's in its tree's order)."""
+    return offer_of(run_dir).exported
+
+
+def replica_reference(ref: str | Path) -> str:
+    """What replicas (and a Serve config file) are told to load: a Hub id as written (each machine downloads it
+    into its own cache), else the folder's absolute path."""
+    return str(ref) if hub_layout.hub_id(str(ref)) else str(Path(ref).resolve())
 
 
 class Catalog:
     """The served languages of one run; `requested`: codes or names (empty: every exported language)."""
 
     def __init__(self, run_dir: str | Path, requested: list[str] | tuple[str, ...] = (), device: str | None = None):
-        manifest = read_manifest(run_dir)
-        self.run_dir = manifest.path.parent
-        tree, self.tree_note = run_tree(manifest)
+        offer = offer_of(run_dir)
+        self.run_dir, self.tree_note = offer.folder, offer.tree_note
         if requested:
-            codes = list(dict.fromkeys(resolve_language(tree.languages, lang, self.run_dir).code for lang in requested))
+            codes = list(dict.fromkeys(resolve_language(offer.languages, lang, self.run_dir).code for lang in requested))
         else:
-            codes = [lang.code for lang in exported_languages(self.run_dir)]
+            codes = [lang.code for lang in offer.exported]
             if not codes:
                 raise InputError("no language of this run has an export under final/ (is the run finished?)",
                                  path=self.run_dir)

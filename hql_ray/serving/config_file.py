@@ -1,7 +1,8 @@
 """A Ray Serve config file for a served run (`hql-ray serve RUN --write-config serve.yaml`), in Ray's own
 format: `serve run serve.yaml` runs it here, `serve deploy serve.yaml` on a cluster (its dashboard address).
 The application is `app.build_app` with the settings as its `args`; each cluster node must see the run
-folder at the same absolute path (shared storage) and have hql-ray installed."""
+folder at the same absolute path (shared storage), or load a pushed model by its Hub id, and have hql-ray
+installed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from hql_ray.serving.catalog import replica_reference
 from hql_ray.serving.settings import APP_NAME, IMPORT_PATH, ServeSettings
 
 HEADER = """\
@@ -22,7 +24,7 @@ HEADER = """\
 
 def serve_config(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> dict:
     args = settings.to_dict()
-    args["run_dir"] = str(Path(settings.run_dir).resolve())
+    args["run_dir"] = replica_reference(settings.run_dir)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": port},
