@@ -5,6 +5,8 @@
         -lf language_files/12langs_pthql.csv -sn 12langs_pthql -tm qlora
     # the same run folder again, the root and Germanic not retrained (their adapters are read from it):
     hql-ray train ... -sn 12langs_pthql -sv Indo_European Germanic
+    # a tree that adds languages: only the new nodes train, the finished ones are reused as they are
+    hql-ray train ... -lf 13langs.csv -sn 13langs --grow runs/12langs_pthql
 
 The original's flags keep the original's meanings: -ts is the validation budget of a node (test_size),
 -sv lists node values not to train (skip_values), -ge is the LID-baseline JSON (global_evaluations).
@@ -107,6 +109,13 @@ def add_our_flags(ours) -> None:
                       + "; ".join(f"{name}: {mode.help}" for name, mode in HANDOFFS.items()) + " (default stack)")
     ours.add_argument("--direction", choices=["amr2text", "text2amr"], help="generation (default) or parsing")
     ours.add_argument("--resume", action="store_true", help="continue a run: finished nodes are kept, the rest retrained")
+    ours.add_argument("--grow", metavar="RUN",
+                      help="reuse the finished nodes of the run folder RUN as they are and train only what the tree "
+                           "adds (new languages, new families); RUN may be this run's folder (grown in place) or "
+                           "another (the new run folder gets links to RUN's files); see docs/trees.md")
+    ours.add_argument("--retrain", nargs="+", metavar="NODE",
+                      help="with --resume or --grow: train these finished nodes again (by value, id or language "
+                           "code, as -sv), and every node below them")
     ours.add_argument("--simulate", type=float, metavar="SEC_PER_EXAMPLE",
                       help="dry run of the schedule: nodes sleep SEC_PER_EXAMPLE x examples / workers, no model")
     ours.add_argument("--simulate-adapters", choices=["tiny", "real"], default="tiny",
@@ -152,6 +161,8 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         "address": ("resources", "address"),
         "handoff": ("model", "handoff"),
         "direction": ("data", "direction"),
+        "grow": ("run", "grow"),
+        "retrain": ("tree", "retrain"),
     }
     out: dict = {}
     for attr, (section, key) in mapping.items():
@@ -174,9 +185,11 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
 
 
 def resolve_config(args: argparse.Namespace):
-    if args.skip_values:  # -sv takes any number of values: overrides typed after it land there
-        args.overrides = [v for v in args.skip_values if "=" in v] + list(args.overrides)
-        args.skip_values = [v for v in args.skip_values if "=" not in v]
+    for name in ("skip_values", "retrain"):  # -sv, --retrain take any number of values: overrides typed after
+        values = getattr(args, name, None)  # them land there
+        if values:
+            args.overrides = [v for v in values if "=" in v] + list(args.overrides)
+            setattr(args, name, [v for v in values if "=" not in v])
     given = flags_to_dict(args)
     config_file = bundled.locate(args.config)
     if config_file is None and not given and not args.overrides:

@@ -12,6 +12,7 @@ scores per test set, and how to load it: from the run folder (`final/<code>`), o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from hql_ray.data.dataset import make_pair
+from hql_ray.outputs import layout
 from hql_ray.outputs.export import base_model_reference
 from hql_ray.settings.config import TINY_BASES, Config
 from hql_ray.settings.exports import FULL_EXPORT, exporter_named
@@ -84,6 +86,14 @@ class CardInfo:
     corpora: list[str] = field(default_factory=list)
     synthetic_data: bool = False  # the bundled sample: no Hub dataset to name
     place: CardPlace | None = None  # None: the run folder's final/<code>
+    seen: dict[str, list[str]] = field(default_factory=dict)  # node of the path -> languages it was trained on
+    node: str | None = None  # an inner node's own model (final/nodes/<node>/; export.nodes all): code is its id
+    prompt_language: str = ""  # a node's card: the language its load example names in the prompt
+
+    @property
+    def folder(self) -> str:
+        """Where the export is, in the run folder."""
+        return str(layout.node_dir(self.node) if self.node else layout.language_dir(self.code))
 
     @property
     def exporter(self):
@@ -98,7 +108,7 @@ class CardInfo:
 
     @property
     def where(self) -> CardPlace:
-        return self.place or CardPlace(f"final/{self.code}")
+        return self.place or CardPlace(self.folder)
 
     @property
     def hub_base(self) -> str | None:
@@ -109,11 +119,13 @@ class CardInfo:
 
 
 def card_info(cfg: Config, tree: LanguageTree, node_id: str, code: str, out_dir: Path, metrics: NodeMetrics | None,
-              export: ExportInfo | None, cuda: bool = False) -> CardInfo:
-    """The card of language `code`, exported from leaf `node_id` of the run of `cfg` into `out_dir`; `cuda`: the run's
-    workers computed on CUDA (the compute dtype "auto" resolves to bf16 there)."""
+              export: ExportInfo | None, seen: dict[str, list[str]] | None = None, cuda: bool = False) -> CardInfo:
+    """The card of language `code`, exported from leaf `node_id` of the run of `cfg` into `out_dir`; `seen`: the
+    languages each node of the path was trained on (default: the tree's; a grown run's kept nodes saw fewer);
+    `cuda`: the run's workers computed on CUDA (the compute dtype "auto" resolves to bf16 there)."""
     from hql_ray.settings.bundled import is_sample
 
+    path = [a.id for a in tree.ancestors(node_id)] + [node_id]
     adapter_cfg = out_dir / "adapter_config.json"
     cap = cfg.data.max_train_per_corpus
     corpora = list(cfg.data.corpora or ["amr3", "flores"])
@@ -121,7 +133,7 @@ def card_info(cfg: Config, tree: LanguageTree, node_id: str, code: str, out_dir:
     return CardInfo(
         code, tree.language_name(code), cfg.data.direction,
         make_pair(cfg.data.direction, tree.language_name(code), "{amr}", "{text}")[0],
-        [a.id for a in tree.ancestors(node_id)] + [node_id], cfg.model.handoff, cfg.model.mode, cfg.model.base,
+        path, cfg.model.handoff, cfg.model.mode, cfg.model.base,
         base_model_reference(cfg), cfg.run_name,
         {"quant_type": cfg.model.quant_type, "double_quant": cfg.model.double_quant,
          "compute_dtype": dtype} if cfg.model.mode == "qlora" else None,
@@ -131,7 +143,24 @@ def card_info(cfg: Config, tree: LanguageTree, node_id: str, code: str, out_dir:
         + (f", at most {cap} examples per corpus and language" if cap else "") + f" ({Path(cfg.data.dir).name}/)",
         dict((metrics.languages if metrics else {}).get(code) or {}),
         export, dtype, corpora, is_sample(cfg.data.dir),
+        seen={n: list((seen or {}).get(n) or tree.nodes[n].codes) for n in path},
     )
+
+
+def node_card_info(cfg: Config, tree: LanguageTree, node_id: str, out_dir: Path, metrics: NodeMetrics | None,
+                   export: ExportInfo | None, seen: dict[str, list[str]] | None = None,
+                   cuda: bool = False) -> CardInfo:
+    """The card of inner node `node_id`'s own model (final/nodes/<id>/): a family's model, for a language
+    without one of its own; its prompt names the language ("{language}"), its scores are its languages'."""
+    info = card_info(cfg, tree, node_id, tree.nodes[node_id].codes[0], out_dir, None, export, seen, cuda)
+    trained = info.seen[node_id]
+    languages = metrics.languages if metrics else {}
+    return dataclasses.replace(
+        info, code=node_id, language=tree.nodes[node_id].name, node=node_id,
+        prompt=make_pair(cfg.data.direction, "{language}", "{amr}", "{text}")[0],
+        prompt_language=tree.language_name(trained[0]),
+        scores={f"{code} {test_set}": scores for code in trained
+                for test_set, scores in sorted((languages.get(code) or {}).items())})
 
 
 def ran_on_cuda(manifest) -> bool:
@@ -173,8 +202,9 @@ def load_lines(info: CardInfo) -> list[str]:
     whole = info.exporter is not None and info.exporter.whole_model
     # a whole model's folder holds its tokenizer (but the random tiny base's, which `generate` builds)
     tokenizer_from = model if whole and info.base_model != "tiny" else base
-    example = info.prompt.replace("{amr}", EXAMPLE_AMR) if info.direction == "amr2text" else \
-        info.prompt.replace("{text}", EXAMPLE_TEXT)
+    prompt = info.prompt.replace("{language}", info.prompt_language)
+    example = prompt.replace("{amr}", EXAMPLE_AMR) if info.direction == "amr2text" else \
+        prompt.replace("{text}", EXAMPLE_TEXT)
     tail = [f"tokenizer = AutoTokenizer.from_pretrained({tokenizer_from})",
             f"inputs = tokenizer({example!r}, return_tensors='pt').to(model.device)",
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=128)[0], skip_special_tokens=True))"]
@@ -221,10 +251,15 @@ def card_data(info: CardInfo):
     from huggingface_hub import ModelCardData
 
     exporter = info.exporter
-    block = {"language": info.code, "language_name": info.language, "direction": info.direction,
+    own = ({"language": info.code, "language_name": info.language} if info.node is None else
+           {"node": info.node, "node_name": info.language})
+    codes = info.seen.get(info.node, []) if info.node else [info.code]
+    block = {**own, "direction": info.direction,
              "prompt": info.prompt, "tree_path": info.tree_path, "handoff": info.handoff,
              "quantization": info.quantization, "compute_dtype": info.dtype, "lora_rank": info.lora_rank,
              "base_model": info.base_model, "corpora": info.corpora}
+    if info.seen:
+        block["trained_languages"] = info.seen
     if info.export:
         block["export"] = info.export.to_json()
     place = info.place
@@ -234,7 +269,7 @@ def card_data(info: CardInfo):
     datasets = [] if info.synthetic_data else [HUB_DATASETS[c] for c in info.corpora if c in HUB_DATASETS]
     return ModelCardData(
         base_model=place.base if place is not None and place.base and not place.base_subfolder else info.hub_base,
-        datasets=datasets or None, language=[hub_language(info.code)],
+        datasets=datasets or None, language=list(dict.fromkeys(hub_language(c) for c in codes)),
         library_name="transformers" if exporter is not None and exporter.whole_model else "peft",
         license=LICENSE, pipeline_tag=PIPELINE_TAG,
         tags=["amr-to-text" if info.direction == "amr2text" else "text-to-amr", "hql-ray", "hierarchical-qlora",
@@ -249,9 +284,10 @@ def card_text(info: CardInfo) -> str:
     what = "AMR-to-text" if info.direction == "amr2text" else "text-to-AMR"
     lines = [
         "---", card_data(info).to_yaml(), "---", "",
-        f"# {info.language} ({info.code}): {what}", "",
+        f"# {info.language} ({info.code}): {what}" + (" for the family" if info.node else ""), "",
         f"Trained with hql-ray (hierarchical QLoRA: Soto Martinez, Parmentier and Gardent, INLG 2024) down the tree "
         f"path {' → '.join(info.tree_path)}, hand-off `{info.handoff}`, from the run `{info.run}`.",
+        *_node_lines(info),
         "",
         f"- **Base model**: `{info.base_model}`, trained as `{info.mode}`"
         + (f" over its 4-bit quantization ({quant['quant_type']}, double quant {quant['double_quant']}, compute "
@@ -261,6 +297,9 @@ def card_text(info: CardInfo) -> str:
         f"`hql-ray generate` does): `{info.prompt}`",
         f"- **Training data**: {info.data}" + (" (the bundled synthetic sample)" if info.synthetic_data else ""),
     ]
+    if info.seen:
+        lines.append("- **Languages each node of the path was trained on**: "
+                     + "; ".join(f"`{n}`: {', '.join(codes)}" for n, codes in info.seen.items()))
     if info.lora_rank:
         lines.append(f"- **Adapter**: one LoRA of rank {info.lora_rank} on {', '.join(info.target_modules)}")
     if exporter is not None and info.export is not None:
@@ -268,6 +307,15 @@ def card_text(info: CardInfo) -> str:
     lines += score_table(info.scores)
     lines += ["", "## Load it", "", "```python", *load_lines(info), "```", ""]
     return "\n".join(lines)
+
+
+def _node_lines(info: CardInfo) -> list[str]:
+    """A node's card: what the model is for (a language of the family without a model of its own)."""
+    if not info.node:
+        return []
+    return ["", f"The own model of the inner node `{info.node}`, trained on {', '.join(info.seen.get(info.node, []))}. "
+            "For a language of this family without a model of its own, put that language's name in the prompt "
+            f"(`{{language}}` below; `hql-ray generate RUN --node {info.node} --lang CODE` does it)."]
 
 
 def score_table(scores: dict[str, TestSetScores]) -> list[str]:
