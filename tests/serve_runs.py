@@ -87,9 +87,9 @@ def random_adapter(base_ref: str, rank: int, seed: int, out_dir: Path) -> Path:
 def write_final(cfg, tree, leaf_id: str, code: str, chain: list[Path], base_ref: str):
     """final/<code>/ in the run's export mode, with the model card the driver writes; what the export holds
     (the `ExportInfo` the driver records in the manifest)."""
-    from hql_ray.outputs import export_modes, model_card
+    from hql_ray.outputs import export_modes, layout, model_card
 
-    out = cfg.run_dir / "final" / code
+    out = layout.language_dir(code, cfg.run_dir)
     info = export_modes.export_language(cfg, chain, out, base_ref)
     model_card.write_model_card(out, model_card.card_info(cfg, tree, leaf_id, code, out, None, info))
     return info

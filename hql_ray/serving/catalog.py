@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hql_ray.outputs import hub_layout
+from hql_ray.outputs import hub_layout, layout
 from hql_ray.outputs.generate import Generator, is_pushed_model, model_folder, resolve_language
 from hql_ray.outputs.manifest import read_manifest, run_tree
 from hql_ray.settings.errors import InputError
@@ -51,8 +51,9 @@ def offer_of(ref: str | Path) -> Offer:
         return Offer(folder, languages, languages)
     manifest = read_manifest(folder)
     tree, note = run_tree(manifest)
-    final = manifest.path.parent / "final"
-    return Offer(manifest.path.parent, tree.languages, [x for x in tree.languages if (final / x.code).is_dir()], note)
+    run_dir = manifest.path.parent
+    return Offer(run_dir, tree.languages, [x for x in tree.languages if layout.language_dir(x.code, run_dir).is_dir()],
+                 note)
 
 
 def exported_languages(run_dir: str | Path) -> list[Language]:
@@ -83,7 +84,7 @@ class Catalog:
         kinds = {gen.whole_model for gen in self.generators.values()}
         if len(kinds) > 1:
             raise InputError("final/ mixes whole models and adapters; serve them as two applications (--languages)",
-                             path=self.run_dir / "final")
+                             path=self.run_dir / layout.FINAL)
         first = next(iter(self.generators.values()))
         self.direction = first.direction
         self.whole_models = first.whole_model
