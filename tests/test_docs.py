@@ -17,7 +17,23 @@ from hql_ray.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-FENCE = re.compile(r"```(?:bash|sh|console)?\n(.*?)```", re.S)
+SHELL_FENCES = ("", "bash", "sh", "console", "shell")
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The bodies of the page's fenced blocks marked as shell (or unmarked), fences paired in order."""
+    blocks, body, lang = [], None, None
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if body is None:
+                body, lang = [], line.strip()[3:].strip()
+            else:
+                if lang in SHELL_FENCES:
+                    blocks.append("\n".join(body))
+                body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 REPO_FILES = re.compile(r"^(configs|language_files|data/sample|benchmarks|deploy)/\S+$")
 
 
@@ -25,7 +41,7 @@ def shell_lines(page: Path) -> list[str]:
     """The commands of a page's shell blocks: continuation lines joined, comments and prompts stripped,
     pipelines cut to their `hql-ray` part."""
     out = []
-    for block in FENCE.findall(page.read_text(encoding="utf-8")):
+    for block in shell_blocks(page.read_text(encoding="utf-8")):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
             line = line.split(" #", 1)[0].strip()

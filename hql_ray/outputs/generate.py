@@ -230,6 +230,11 @@ def model_folder(ref: str | Path) -> Path:
         raise InputError(f"no folder {ref} here, and as a Hub id: {err}") from None
 
 
+def is_pushed_model(folder: Path) -> bool:
+    """`folder` (from `model_folder`) holds a model in push's layout, not a run folder."""
+    return hub_layout.is_pushed(folder) and not (folder / "manifest.json").is_file()
+
+
 class Generator:
     """A loaded leaf model with the run's input preparation; reuse it for many calls. `run_dir`: a run folder, or a
     pushed model (a Hub id or a folder in push's layout: `model_folder`)."""
@@ -238,7 +243,7 @@ class Generator:
         import torch
 
         folder = model_folder(run_dir)
-        if hub_layout.is_pushed(folder) and not (folder / "manifest.json").is_file():
+        if is_pushed_model(folder):
             self._open_pushed(folder, lang)
         else:
             self._open_run(folder, lang, node)
@@ -296,10 +301,17 @@ class Generator:
             self._model = self._load()
         return self._model
 
-    def _load(self):
+    def load_base(self):
+        """The run's base model, loaded as the run trained it (4-bit for qlora, its compute dtype) on
+        self.device, no adapter."""
         from hql_ray.training import modeling
 
         cfg = self.cfg
+        return modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
+                                        compute_dtype=modeling.compute_dtype(cfg.model.compute_dtype),
+                                        double_quant=cfg.model.double_quant, quant_type=cfg.model.quant_type)
+
+    def _load(self):
         if self.whole_model:
             import torch
             from transformers import AutoModelForSeq2SeqLM
@@ -309,10 +321,7 @@ class Generator:
             return AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir), dtype=dtype).to(self.device).eval()
         from peft import PeftModel
 
-        model = modeling.load_base_model(modeling.base_model_path(cfg), cfg.model.mode, self.device,
-                                         double_quant=cfg.model.double_quant,
-                                         quant_type=cfg.model.quant_type)
-        return PeftModel.from_pretrained(model, str(self.model_dir)).eval()
+        return PeftModel.from_pretrained(self.load_base(), str(self.model_dir)).eval()
 
     # ---- inputs -> prompts ---------------------------------------------------------------------
     def source(self, text: str, path: str | Path | None = None, line: int | None = None) -> str:

@@ -70,12 +70,15 @@ def _encode(tokenizer, sources: Sequence[str], max_source_length: int | None) ->
 def generate(model, tokenizer, sources: Sequence[str], *, batch_size: int = 32,
              max_new_tokens: int = 128, max_source_length: int | None = None,
              device: str | torch.device | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> GenerationResult:
+             on_batch: Callable[[int, int], None] | None = None,
+             num_beams: int = 1, adapter_names: Sequence[str] | None = None) -> GenerationResult:
     """Greedy decoding (one beam, no sampling) in length-sorted batches, outputs in input order.
 
     Sorting by length keeps padding (wasted compute) small; the longest batch goes first so an
     out-of-memory shows up at once. ``device`` is where inputs go (default: the model's device);
     the model itself is never moved. ``on_batch(done, total)`` reports progress in sources.
+    ``num_beams`` > 1: beam search instead. ``adapter_names[i]``: the PEFT adapter that source i runs
+    through (PEFT's mixed-adapter batches; the server batches several languages this way).
     """
     if batch_size < 1 or max_new_tokens < 1 or (max_source_length is not None and max_source_length < 1):
         raise ValueError(f"batch_size, max_new_tokens and max_source_length must be >= 1 "
@@ -95,10 +98,11 @@ def generate(model, tokenizer, sources: Sequence[str], *, batch_size: int = 32,
                 chunk = order[start:start + batch_size]
                 batch = tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, padding=True,
                                       return_tensors="pt")
+                mixed = {"adapter_names": [adapter_names[i] for i in chunk]} if adapter_names is not None else {}
                 generated = model.generate(
                     input_ids=batch["input_ids"].to(target),
                     attention_mask=batch["attention_mask"].to(target),
-                    max_new_tokens=max_new_tokens, num_beams=1, do_sample=False,
+                    max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, **mixed,
                 )
                 texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
                 for i, text in zip(chunk, texts):
