@@ -27,7 +27,7 @@ from hql_ray.training import adafactor
 from hql_ray.data import batching
 from hql_ray.data import dataset as ds_lib
 from hql_ray.scoring import evaluation
-from hql_ray.training import handoff, losses, modeling, tracking
+from hql_ray.training import dropout, handoff, losses, modeling, tracking
 from hql_ray.settings.config import Config
 from hql_ray.training.context import LocalContext, NodeContext
 from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
@@ -248,7 +248,7 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir, progress=ctx.progress)
     val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir,
                                    progress=ctx.progress)
-    model = build_model(cfg, parent_chain, ctx.device)
+    model = dropout.install(build_model(cfg, parent_chain, ctx.device))  # masks per example, not per worker
     model.train()
     params = trainable(model)
     optimizer = make_optimizer(cfg, list(params.values()))
@@ -290,12 +290,15 @@ def batches_from_step(st: TrainState):
             batches = batches_for_epoch(lengths, st.cfg, epoch, st.ctx.world_size)
         st.batch_rows = batches[step % st.steps_per_epoch]
         share = batching.worker_share(st.batch_rows, st.ctx.rank, st.ctx.world_size)
-        yield [to_device(batching.collate(list(st.train_data.select(rows)), st.pad_id), st.ctx.device)
+        seed = node_seed(st.cfg.run.seed, st.node.id)
+        yield [to_device(dropout.tag(batching.collate(list(st.train_data.select(rows)), st.pad_id), seed, step, rows),
+                         st.ctx.device)
                for rows in batching.micro_batches(share, st.cfg.train.micro_batch_size)]
 
 
 def forward_loss(st: TrainState, batch: dict) -> torch.Tensor:
     """Mean token loss of one forward pass."""
+    batch = dropout.use(st.model, batch)  # this micro-batch's example keys to the dropout sites
     if st.cfg.train.chunked_loss:  # the same loss without the batch's full-vocabulary logits
         return losses.seq2seq_lm_loss(st.model, batch, chunk_rows=st.cfg.train.chunked_loss)
     return st.model(**batch).loss
@@ -413,7 +416,7 @@ def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[Adapter
     torch.manual_seed(seed)  # the node's fresh LoRA: the same on every worker
     started = time.time()
     st = setup(cfg, node, parent_chain or [], ctx)
-    torch.manual_seed(seed + 1 + ctx.rank)  # dropout: each worker its own stream
+    torch.manual_seed(seed + 1)  # (dropout draws per example, hql_ray.training.dropout: the same on every worker)
     st.started = started  # train_seconds counts the set-up too
     st.tracker = tracking.NodeTracker.open(cfg, node, ctx.rank, st.train_data, ctx.device)
     ok = False
