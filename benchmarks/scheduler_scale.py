@@ -54,9 +54,8 @@ def loads_for(examples: dict[str, int], parents: dict[str, str | None], slots: i
 
 
 def policy(name: str, args) -> scheduling.Policy:
-    if name == "largest-first":
-        return scheduling.make_policy(name, min_examples_per_worker=args.min_examples_per_worker)
-    return scheduling.make_policy(name, resize_cost=args.resize_cost)
+    return scheduling.policy_class(name).configured(min_examples_per_worker=args.min_examples_per_worker,
+                                               resize_cost=args.resize_cost)
 
 
 def run_case(name: str, examples: dict[str, int], parents: dict[str, str | None], levels: int, slots: int,

@@ -56,8 +56,12 @@ def test_keep_rate_and_independence(p):
     assert abs((a * b).mean().item() - both) < 5 * (both * (1 - both) / n) ** 0.5  # two sites: independent
     neighbours = (a[..., 1:] * a[..., :-1]).mean().item()  # adjacent elements: independent
     assert abs(neighbours - both) < 5 * (both * (1 - both) / n) ** 0.5
-    per_example = a.mean(dim=(1, 2))
-    assert per_example.std().item() < 5 * (p * (1 - p) / (128 * 128)) ** 0.5  # no example kept more than another
+    for k in (2, 3, 64):  # and further apart along the last dimension
+        assert abs((a[..., k:] * a[..., :-k]).mean().item() - both) < 5 * (both * (1 - both) / n) ** 0.5
+    # no example, row or coordinate kept more than another (spread as binomial draws would be)
+    for dims, count in (((1, 2), 128 * 128), ((0, 2), 64 * 128), ((0, 1), 64 * 128)):
+        assert a.mean(dim=dims).std().item() < 1.3 * (p * (1 - p) / count) ** 0.5
+    assert dropout.keep_mask(keys, 1, torch.Size((64,)), p).double().mean().item() == pytest.approx(1 - p, abs=0.2)
 
 
 def tiny_batch():

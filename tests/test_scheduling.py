@@ -50,6 +50,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hql_ray.orchestration import replay as replay_lib  # noqa: E402
+from hql_ray.orchestration import scheduling  # noqa: E402
 from hql_ray.orchestration.scheduling import (POLICIES, NodeLoad, Running, SchedulerView,  # noqa: E402
                                               WorkerRange, make_policy, max_workers, node_loads, subtree_bound,
                                               tree_loads)
@@ -202,3 +203,21 @@ def test_replay_large_synthetic_trees(seed):
     _, at_32 = replay_ratio(examples, parents, 32, "critical-path")
     assert at_32 <= 1.02  # of the subtree bound: the root on 8 of 32 slots puts the simple bound out of reach
     assert replay_ratio(examples, parents, 32, "largest-first")[1] > 1.10  # the check tells the policies apart
+
+
+def test_policy_for_a_config_carries_its_options():
+    cfg = make_config(overrides=["resources.policy=largest-first", "resources.min_examples_per_worker=10"])
+    assert scheduling.policy_for(cfg).min_examples_per_worker == 10
+    cfg.resources.policy = "critical-path"
+    assert scheduling.policy_for(cfg, resize_cost=5.0).resize_cost == 5.0
+
+
+def test_replay_with_a_level_barrier_waits_for_the_whole_level():
+    parents = {"r": None, "a": "r", "b": "r", "a1": "a", "b1": "b"}
+    work = {"r": 1.0, "a": 1.0, "b": 4.0, "a1": 1.0, "b1": 1.0}
+    loads = node_loads(work, parents, {n: 1 for n in work})
+    free = replay_lib.replay(loads, parents, 2, make_policy("largest-first"))
+    assert free.starts["a1"] == 2.0  # right after its parent
+    level = replay_lib.replay(loads, parents, 2, make_policy("largest-first"), barrier=True)
+    assert level.starts["a1"] == 5.0  # after b, the last of its parent's level
+    assert level.makespan == 6.0 and free.makespan == 6.0

@@ -88,7 +88,7 @@ class Replay:
         return SchedulerView([self.loads[n] for n in self._startable()], running, free, self.slots)
 
     def _startable(self) -> list[str]:
-        if not self.barrier:
+        if not self.barrier or not self.unfinished:
             return self.ready
         shallowest = min(self.depth[n] for n in self.unfinished)
         return [n for n in self.ready if self.depth[n] <= shallowest]

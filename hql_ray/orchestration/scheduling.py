@@ -126,17 +126,14 @@ class Decision:
 
     @property
     def slots(self) -> int:
-        """Slots these launches take now (a resize's are its new count minus the old: see `slots_after`)."""
+        """Slots these launches take now (a resize takes its new count minus its old on top)."""
         return sum(r.min for r in self.launches.values())
 
 
 def node_loads(work: Mapping[str, float], parents: Mapping[str, str | None],
                caps: Mapping[str, int], sizes: Mapping[str, int] | None = None) -> dict[str, NodeLoad]:
     """NodeLoad of every node of a tree given each node's work, parent and max workers."""
-    children: dict[str, list[str]] = {n: [] for n in work}
-    for node, parent in parents.items():
-        if parent is not None:
-            children[parent].append(node)
+    children = _children(parents)
     below: dict[str, float] = {}
     subtree: dict[str, float] = {}
     for node in _bottom_up(children, parents):
@@ -179,7 +176,7 @@ def subtree_bound(node_work: dict[str, float], parents: dict[str, str | None], s
     caps = _caps(node_work, slots, max_per_node)
     loads = node_loads(node_work, parents, caps)
     above: dict[str, float] = {}
-    for node in reversed(_bottom_up({n: [] for n in node_work} | _children(parents), parents)):
+    for node in reversed(_bottom_up(_children(parents), parents)):
         parent = parents.get(node)
         above[node] = (above[parent] if parent else 0.0) + node_work[node] / caps[node]
     best = max(above[n] + max(load.below, load.subtree / slots) for n, load in loads.items())
@@ -214,6 +211,11 @@ class Policy:
         if cls.name:
             POLICIES[cls.name] = cls
 
+    @classmethod
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> "Policy":
+        """This policy with a run's options (each class takes those it uses)."""
+        return cls()
+
     def decide(self, view: SchedulerView) -> Decision:
         raise NotImplementedError
 
@@ -227,18 +229,21 @@ class Policy:
 POLICIES: dict[str, type[Policy]] = {}
 
 
-def make_policy(name: str, **options) -> Policy:
+def policy_class(name: str) -> type[Policy]:
     if name not in POLICIES:
         raise ValueError(f"unknown scheduling policy {name!r}; valid: {', '.join(POLICIES)}")
-    return POLICIES[name](**options)
+    return POLICIES[name]
+
+
+def make_policy(name: str, **options) -> Policy:
+    return policy_class(name)(**options)
 
 
 def policy_for(cfg, resize_cost: float = RESIZE_COST) -> Policy:
     """The policy resources.policy names, with the run's options (`resize_cost` in examples x epochs per
     worker, the unit of `tree_loads`' work)."""
-    if cfg.resources.policy == "largest-first":
-        return make_policy("largest-first", min_examples_per_worker=cfg.resources.min_examples_per_worker)
-    return make_policy(cfg.resources.policy, resize_cost=resize_cost)
+    return policy_class(cfg.resources.policy).configured(
+        min_examples_per_worker=cfg.resources.min_examples_per_worker, resize_cost=resize_cost)
 
 
 def tree_loads(cfg, tree, sizes: Mapping[str, int], smallest_batches: Mapping[str, int] | None = None
@@ -261,6 +266,10 @@ class LargestFirst(Policy):
 
     def __init__(self, min_examples_per_worker: int = 64):
         self.min_examples_per_worker = min_examples_per_worker
+
+    @classmethod
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> Policy:
+        return cls(min_examples_per_worker)
 
     def decide(self, view: SchedulerView) -> Decision:
         caps = {n.id: n.max_workers for n in view.ready}
@@ -287,6 +296,10 @@ class CriticalPath(Policy):
         self.resize_cost = resize_cost
         self.spare = spare  # share the slots left after the needs (work-conserving)
         self.grow = grow  # resize running nodes at their checkpoints (elastic)
+
+    @classmethod
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> Policy:
+        return cls(resize_cost=resize_cost)
 
     def decide(self, view: SchedulerView) -> Decision:
         shares = _Shares(view, self.resize_cost if self.grow else math.inf)

@@ -32,6 +32,7 @@ KEYS = "example_keys"  # the batch entry `tag` adds and `use` takes out
 ATTENTION = "hql_example_dropout"  # our attention implementation's name in transformers' registry
 _M32 = 0xFFFFFFFF
 _MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97  # odd, < 2**31: x * c < 2**63 for x < 2**32
+_WEYL = 0x1E3779B9  # odd (the golden ratio's 0x9E3779B9 less its top bit): spreads consecutive coordinates
 
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
@@ -54,13 +55,19 @@ def keep_mask(keys: torch.Tensor, site: int, shape: torch.Size, p: float) -> tor
     """Bool mask of `shape` (batch first; keys: one per row of the batch), True = kept with probability 1 - p.
 
     Each element's draw depends on its example's key, the site and its coordinates (not on the tensor's
-    padded sizes): the hash is folded over the dimensions, growing the broadcast shape one dim at a time."""
+    padded sizes): the hash is folded over the leading dimensions with full mixes on the small broadcast
+    shapes; the last dimension, the only full-size step, gets one multiply / xor-shift round of the already
+    mixed prefix and a Weyl sequence of its coordinate (half the ops of a full mix)."""
     h = mix32(keys.reshape(-1, *[1] * (len(shape) - 1)) ^ site)
-    for dim, size in enumerate(shape[1:], start=1):
+    if len(shape) == 1:  # one value per example: no coordinate
+        return h >= int(round(p * 2**32))
+    for dim, size in enumerate(shape[1:-1], start=1):
         view = [1] * len(shape)
         view[dim] = size
         h = mix32(h ^ torch.arange(size, device=keys.device, dtype=torch.int64).view(view))
-    return h >= int(round(p * 2**32))
+    last = (torch.arange(shape[-1], device=keys.device, dtype=torch.int64) * _WEYL) & _M32
+    x = ((h ^ last) * _MUL2) & _M32
+    return (x ^ (x >> 16)) >= int(round(p * 2**32))
 
 
 class DropoutState:
