@@ -85,7 +85,8 @@ def pthql_case(slots: int, args) -> Case:
 def print_cases(title: str, cases: list[Case], policies: list[str]) -> None:
     print(f"\n{title}")
     header = ["tree", "levels", "nodes", "subtree/bound"]
-    header += [f"{p} /bound" for p in policies] + [f"{p} /subtree" for p in policies] + [f"{p} resizes" for p in policies]
+    header += ([f"{p} /bound" for p in policies] + [f"{p} /subtree" for p in policies]
+               + [f"{p} resizes" for p in policies])
     rows = [[c.name, str(c.levels), str(c.nodes), f"{c.subtree_bound / c.bound:.3f}"]
             + [f"{c.makespans[p] / c.bound:.3f}" for p in policies]
             + [f"{c.makespans[p] / c.subtree_bound:.3f}" for p in policies]

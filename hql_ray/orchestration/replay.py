@@ -4,9 +4,9 @@ It models what the real driver can do: a child is ready once its parent is done;
 launches nodes on fixed workers; a node's workers change only at one of its checkpoints (every
 `checkpoint_work` of its own work), where a resize costs `resize_cost` (a restart from the checkpoint: it
 makes no progress meanwhile and holds the larger of its old and new worker counts); a launch costs
-`start_cost`. With `barrier`, a depth starts only once every shallower node is done (the "level by level"
-baseline, resources.level_barrier). Work is in seconds on one worker; a node on k workers does k of it per second (perfect
-data-parallel scaling, what the lower bounds assume too).
+`start_cost`. With `barrier`, a depth starts only once every shallower node is done (the "level by
+level" baseline, resources.level_barrier). Work is in seconds on one worker; a node on k workers does k
+of it per second (perfect data-parallel scaling, what the lower bounds assume too).
 """
 
 from __future__ import annotations

@@ -153,9 +153,8 @@ def _bottom_up(children: Mapping[str, list[str]], parents: Mapping[str, str | No
     return order[::-1]
 
 
-def lower_bound(
-    node_work: dict[str, float], parents: dict[str, str | None], slots: int, max_per_node: int | dict[str, int] | None = None
-) -> float:
+def lower_bound(node_work: dict[str, float], parents: dict[str, str | None], slots: int,
+                max_per_node: int | dict[str, int] | None = None) -> float:
     """max(critical path, total work / slots): no schedule can beat either.
 
     Along a root-to-leaf path each node takes at least its work divided by the most workers it may
