@@ -48,9 +48,10 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_experiment(name: str, out: Path, args) -> dict:
-    """One `hql-ray train` run in a child process; its wall time and the load around it."""
-    tree_file, levels, epochs = EXPERIMENTS[name]
+def run_experiment(name: str, out: Path, args, experiments: dict | None = None) -> dict:
+    """One `hql-ray train` run in a child process; its wall time and the load around it.
+    `experiments`: name -> (tree file, levels, epochs), EXPERIMENTS by default (tree_comparison.py adds its own)."""
+    tree_file, levels, epochs = (experiments or EXPERIMENTS)[name]
     overrides = [f"run.output_dir={out}", f"run.name={name}", f"tree.file={ROOT / tree_file}",
                  f"tree.levels={levels}", f"train.epochs={args.epochs.get(name, epochs)}", f"data.dir={ROOT / 'data' / 'sample'}"]
     if args.max_steps:
@@ -93,8 +94,8 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def table(results: dict[str, dict], test_set: str) -> str:
-    names = [n for n in EXPERIMENTS if n in results]
+def table(results: dict[str, dict], test_set: str, order=EXPERIMENTS) -> str:
+    names = [n for n in order if n in results]
     codes = next(iter(results.values())).keys()
     head = ["language"] + [f"{n} {m}" for n in names for m in ("chrF++", "BLEU")]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]

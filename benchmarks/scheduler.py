@@ -45,6 +45,7 @@ from common import (LEVELS, PTHQL, CpuMeter, all_done, machine, makespan, print_
                     quiet, start_ray, temp_dir)
 import scheduler_scale  # noqa: E402
 
+from hql_ray.data.batch_plan import max_workers  # noqa: E402
 from hql_ray.settings.config import make_config  # noqa: E402
 from hql_ray.orchestration import replay as replay_lib  # noqa: E402
 from hql_ray.orchestration import scheduling  # noqa: E402
@@ -114,8 +115,8 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     sizes = {n: args.examples * len(node.languages) for n, node in tree.nodes.items()}
     work = {n: spe * sizes[n] for n in tree.nodes}
     parents = {n: node.parent for n, node in tree.nodes.items()}
-    slots = 1 if policy == "sequential" else args.slots
-    max_per = min(scheduling.max_workers(cfg), bound_max or cfg.resources.max_workers_per_node)
+    max_per = max_workers(cfg.train, bound_max or cfg.resources.max_workers_per_node)
+    max_per = min(max_workers(cfg.train, cfg.resources.max_workers_per_node), bound_max or slots)
     bound = scheduling.lower_bound(work, parents, slots=bound_slots or args.slots, max_per_node=max_per)
     ideal = replay_driver(tree, sizes, spe, cfg, slots, max_per)
 

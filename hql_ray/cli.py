@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
-from hql_ray.commands import data, generate, parse, report, train, translate, tree
+from hql_ray.commands import data, evaluate, fetch_eval_models, generate, parse, report, train, translate, tree
 from hql_ray.settings.errors import HQLError
 
 # Order = order shown in --help. Every command module keeps torch and Ray out of its top-level
 # imports, so `hql-ray tree` or `hql-ray --help` starts in a fraction of a second.
-COMMANDS = [train, tree, data, report, generate, translate, parse]
+COMMANDS = [train, tree, data, report, evaluate, fetch_eval_models, generate, translate, parse]
 
 
 def version() -> str:
@@ -72,7 +72,7 @@ def console_main() -> None:
     that the driver's Ray shutdown is ending, and a normal exit would wait for them (a second
     Ctrl-C must never be needed)."""
     code = main()
-    if code == 130:
+    if code in (130, 143):  # Ctrl-C, SIGTERM
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

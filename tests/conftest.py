@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "data"))  # make_sample: the bundled sample's generator (not part of the package)
 
 # Tests never download: the tiny model and byte-level tokenizer need no hub; spBLEU needs eval.spbleu_model.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# ... nor read this machine's Hugging Face and sacreBLEU caches: GlotLID and the flores200 SentencePiece model
+# fetched there (hql-ray fetch-eval-models) would otherwise be every run's LID and spBLEU models, Ray workers' too.
+for _cache in ("HF_HUB_CACHE", "SACREBLEU"):
+    if _cache not in os.environ:
+        os.environ[_cache] = tempfile.mkdtemp(prefix=f"hql-tests-{_cache.lower()}-")
+        atexit.register(shutil.rmtree, os.environ[_cache], True)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
@@ -29,7 +40,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """The bundled generator, small: 12 languages, amr3 + flores, a few dozen examples each."""
-    from hql_ray.data.sample.generator import write_sample
+    from make_sample import write_sample
 
     out = tmp_path_factory.mktemp("corpus")
     write_sample(out, n_train=24, n_validation=6, n_test=4, n_flores_train=8, n_flores_validation=2,
@@ -145,3 +156,34 @@ def kill_when(driver, ready, title: str, timeout_s: float = 400.0):
                 return workers[0]
         time.sleep(0.05)
     return None
+
+
+def node_spec(node_id: str, languages, is_leaf: bool = True, **extra):
+    """A NodeSpec for a node trained outside a tree (train_node in a test): its id and (code, name) pairs."""
+    from hql_ray.settings.records import NodeSpec
+
+    return NodeSpec(node_id, node_id.split(".")[-1], node_id.split(".")[0] if "." in node_id else "", 0, None,
+                    is_leaf, tuple(tuple(pair) for pair in languages), **extra)
+
+
+def with_section(cfg, section: str, **values):
+    """A copy of `cfg` with `values` set in one of its sections (cfg.train, cfg.eval, ...)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+
+
+def export_adapter(chain, out_dir, base_model_name_or_path):
+    """ONE standard PEFT adapter dir from in-memory adapter states (their exact concatenation): what the saved
+    chain's export (`export.export_saved_chain`) must equal."""
+    from hql_ray.training.adapter_algebra import concat_adapters, frozen_shape
+    from hql_ray.training.adapter_files import atomic_dir, save_tensors
+
+    state = concat_adapters(chain)
+    config = frozen_shape(state).to_peft(base_model_name_or_path=base_model_name_or_path, inference_mode=True)
+
+    def write(tmp):
+        config.save_pretrained(str(tmp))
+        save_tensors(state.tensors, tmp / "adapter_model.safetensors")
+
+    return atomic_dir(out_dir, write)

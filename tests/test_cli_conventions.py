@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hql_ray.orchestration import plan, preflight
+from hql_ray.orchestration.run_model import RunModel
 from hql_ray.cli import build_parser, main
 from hql_ray.commands import train as train_cmd
 from hql_ray.commands.train import resolve_config
@@ -123,7 +124,9 @@ def test_dry_run_of_pthql_starts_no_ray(tmp_path, cache):
 
 def _existing_run(tmp_path, cache) -> list[str]:
     cfg = make_config("configs/demo.yaml", overrides=[f"run.output_dir={tmp_path}"])
-    Manifest.create(cfg.run_dir / "manifest.json", load_tree(cfg.tree.file, cfg.tree.levels), cfg.to_dict(), cfg.run_name)
+    manifest = Manifest.create(cfg.run_dir / "manifest.json", load_tree(cfg.tree.file, cfg.tree.levels), cfg.to_dict(),
+                               cfg.run_name)
+    manifest.set_run_status("running")  # a run that started (a start that failed before any node does not block)
     return ["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache]
 
 
@@ -143,19 +146,43 @@ def test_schedule_and_steps_follow_the_driver():
     cfg = make_config("configs/demo.yaml")
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     sizes = {n: 1000 for n in tree.nodes}
-    workers = plan.schedule(cfg, tree, sizes, 4, finished=set())
+    model = RunModel(cfg, tree)  # what the driver walks with
+    workers = model.replay(sizes, 4, finished=set())
     assert workers["level0.Indo_European"] == 4  # alone: the whole cluster
     assert workers["level1.Germanic"] == 2 and workers["level1.Romance"] == 2
     assert set(workers) == set(tree.nodes)
-    assert plan.steps_for(cfg, 1000, 4) == 125  # a global batch of 8 whatever the workers
+    assert model.batch_plan(1000, 4).total_steps == 125  # a global batch of 8 whatever the workers
     cfg.train.batch_per_worker = True
-    assert plan.steps_for(cfg, 1000, 4) == 32
+    assert model.batch_plan(1000, 4).total_steps == 32
     cfg.train.max_steps = 10
-    assert plan.steps_for(cfg, 1000, 4) == 10
-    assert plan.frozen_ranks(cfg, tree, "language.German") == [16, 16, 16]
+    assert model.batch_plan(1000, 4).total_steps == 10
+    assert model.frozen_ranks("language.German") == [16, 16, 16]
 
 
 def test_unknown_base_says_unknown(tmp_path, capsys, cache):
     rc, out = _dry(["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache,
                     "model.base=nobody/no-such-model"], capsys)
     assert rc == 0 and "adapter size unknown" in out and out.splitlines()[3].endswith("unknown")
+
+
+def test_dry_run_and_real_start_agree_on_a_skip_that_cannot_be_honoured(tmp_path, monkeypatch, capsys, cache):
+    """-sv names nodes whose children train, on a new run name: nothing to reuse. The dry run says so, the real
+    start refuses with the same words before Ray starts and leaves nothing that blocks the corrected command."""
+    argv = ["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache, "-sv", "Indo_European", "Germanic"]
+    rc, out = _dry(argv, capsys)
+    problem = next(line for line in out.splitlines() if line.startswith("problem: "))
+    assert rc == 2 and "tree.skip (-sv): node level0.Indo_European is skipped" in problem
+    monkeypatch.setattr("hql_ray.orchestration.driver.init_ray", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["train", *argv]) == 2
+    assert problem.removeprefix("problem: ") in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "manifest.json").exists()
+    rc, out = _dry(argv[:4], capsys)  # the corrected command: no problem left
+    assert rc == 0 and "0 problem(s)" in out
+
+
+def test_a_start_that_failed_before_any_node_does_not_block_the_next(tmp_path, cache, capsys):
+    cfg = make_config("configs/demo.yaml", overrides=[f"run.output_dir={tmp_path}"])
+    Manifest.create(cfg.run_dir / "manifest.json", load_tree(cfg.tree.file, cfg.tree.levels), cfg.to_dict(),
+                    cfg.run_name)  # status "starting", every node pending: Ray never came up
+    rc, out = _dry(["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache], capsys)
+    assert rc == 0 and "problem: run folder" not in out

@@ -261,7 +261,7 @@ def lose_the_training_worker_node(cluster, launch: list[str], tmp_path: Path, ru
     try:
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
-            if len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2:  # the 1st is registered
+            if len(list(storage.glob("level0.Germanic.train.*/checkpoint_*"))) >= 2:  # the 1st is registered
                 killed = next((n for n in cluster.live_workers() if cluster.hosts_train_worker(n)), None)
                 if killed:
                     # The run's board (attempt counts, progress) lives with the driver, not on a worker machine.
@@ -292,7 +292,7 @@ def run_overrides(tmp_path: Path, corpus: Path, run_name: str) -> list[str]:
 
 
 def check_recovered_run(run_dir: Path, output: str, killed_at: float) -> None:
-    from hql_ray.training import handoff
+    from hql_ray.training.adapter_files import load_adapter_state, state_checksum
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     nodes = manifest["nodes"]
@@ -303,8 +303,8 @@ def check_recovered_run(run_dir: Path, output: str, killed_at: float) -> None:
     assert root["attempts"] >= 2 and root["metrics"]["resumed_from_step"] >= 5
     for node_id, entry in nodes.items():
         # Done once: its adapter on disk is the one the manifest names, and its children got exactly that.
-        saved = handoff.load_adapter_state(run_dir / entry["adapter"])
-        assert handoff.state_checksum(saved) == entry["checksum"]
+        saved = load_adapter_state(run_dir / entry["adapter"])
+        assert state_checksum(saved) == entry["checksum"]
         assert output.count(f"{node_id}: done (") == 1 and output.count(f"{node_id}: started on") == 1
         for child in entry["children"]:
             assert nodes[child]["started_at"] >= entry["finished_at"]
@@ -334,3 +334,50 @@ def test_submitted_job_survives_losing_the_worker_node_that_trains(cluster, smal
     killed, output, killed_at = lose_the_training_worker_node(cluster, launch, tmp_path, "job")
     assert "Job 'raysubmit_" in output and "succeeded" in output
     check_recovered_run(tmp_path / "job", output, killed_at)
+
+
+def test_a_new_head_continues_the_run_of_a_lost_one(small_corpus, tmp_path):
+    """The head machine is lost with the driver on it (kill -9 of the driver and of every Ray process), a new
+    cluster comes up, and `hql-ray train ... --resume --address <new head>` with the same storage continues:
+    the node that was training goes on from its newest checkpoint in the shared storage."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", PYTHONUNBUFFERED="1", RAY_AUTH_MODE="token")
+    overrides = run_overrides(tmp_path, small_corpus, "moved")
+    storage = tmp_path / "shared-storage"
+    first = LocalCluster(tmp_path / "first", env)
+    (tmp_path / "first").mkdir()
+    try:
+        first.start_head(num_cpus=2, dashboard=False)
+        first.ensure_workers(1)
+        proc = subprocess.Popen([sys.executable, "-m", "hql_ray", "train", "--plain", "--address",
+                                 f"127.0.0.1:{first.gcs_port}", *overrides], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(storage.glob("level0.Germanic.train.*/checkpoint_*"))) >= 2:  # the 1st is registered
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver, without a word
+        output = proc.communicate(timeout=60)[0]
+        assert list(storage.glob("level0.Germanic.train.*/checkpoint_*")), output[-5000:]
+        for name in list(first.nodes):  # then the machines: every Ray process of the old cluster
+            first.kill(name)
+    finally:
+        first.shutdown()
+    second = LocalCluster(tmp_path / "second", env)
+    (tmp_path / "second").mkdir()
+    try:
+        second.start_head(num_cpus=2, dashboard=False)
+        second.ensure_workers(1)
+        out = subprocess.run([sys.executable, "-m", "hql_ray", "train", "--plain", "--resume", "--address",
+                              f"127.0.0.1:{second.gcs_port}", *overrides], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=1200)
+    finally:
+        second.shutdown()
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    manifest = json.loads((tmp_path / "moved" / "manifest.json").read_text())
+    root = manifest["nodes"]["level0.Germanic"]
+    assert manifest["status"] == "done" and {v["status"] for v in manifest["nodes"].values()} == {"done"}
+    assert root["metrics"]["resumed_from_step"] >= 5 and root["metrics"]["resumed_from_step"] % 5 == 0
+    assert "level0.Germanic: resumed at step" in out.stdout

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from hql_ray.settings.config import make_config
 from hql_ray.orchestration.driver import Driver
+from hql_ray.settings.records import NodeSkipped, NodeStarted
 from hql_ray.outputs.generate import generate_sentences
 from hql_ray.outputs.manifest import FORMAT, read_manifest, run_tree
 from hql_ray.outputs.report import write_report
@@ -46,8 +47,9 @@ def test_report_reads_an_old_run(old_run):
     out = write_report([run_dir], run_dir / "report", with_plots=False)
     text = out["markdown"]
     for code, name, leaf in (("deu_Latn", "German", "language.German"), ("nld_Latn", "Dutch", "language.Dutch")):
-        old_scores = manifest.nodes[leaf].metrics["languages"][code]  # one dict per language, "bleu" = 13a
-        chrf, bleu = old_scores["chrf++"], old_scores["bleu"]
+        raw = json.loads((run_dir / "manifest.json").read_text())["nodes"][leaf]["metrics"]["languages"][code]
+        chrf, bleu = raw["chrf++"], raw["bleu"]  # one dict per language, "bleu" = 13a
+        assert manifest.nodes[leaf].metrics.languages[code]["union"].bleu_13a == bleu  # read as test set "union"
         # its scores show as test set "union" (the union of its test splits), its BLEU as BLEU (13a)
         assert f"| {code} | {name} | union | not computed | {bleu:.2f} | {chrf:.2f} |" in text
     assert "test set 'union': scores from an older hql-ray" in text
@@ -73,16 +75,18 @@ def test_resume_keeps_every_node_of_an_old_run_and_upgrades_its_manifest(ray_ses
     cfg = make_config(overrides=tiny_overrides(tmp_path / "runs", small_corpus, tree, **{
         "run.name": "v1_run", "run.resume": "true", "tree.levels": "[level0, language]", "model.lora.r": 2,
         "train.max_steps": 2, "resources.num_gpus": 0}))
+    raw_before = json.loads((run_dir / "manifest.json").read_text())
     events = []
-    after = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
-    assert {info["node"] for kind, info in events if kind == "skipped"} == NODES
-    assert not [info for kind, info in events if kind == "node_started"]  # nothing retrained
+    after = Driver(cfg, on_event=events.append).run()
+    assert {e.node for e in events if isinstance(e, NodeSkipped)} == NODES
+    assert not [e for e in events if isinstance(e, NodeStarted)]  # nothing retrained
     for node_id in NODES:
         assert after.nodes[node_id].checksum == before.nodes[node_id].checksum
     upgraded = read_manifest(run_dir)
     assert upgraded.format == FORMAT and upgraded.data["status"] == "done"
-    old_scores = before.nodes["language.German"].metrics["languages"]["deu_Latn"]
-    union = upgraded.nodes["language.German"].metrics["languages"]["deu_Latn"]["union"]  # keyed by test set now
+    old_scores = raw_before["nodes"]["language.German"]["metrics"]["languages"]["deu_Latn"]
+    raw_after = json.loads((run_dir / "manifest.json").read_text())
+    union = raw_after["nodes"]["language.German"]["metrics"]["languages"]["deu_Latn"]["union"]  # keyed by test set now
     assert union["bleu_13a"] == old_scores["bleu"] and union["chrf++"] == old_scores["chrf++"] and "bleu" not in union
     tree_now, note = run_tree(upgraded)
     assert set(tree_now.nodes) == NODES and note is None

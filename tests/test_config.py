@@ -129,12 +129,33 @@ def test_skip_values_then_overrides():
     (["-bs", "3"], "invalid choice: 3 (choose from 1, 2, 4, 8, 16, 32)"),
     (["-ts", "many"], "invalid int value: 'many'"),
     (["--validation", "random"], "invalid choice: 'random'"),
-    (["--test-sets", "wmt"], "invalid choice: 'wmt'"),
+    (["--max-train-per-corpus", "all"], "--max-train-per-corpus: 'all' is not a number or null"),
 ])
 def test_original_flag_values_are_checked(argv, problem, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_train(argv)
     assert exc.value.code == 2 and problem in capsys.readouterr().err
+
+
+def test_max_train_per_corpus_null_restores_no_cap():
+    """The documented way back to the original train.py (no cap) parses, as a flag and as an override."""
+    assert resolve_config(parse_train(["--max-train-per-corpus", "null"])).data.max_train_per_corpus is None
+    assert resolve_config(parse_train(["--max-train-per-corpus", "None"])).data.max_train_per_corpus is None
+    assert resolve_config(parse_train(["--max-train-per-corpus", "500"])).data.max_train_per_corpus == 500
+    assert resolve_config(parse_train(["-le", "2"])).data.max_train_per_corpus == 31000  # the default
+    assert make_config(overrides=["data.max_train_per_corpus=null"]).data.max_train_per_corpus is None
+
+
+def test_test_sets_are_any_corpus_name():
+    """--test-sets takes any corpus folder's name (checked against the data folder before Ray starts);
+    names that cannot be folder names, a repeated name, or none at all are refused at once."""
+    assert resolve_config(parse_train(["--test-sets", "qald9", "flores"])).eval.test_sets == ["qald9", "flores"]
+    assert resolve_config(parse_train(["-le", "2"])).eval.test_sets is None  # left to the data
+    for bad, problem in (("[a/b]", "'a/b' is not a test set name"), ("[flores, flores]", "twice"),
+                         ("[]", "eval.test_sets is empty")):
+        with pytest.raises(ConfigError) as err:
+            make_config(overrides=[f"eval.test_sets={bad}"])
+        assert problem in err.value.problem
 
 
 def test_old_key_max_train_per_language_still_read():

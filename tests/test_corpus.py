@@ -21,6 +21,8 @@ from hql_ray.data.corpus import (
     read_ldc,
     read_tsv,
     select_corpora,
+    sorted_test_sets,
+    default_test_sets,
     unused_corpora,
 )
 from hql_ray.settings.errors import InputError
@@ -277,14 +279,18 @@ def test_non_utf8_line_is_named(tmp_path):
 
 # ---- corpora used, the original's layout, test sets -----------------------------------------------
 
-def test_corpora_used_are_explicit(tmp_path):
+def test_corpora_used_are_the_originals_when_there_else_every_corpus(tmp_path):
     make_corpus(tmp_path, "amr3", "deu_Latn", 2)
     make_corpus(tmp_path, "amr3_old", "deu_Latn", 2)
-    with pytest.raises(InputError) as err:  # the default (the original's) needs flores too
-        select_corpora(tmp_path, None)
-    assert "no flores corpus here" in err.value.problem and "available: amr3, amr3_old" in err.value.problem
+    # no flores: not the original's data, so every corpus of the folder, and their test splits are scored
+    assert select_corpora(tmp_path, None) == ["amr3", "amr3_old"]
+    assert default_test_sets(tmp_path, ["amr3", "amr3_old"]) == ["amr3", "amr3_old"]
     make_corpus(tmp_path, "flores", "deu_Latn", 1)
     assert select_corpora(tmp_path, None) == ["amr3", "flores"]
+    assert default_test_sets(tmp_path, ["amr3", "flores"]) == ["flores", "ldc2020t07"]  # the original's
+    assert default_test_sets(tmp_path, ["qald9", "amr3", "flores"]) == ["flores", "ldc2020t07", "qald9"]
+    assert sorted_test_sets(["zz", "amr3", "qald9", "ldc2020t07", "flores"]) == [
+        "flores", "ldc2020t07", "amr3", "qald9", "zz"]
     assert unused_corpora(tmp_path, ["amr3", "flores"]) == ["amr3_old"]  # there, never trained on
     examples, _ = load_examples(tmp_path, "deu_Latn", "train")
     assert {e.corpus for e in examples} == {"amr3", "flores"}

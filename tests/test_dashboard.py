@@ -93,6 +93,7 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
     from ray.train.v2._internal.state.state_actor import get_state_actor
 
     from hql_ray.orchestration.driver import Driver
+    from hql_ray.training.simulate import Simulation
 
     # init_ray would set it on a cluster or with -v; the shared test Ray is already up, so set it here.
     monkeypatch.setenv(STATE_TRACKING, "1")
@@ -100,12 +101,12 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
     tree.write_text(TREE)
     cfg = make_config(overrides=tiny_overrides(tmp_path / "runs", small_corpus, tree, **{
         "run.name": "dash", "tree.levels": "[level0, language]", "resources.num_gpus": 0}))
-    manifest = Driver(cfg, simulate={"seconds_per_example": 0.0}).run()
+    manifest = Driver(cfg, simulation=Simulation(0.0)).run()
     assert {v.status for v in manifest.nodes.values()} == {"done"}
     actor = get_state_actor()
     assert actor is not None, "no Ray Train state actor: state tracking did not start"
     runs = ray.get(actor.get_train_runs.remote(), timeout=60)
-    by_node = {node: [run.status.value for run in runs.values() if run.name.startswith(f"{node}.launch")]
+    by_node = {node: [run.status.value for run in runs.values() if run.name.startswith(f"{node}.")]
                for node in manifest.nodes}
     assert all(by_node.values()), by_node
     assert all("FINISHED" in statuses for statuses in by_node.values()), by_node
@@ -114,11 +115,13 @@ def test_each_nodes_run_is_recorded_in_ray_train_state(ray_session, small_corpus
 def test_a_tune_trials_fit_gets_the_drivers_ray_train_settings(monkeypatch, clean_env):
     """A trial calls fit() in its own actor (on a cluster, without the driver's environment): the job carries
     the driver's RAY_TRAIN_* settings there, so its run is tracked for the dashboard too."""
-    from hql_ray.orchestration.launch import NodeJob, Slots, make_trainer
+    from hql_ray.orchestration.job import NodeJob
+    from hql_ray.orchestration.launch import make_trainer
+    from hql_ray.orchestration.run_model import Slots
     from hql_ray.settings.records import NodeSpec
 
     monkeypatch.setenv(STATE_TRACKING, "1")
-    job = NodeJob(cfg=make_config().to_dict(), node=NodeSpec("level0.Top", "Top", "level0", 0, None, True, (("deu_Latn", "German"),), 1),
+    job = NodeJob(cfg=make_config(), node=NodeSpec("level0.Top", "Top", "level0", 0, None, True, (("deu_Latn", "German"),), 1),
                   workers=1, parent_refs=[], name="level0.Top.launch1.0", slots=Slots(1, False, False, 1.0),
                   storage="/tmp/unused", board=None)
     assert job.train_env[STATE_TRACKING] == "1"

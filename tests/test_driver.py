@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from conftest import REPO, tiny_overrides
-from hql_ray.training import handoff, modeling
+from hql_ray.training import modeling
 from hql_ray.settings.config import make_config
 from hql_ray.orchestration.driver import Driver
 from hql_ray.training.node import build_model
+from hql_ray.settings.records import NodeSkipped, NodeStarted
+from hql_ray.training.adapter_files import load_adapter_state
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def finished_run(ray_session, small_corpus, four_language_tree, tmp_path_factory
     cfg = make_config(overrides=tiny_overrides(out, small_corpus, four_language_tree, **{
         "run.name": "four", "resources.num_gpus": 4}))
     events = []
-    manifest = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
+    manifest = Driver(cfg, on_event=events.append).run()
     return cfg, manifest, events, out / "four"
 
 
@@ -44,7 +46,7 @@ def test_every_node_done_and_leaves_exported(finished_run):
     for entry in nodes.values():
         assert entry.attempts == 1
         assert entry.finished_at > entry.started_at
-        assert entry.metrics["val_loss"] < entry.metrics["initial_val_loss"]
+        assert entry.metrics.val_loss < entry.metrics.initial_val_loss
     results = (run_dir / "results.md").read_text()
     assert "| deu_Latn | German | flores | language.German |" in results
     assert (run_dir / "results.csv").read_text().count("\n") == 5
@@ -54,11 +56,11 @@ def test_siblings_overlap_on_distinct_gpu_slots(finished_run):
     _, manifest, _, _ = finished_run
     g, r = manifest.nodes["level1.Germanic"], manifest.nodes["level1.Romance"]
     assert g.started_at < r.finished_at and r.started_at < g.finished_at  # ran at the same time
-    assert g.resources["gpu_ids"] and r.resources["gpu_ids"]
-    assert not set(g.resources["gpu_ids"]) & set(r.resources["gpu_ids"])
+    assert g.resources.gpu_ids and r.resources.gpu_ids
+    assert not set(g.resources.gpu_ids) & set(r.resources.gpu_ids)
     # The root had the cluster to itself: it used 2 data-parallel workers (96 examples / 48 per worker).
     root = manifest.nodes["level0.Indo_European"]
-    assert root.resources["workers"] == 2 and len(root.resources["gpu_ids"]) == 2
+    assert root.resources.workers == 2 and len(root.resources.gpu_ids) == 2
 
 
 def test_children_start_after_parent_and_receive_its_adapter(finished_run):
@@ -84,7 +86,7 @@ def test_exported_adapter_reproduces_the_stacked_model(finished_run):
     from peft import PeftModel
 
     cfg, manifest, _, run_dir = finished_run
-    chain = [handoff.load_adapter_state(run_dir / manifest.nodes[n].adapter)
+    chain = [load_adapter_state(run_dir / manifest.nodes[n].adapter)
              for n in ("level0.Indo_European", "level1.Germanic", "language.German")]
     device = torch.device("cpu")
     # In-run model of the leaf: every node's adapter stacked (the fresh top adapter adds zero).
@@ -105,11 +107,11 @@ def test_exported_adapter_reproduces_the_stacked_model(finished_run):
 def test_leaf_metrics_and_generation(finished_run):
     _, manifest, _, _ = finished_run
     leaf = manifest.nodes["language.Spanish"].metrics
-    scores = leaf["languages"]["spa_Latn"]
+    scores = leaf.languages["spa_Latn"]
     assert set(scores) == {"flores"}  # amr3 test is scored only when eval.test_sets lists it
-    assert scores["flores"]["n"] == 2
-    assert 0.0 <= scores["flores"]["chrf++"] <= 100.0
-    assert "languages" not in manifest.nodes["level1.Romance"].metrics  # eval.at_nodes=leaves
+    assert scores["flores"].n == 2
+    assert 0.0 <= scores["flores"].chrf <= 100.0
+    assert not manifest.nodes["level1.Romance"].metrics.languages  # eval.at_nodes=leaves
 
 
 def test_existing_run_needs_resume(finished_run):
@@ -158,10 +160,10 @@ def test_resume_after_interrupt_retrains_nothing_finished(ray_session, small_cor
 
     events = []
     cfg = make_config(overrides=overrides + ["run.resume=true"])
-    after = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
+    after = Driver(cfg, on_event=events.append).run()
     assert {v.status for v in after.nodes.values()} == {"done"}
-    skipped = {info["node"] for kind, info in events if kind == "skipped"}
-    started = {info["node"] for kind, info in events if kind == "node_started"}
+    skipped = {e.node for e in events if isinstance(e, NodeSkipped)}
+    started = {e.node for e in events if isinstance(e, NodeStarted)}
     assert skipped == set(finished)
     assert started == set(after.nodes) - set(finished)
     for node_id, old in finished.items():

@@ -19,7 +19,6 @@ from conftest import tiny_overrides
 from hql_ray.settings.config import make_config
 from hql_ray.training import dropout, modeling
 from hql_ray.training.context import LocalContext
-from hql_ray.settings.records import NodeSpec
 from hql_ray.training.node import setup, train_node
 from test_global_batch import GERMAN, DistContext, free_port, val_losses
 
@@ -86,8 +85,8 @@ def example_losses(model, batch, picks, rows, step=3):
 
 def test_the_model_drops_per_example_and_is_unchanged_in_eval():
     torch.manual_seed(0)
-    model = MT5ForConditionalGeneration(modeling._tiny_config())
-    plain = MT5ForConditionalGeneration(modeling._tiny_config())
+    model = MT5ForConditionalGeneration(modeling.tiny_config())
+    plain = MT5ForConditionalGeneration(modeling.tiny_config())
     plain.load_state_dict(model.state_dict())
     dropout.install(model)
     assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
@@ -109,8 +108,8 @@ def test_the_model_drops_per_example_and_is_unchanged_in_eval():
 def test_attention_without_dropping_is_sdpa():
     """The explicit attention path (taken in training) computes what SDPA does when nothing is dropped."""
     torch.manual_seed(0)
-    model = MT5ForConditionalGeneration(modeling._tiny_config())
-    plain = MT5ForConditionalGeneration(modeling._tiny_config())
+    model = MT5ForConditionalGeneration(modeling.tiny_config())
+    plain = MT5ForConditionalGeneration(modeling.tiny_config())
     plain.load_state_dict(model.state_dict())
     dropout.install(model).train()
     for module in model.modules():  # p so small that the threshold rounds to 0: every element kept
@@ -124,7 +123,7 @@ def test_attention_without_dropping_is_sdpa():
 
 
 def test_keys_must_match_the_batch():
-    model = dropout.install(MT5ForConditionalGeneration(modeling._tiny_config())).train()
+    model = dropout.install(MT5ForConditionalGeneration(modeling.tiny_config())).train()
     batch = tiny_batch()
     dropout.use(model, dropout.tag(batch, 0, 0, [0, 1]))
     with pytest.raises(RuntimeError, match="dropout keys for 2 examples but a batch of 3"):
@@ -133,7 +132,7 @@ def test_keys_must_match_the_batch():
 
 def test_the_node_model_has_no_torch_dropout_left(tmp_path, small_corpus, four_language_tree):
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **DROPOUT))
-    st = setup(cfg.with_absolute_paths(), NodeSpec.coerce(GERMAN), [], LocalContext(device="cpu"))
+    st = setup(cfg.with_absolute_paths(), GERMAN, [], LocalContext(device="cpu"))
     lora = [m for n, m in st.model.named_modules() if ".lora_dropout." in n]
     assert lora and all(isinstance(m, dropout.ExampleDropout) and m.p == 0.1 for m in lora)
     assert not any(isinstance(m, torch.nn.Dropout) for m in st.model.modules())
@@ -169,12 +168,12 @@ class GroupContext(DistContext):
             raise StopForResize()
 
 
-def config(tmp_path, small_corpus, tree, **extra) -> dict:
+def config(tmp_path, small_corpus, tree, **extra):
     return make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{**DROPOUT, **extra})
-                       ).with_absolute_paths().to_dict()
+                       ).with_absolute_paths()
 
 
-def _worker(rank: int, world_size: int, port: int, cfg: dict, options: dict, out) -> None:
+def _worker(rank: int, world_size: int, port: int, cfg, options: dict, out) -> None:
     torch.set_num_threads(1)
     if options.get("torch_dropout"):  # the old way, for contrast: no keys, so torch's RNG draws batch-shaped masks
         dropout.use = lambda model, batch: {k: v for k, v in batch.items() if k != dropout.KEYS}
@@ -185,14 +184,14 @@ def _worker(rank: int, world_size: int, port: int, cfg: dict, options: dict, out
         result = train_node(cfg, GERMAN, [], ctx)
         # numpy, not tensors: a tensor crosses the queue as shared memory that dies with this process
         state = {k: v.numpy().copy() for k, v in result.adapter.tensors.items()} if rank == 0 else None
-        out.put((rank, val_losses(result), state, result.metrics["resumed_from_step"]))
+        out.put((rank, val_losses(result), state, result.metrics.resumed_from_step))
     except StopForResize:
         out.put((rank, None, None, None))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def on_workers(cfg: dict, world_size: int, **options) -> tuple[list[float] | None, dict | None, int | None]:
+def on_workers(cfg, world_size: int, **options) -> tuple[list[float] | None, dict | None, int | None]:
     """Train GERMAN on `world_size` local processes: rank 0's validation losses, adapter, and the step it
     resumed from (None: a fresh start)."""
     ctx = multiprocessing.get_context("spawn")

@@ -115,7 +115,9 @@ def test_bad_generation_settings_are_refused(model, tok):
 
 def test_evaluate_language_amr2text(model, tok):
     refs = [f"reference sentence {i}" for i in range(len(SOURCES))]
-    record = evaluate_language(model, tok, SOURCES, refs, max_new_tokens=6, max_source_length=12)
+    scores, texts = evaluate_language(model, tok, SOURCES, refs, max_new_tokens=6, max_source_length=12)
+    assert texts.sources == SOURCES and texts.references == refs and len(texts.hypotheses) == len(SOURCES)
+    record = scores.to_json()  # as the manifest keeps it
     assert json.loads(json.dumps(record)) == record
     assert record["n"] == len(SOURCES)
     assert record["clipped"] == 3
@@ -132,7 +134,7 @@ def test_evaluate_language_amr2text(model, tok):
 
 def test_evaluate_language_text2amr_scores_invalid_graphs_as_empty(model, tok):
     gold = ["(a / alpha :ARG0 (b / beta))"] * len(SOURCES)
-    record = evaluate_language(model, tok, SOURCES, gold, direction="text2amr", max_new_tokens=4)
+    record = evaluate_language(model, tok, SOURCES, gold, direction="text2amr", max_new_tokens=4)[0].to_json()
     assert json.loads(json.dumps(record)) == record
     assert record["n"] == len(SOURCES)
     assert record["valid_share"] == 0.0  # a letters-only model never writes a graph
@@ -184,11 +186,16 @@ def _node_cfg(tmp_path, data, **values):
 LANGS = [("deu_Latn", "German"), ("ita_Latn", "Italian"), ("nld_Latn", "Dutch")]
 
 
+def as_json(languages) -> dict:
+    """A node's scores as the manifest keeps them."""
+    return {code: {name: s.to_json() for name, s in sets.items()} for code, sets in languages.items()}
+
+
 def test_evaluate_node_scores_each_test_set_apart(model, tok, tmp_path, eval_data, tiny_lid):
     baseline = tmp_path / "global_evaluations.json"  # the original's -ge file: its values are used as given
     baseline.write_text(json.dumps({"flores": {"lid": {"deu_Latn": 42.0}}, "ldc2020t07": {"lid": {}}}))
     cfg = _node_cfg(tmp_path, eval_data, **{"eval.lid_model": tiny_lid, "eval.lid_baseline": baseline})
-    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS, cfg.cache_dir, "cpu")
+    out = as_json(evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS, cfg.cache_dir, "cpu"))
     assert json.loads(json.dumps(out)) == out
     assert {code: list(sets) for code, sets in out.items()} == {
         "deu_Latn": ["flores", "ldc2020t07"], "ita_Latn": ["flores"], "nld_Latn": ["flores"]}  # never amr3 by default
@@ -209,7 +216,8 @@ def test_evaluate_node_scores_each_test_set_apart(model, tok, tmp_path, eval_dat
             assert set(record["not_computed"]) == {"spbleu"} and record["spbleu"] is None
             assert "texts" not in record  # no node id: no files
     with_amr3 = _node_cfg(tmp_path, eval_data, **{"eval.test_sets": "[amr3]"})
-    out = evaluate_node(model, tok, with_amr3, DataSettings.from_config(with_amr3), LANGS[:1], with_amr3.cache_dir, "cpu")
+    out = as_json(evaluate_node(model, tok, with_amr3, DataSettings.from_config(with_amr3), LANGS[:1],
+                                with_amr3.cache_dir, "cpu"))
     assert list(out["deu_Latn"]) == ["amr3"] and out["deu_Latn"]["amr3"]["n"] == 4
 
 
@@ -222,8 +230,8 @@ def test_kept_texts_reproduce_the_scores(model, tok, tmp_path, eval_data, tiny_l
     spm.SentencePieceTrainer.train(sentence_iterator=iter(_test_lines(eval_data, "flores", "deu_Latn") * 5),
                                    model_prefix=str(spm_model), vocab_size=50, minloglevel=2)
     cfg = _node_cfg(tmp_path, eval_data, **{"eval.lid_model": tiny_lid, "eval.spbleu_model": f"{spm_model}.model"})
-    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:2], cfg.cache_dir, "cpu",
-                        node_id="level1.Germanic")
+    out = as_json(evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:2], cfg.cache_dir, "cpu",
+                                node_id="level1.Germanic"))
     run = cfg.run_dir
     for code, sets in out.items():
         original = json.loads((run / "evaluation" / "level1.Germanic" / f"{code}.json").read_text(encoding="utf-8"))
@@ -254,7 +262,7 @@ def test_a_failing_test_set_is_recorded_not_raised(model, tok, tmp_path, eval_da
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(evaluation, "evaluate_language", broken)
-    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu")
+    out = as_json(evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu"))
     record = out["deu_Latn"]["flores"]
     assert record["n"] == 4 and record["chrf++"] is None
     assert record["not_computed"]["chrf++"] == "evaluation failed: RuntimeError: CUDA out of memory"
@@ -265,7 +273,7 @@ def test_an_unreadable_test_set_costs_only_its_own_scores(model, tok, tmp_path, 
     shutil.copytree(eval_data, broken)
     (broken / "ldc2020t07" / "deu_Latn" / "deu_Latn-test.txt").write_text("only one line\n")  # 3 graphs, 1 sentence
     cfg = _node_cfg(tmp_path, broken)
-    out = evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu")
+    out = as_json(evaluate_node(model, tok, cfg, DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu"))
     assert out["deu_Latn"]["flores"]["n"] == 4 and out["deu_Latn"]["flores"]["chrf++"] is not None
     why = out["deu_Latn"]["ldc2020t07"]["not_computed"]["chrf++"]
     assert why.startswith("test set not readable: InputError: ") and "3 graphs" in why

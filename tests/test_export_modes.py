@@ -16,7 +16,11 @@ from transformers import AutoModelForSeq2SeqLM
 
 from hql_ray.outputs import export, export_modes, model_card
 from hql_ray.settings.config import Config, LoraShape
-from hql_ray.training.handoff import attach_node_adapter, load_adapter_state, node_adapter_state, save_adapter_state
+from conftest import export_adapter
+from hql_ray.settings.exports import EXPORT_MODES, Exporter
+from hql_ray.settings.records import ExportInfo
+from hql_ray.training.adapter_files import load_adapter_state, save_adapter_state
+from hql_ray.training.handoff import attach_node_adapter, node_adapter_state
 from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
 
 CPU = torch.device("cpu")
@@ -71,14 +75,14 @@ def _adapter_logits(tiny: str, adapter_dir: Path) -> torch.Tensor:
 def exact(tiny, chain_dirs, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     out = tmp_path_factory.mktemp("exact") / "deu_Latn"
     info = export_modes.export_language(_cfg("adapter"), chain_dirs, out, tiny)
-    assert info == {"mode": "adapter", "bytes": export_modes.dir_bytes(out)}
+    assert info == ExportInfo("adapter", export_modes.dir_bytes(out))
     return out, _adapter_logits(tiny, out)
 
 
 def test_adapter_is_the_exact_export(tiny, chain_dirs, exact, tmp_path):
     out, logits = exact
     # the in-memory concatenation of the chain (export_adapter), tensor for tensor
-    before = export.export_adapter([load_adapter_state(d) for d in chain_dirs], tmp_path / "before", tiny)
+    before = export_adapter([load_adapter_state(d) for d in chain_dirs], tmp_path / "before", tiny)
     written, want = load_file(str(out / "adapter_model.safetensors")), load_file(str(before / "adapter_model.safetensors"))
     assert written.keys() == want.keys() and all(torch.equal(written[k], want[k]) for k in want)
     cfg = json.loads((out / "adapter_config.json").read_text())
@@ -101,7 +105,7 @@ def test_adapter_bf16(tiny, chain_dirs, exact, tmp_path):
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     assert 2 * _data_bytes(out) == _data_bytes(exact[0])  # half the bytes of the fp32 tensors
-    assert info["mode"] == "adapter-bf16" and info["bytes"] == export_modes.dir_bytes(out)
+    assert info == ExportInfo("adapter-bf16", export_modes.dir_bytes(out))
     diff = (_adapter_logits(tiny, out) - exact[1]).abs().max().item()
     assert 0 < diff <= BF16_TOL, diff
 
@@ -121,7 +125,7 @@ def compact(tiny, chain_dirs, tmp_path_factory) -> tuple[Path, dict]:
 def test_merged_loads_without_peft(tiny, merged, exact):
     out, info = merged
     assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
-    assert info["mode"] == "merged" and info["bytes"] == export_modes.dir_bytes(out)
+    assert info == ExportInfo("merged", export_modes.dir_bytes(out))
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     as_saved = AutoModelForSeq2SeqLM.from_pretrained(str(out))  # the standard call
@@ -142,7 +146,7 @@ def _measured(reported_from: torch.Tensor, exact_logits: torch.Tensor) -> tuple[
 def test_compact_reports_its_logit_error(tiny, compact, exact):
     out, info = compact
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"], info["rank"]) == (4, 4, False, 4)
+    assert (cfg["r"], cfg["lora_alpha"], cfg["use_rslora"], info.rank) == (4, 4, False, 4)
     # the reported error is the one a user measures with the standard loads, on the same probe batch
     vocab = AutoModelForSeq2SeqLM.from_pretrained(tiny).config.vocab_size
     ids, dec = export_modes.probe_inputs(vocab)
@@ -155,8 +159,8 @@ def test_compact_reports_its_logit_error(tiny, compact, exact):
     exact_model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny, dtype=torch.float32),
                                             str(exact[0]))
     max_abs, rel = _measured(probe(compact_model), probe(exact_model))
-    assert info["logit_max_abs_error"] == pytest.approx(max_abs, rel=1e-3, abs=1e-4)
-    assert info["logit_rel_error"] == pytest.approx(rel, rel=1e-3, abs=1e-6)
+    assert info.logit_max_abs_error == pytest.approx(max_abs, rel=1e-3, abs=1e-4)
+    assert info.logit_rel_error == pytest.approx(rel, rel=1e-3, abs=1e-6)
     assert max_abs > 0.01 and rel > 1e-4  # rank 4 of 15 really loses something
     # and rank 4 is far better than nothing: the error is a fraction of what the chain does to the logits
     assert max_abs < (_logits(compact_model) - _logits(AutoModelForSeq2SeqLM.from_pretrained(tiny))).abs().max()
@@ -165,8 +169,8 @@ def test_compact_reports_its_logit_error(tiny, compact, exact):
 def test_compact_is_exact_when_the_chain_fits(tiny, chain_dirs, exact, tmp_path):
     out = tmp_path / "deu_Latn"
     info = export_modes.export_language(_cfg("compact", r=32), chain_dirs, out, tiny)
-    assert info["rank"] == 15 and json.loads((out / "adapter_config.json").read_text())["r"] == 15
-    assert info["logit_max_abs_error"] < 1e-4 and info["logit_rel_error"] < 1e-6
+    assert info.rank == 15 and json.loads((out / "adapter_config.json").read_text())["r"] == 15
+    assert info.logit_max_abs_error < 1e-4 and info.logit_rel_error < 1e-6
     assert (_adapter_logits(tiny, out) - exact[1]).abs().max().item() < 1e-4
 
 
@@ -186,30 +190,25 @@ def test_compact_module_is_the_best_rank_k_approximation():
     assert a3[12:].abs().max() == 0 and b3[:, 12:].abs().max() == 0
 
 
-def _card(export_info: dict) -> str:
-    info = {"code": "deu_Latn", "language": "German", "direction": "amr2text", "prompt": "German: {amr}",
-            "tree_path": ["root", "language.German"], "handoff": "stack", "mode": "qlora", "base_model": "tiny",
-            "run": "r", "quantization": {"quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"},
-            "lora_rank": None, "target_modules": ["q"], "data": "d", "scores": {},
-            "load": ["from peft import PeftModel", "base = AutoModelForSeq2SeqLM.from_pretrained('tiny')",
-                     "model = PeftModel.from_pretrained(base, 'final/deu_Latn')",
-                     "tokenizer = AutoTokenizer.from_pretrained('tiny')", "print(1)"],
-            "export": export_info}
+def _card(export_info: ExportInfo) -> str:
+    info = model_card.CardInfo("deu_Latn", "German", "amr2text", "German: {amr}", ["root", "language.German"],
+                               "stack", "qlora", "tiny", "tiny", "r",
+                               {"quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}, None, ["q"], "d",
+                               export=export_info)
     return model_card.card_text(info)
 
 
 def test_model_card_names_the_export_mode(tmp_path):
-    text = _card({"mode": "compact", "bytes": 2_500_000, "rank": 4, "logit_max_abs_error": 0.0123,
-                  "logit_rel_error": 0.000456})
+    text = _card(ExportInfo("compact", 2_500_000, 4, 0.0123, 0.000456))
     assert "`compact`" in text and "0.0123" in text and "0.000456" in text and "2.5 MB" in text
     (tmp_path / "README.md").write_text(text)
     fields = model_card.card_fields(tmp_path)
     assert fields["export"]["logit_max_abs_error"] == 0.0123 and fields["export"]["rank"] == 4
-    merged = _card({"mode": "merged", "bytes": 10})
+    merged = _card(ExportInfo("merged", 10))
     assert "library_name: transformers" in merged and "PeftModel" not in merged.split("## Load it")[1]
     assert "model = AutoModelForSeq2SeqLM.from_pretrained('final/deu_Latn')" in merged
     assert "tokenizer = AutoTokenizer.from_pretrained('tiny')" in merged and "4-bit base" in merged
-    assert "library_name: peft" in _card({"mode": "adapter-bf16", "bytes": 10})
+    assert "library_name: peft" in _card(ExportInfo("adapter-bf16", 10))
 
 
 def test_generate_loads_merged_and_compact(tiny, merged, compact, tmp_path):
@@ -247,5 +246,37 @@ def test_fft_runs_export_their_whole_model(tiny, tmp_path):
     cfg = _cfg("compact")
     cfg.model.mode, cfg.data.cache_dir = "fft", str(tmp_path / "cache")  # its base: built under the test's folder
     info = export_modes.export_language(cfg, [state_dir], tmp_path / "deu_Latn", tiny)
-    assert info == {"mode": "full", "bytes": export_modes.dir_bytes(tmp_path / "deu_Latn")}
+    assert info == ExportInfo("full", export_modes.dir_bytes(tmp_path / "deu_Latn"))
     torch.testing.assert_close(_logits(AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "deu_Latn"))), _logits(model))
+
+
+class HalfPrecisionAdapter(Exporter):
+    """A toy export mode: the exact chain as one PEFT adapter stored in float16."""
+
+    name = "adapter-fp16"
+    help = "the exact chain of the path's node adapters as one PEFT adapter, stored in float16"
+
+    def write(self, kit, chain_dirs, out_dir):
+        kit.adapter(chain_dirs, out_dir, dtype="float16")
+        return ExportInfo(self.name)
+
+
+def test_a_new_export_mode_is_one_class_and_one_registry_line(tiny, chain_dirs, exact, tmp_path, monkeypatch):
+    """The config, the export, the model card and loading all follow the registry."""
+    from hql_ray.settings.config import make_config
+
+    monkeypatch.setitem(EXPORT_MODES, HalfPrecisionAdapter.name, HalfPrecisionAdapter())  # the registry line
+    assert make_config(overrides=["export.mode=adapter-fp16"]).export.mode == "adapter-fp16"  # accepted
+    out = tmp_path / "deu_Latn"
+    info = export_modes.export_language(_cfg("adapter-fp16"), chain_dirs, out, tiny)
+    assert info == ExportInfo("adapter-fp16", export_modes.dir_bytes(out))
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    diff = (_adapter_logits(tiny, out) - exact[1]).abs().max().item()
+    assert 0 < diff <= BF16_TOL, diff  # what PeftModel.from_pretrained loads: the exact chain, rounded to fp16
+    card = _card(info)
+    assert "- **Export**: `adapter-fp16`, the exact chain of the path's node adapters as one PEFT adapter, stored in " \
+           "float16" in card and "library_name: peft" in card and "PeftModel.from_pretrained" in card
+    monkeypatch.delitem(EXPORT_MODES, HalfPrecisionAdapter.name)
+    with pytest.raises(Exception, match="export.mode must be one of adapter, adapter-bf16, merged, compact"):
+        make_config(overrides=["export.mode=adapter-fp16"])

@@ -26,11 +26,11 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
         "train.checkpoints_kept": 2, "eval.generate": "false"}
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{"run.name": "ft", **settings}))
     events: list[tuple[str, dict]] = []
-    driver, outcome = driver_in_thread(cfg, on_event=lambda kind, info: events.append((kind, info)))
+    driver, outcome = driver_in_thread(cfg, on_event=events.append)
     storage = tmp_path / "ft" / "storage"
     # The root has reported checkpoints (they land in storage/<launch name>/checkpoint_*; the controller
     # registers one after its upload, so wait for the second to be sure of the first): kill its worker.
-    victim = kill_when(driver, lambda: len(list(storage.glob("level0.Germanic.launch*/checkpoint_*"))) >= 2,
+    victim = kill_when(driver, lambda: len(list(storage.glob("level0.Germanic.train.*/checkpoint_*"))) >= 2,
                        "ray::RayTrainWorker")
     assert victim is not None, f"no checkpoint or worker seen; events: {events}"
     killed_at = time.time()
@@ -43,9 +43,9 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
     assert root.status == "done", root.error
     assert root.started_at < killed_at < root.finished_at
     assert root.attempts == 2  # rank 0 started twice: the first group and its replacement
-    assert root.metrics["resumed_from_step"] >= 5  # resumed from a checkpoint, not from scratch
-    assert root.metrics["resumed_from_step"] % 5 == 0 and root.metrics["steps"] == 60
-    validations = [h["step"] for h in root.history if "val_loss" in h]
+    assert root.metrics.resumed_from_step >= 5  # resumed from a checkpoint, not from scratch
+    assert root.metrics.resumed_from_step % 5 == 0 and root.metrics.steps == 60
+    validations = [h.step for h in root.history if h.val_loss is not None]
     assert validations == list(range(0, 61, 5))  # every validation once: restored up to the checkpoint, then new
     for leaf_id in ("language.German", "language.Dutch"):
         leaf = nodes[leaf_id]
@@ -54,7 +54,7 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
         assert leaf.received_checksums == [root.checksum]
     assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
     # Ray Train kept only the latest checkpoints of the root (13 were reported).
-    kept = [p for p in storage.glob("level0.Germanic.launch*/checkpoint_*") if p.is_dir()]
+    kept = [p for p in storage.glob("level0.Germanic.train.*/checkpoint_*") if p.is_dir()]
     assert 1 <= len(kept) <= 2
 
     # The same node never interrupted ends with the same adapter, bit for bit: the checkpoint holds the
@@ -63,5 +63,5 @@ def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, smal
         "run.name": "ft_quiet", "tree.levels": "[level0]", **{k: v for k, v in settings.items()
                                                             if k != "tree.levels"}}))
     unkilled = Driver(quiet).run().nodes["level0.Germanic"]
-    assert unkilled.status == "done" and unkilled.metrics["resumed_from_step"] is None
+    assert unkilled.status == "done" and unkilled.metrics.resumed_from_step is None
     assert unkilled.checksum == root.checksum

@@ -13,6 +13,8 @@ import pytest
 from hql_ray.cli import main
 from hql_ray.settings.errors import InputError
 from hql_ray.outputs.generate import generate_sentences, load_generator, split_graphs
+from conftest import export_adapter
+from hql_ray.settings.records import NodeSpec
 
 TREE = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 GRAPHS = [
@@ -45,7 +47,7 @@ def run_dir(tmp_path_factory) -> Path:
     from hql_ray.training.context import LocalContext
     from hql_ray.outputs.manifest import Manifest
     from hql_ray.training.node import train_node
-    from hql_ray.data.sample.generator import write_sample
+    from make_sample import write_sample
     from hql_ray.settings.tree import load_tree
 
     root = tmp_path_factory.mktemp("gen")
@@ -61,10 +63,9 @@ def run_dir(tmp_path_factory) -> Path:
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     manifest = Manifest.create(cfg.run_dir / "manifest.json", tree, cfg.to_dict(), cfg.run_name)
     leaf = tree.nodes["language.German"]
-    node = {"id": leaf.id, "name": leaf.name, "level": leaf.level, "depth": 0, "parent": None, "is_leaf": True,
-            "languages": [["deu_Latn", "German"]]}
-    out = train_node(cfg.to_dict(), node, [], LocalContext(device="cpu"))
-    export.export_adapter([out.adapter], cfg.run_dir / "final" / "deu_Latn", export.base_model_reference(cfg))
+    node = NodeSpec.of(leaf, 0)
+    out = train_node(cfg, node, [], LocalContext(device="cpu"))
+    export_adapter([out.adapter], cfg.run_dir / "final" / "deu_Latn", export.base_model_reference(cfg))
     manifest.update(leaf.id, status="done", metrics=out.metrics, history=out.history,
                     adapter="nodes/language.German/adapter")
     return cfg.run_dir

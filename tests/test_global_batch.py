@@ -18,9 +18,11 @@ from conftest import tiny_overrides
 from hql_ray.data import batching
 from hql_ray.settings.config import make_config
 from hql_ray.training.context import LocalContext, NodeContext
-from hql_ray.training.node import global_batch_size, node_seed, train_node
+from hql_ray.data.batch_plan import global_batch
+from hql_ray.training.node import node_seed, train_node
+from conftest import node_spec
 
-GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
+GERMAN = node_spec("language.German", [("deu_Latn", "German")])
 # 6 steps at the tests' usual lr: enough to train, too few for float-order differences to grow
 EXACT = {"train.max_steps": 6, "train.eval_every": 2, "train.epochs": 3, "eval.generate": "false",
          "model.lora.dropout": 0, "model.mode": "lora", "train.learning_rate": 3e-3}
@@ -29,11 +31,11 @@ EXACT = {"train.max_steps": 6, "train.eval_every": 2, "train.epochs": 3, "eval.g
 def config(tmp_path, small_corpus, tree, **extra) -> dict:
     values = {**EXACT, **extra}
     return make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **values)
-                       ).with_absolute_paths().to_dict()
+                       ).with_absolute_paths()
 
 
 def val_losses(result) -> list[float]:
-    return [h["val_loss"] for h in result.history if "val_loss" in h]
+    return [h.val_loss for h in result.history if h.val_loss is not None]
 
 
 class DistContext(NodeContext):
@@ -61,7 +63,7 @@ def _worker(rank: int, world_size: int, port: int, cfg: dict, out) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         result = train_node(cfg, GERMAN, [], DistContext(rank, world_size))
-        out.put((rank, val_losses(result), result.metrics["steps"]))
+        out.put((rank, val_losses(result), result.metrics.steps))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -95,7 +97,7 @@ def test_two_workers_follow_one_worker(tmp_path, small_corpus, four_language_tre
         assert p.exitcode == 0
     assert results[0] == results[1]  # validation is summed over both workers: the same number on each
     two, steps = results[0]
-    assert steps == one.metrics["steps"] == 6
+    assert steps == one.metrics.steps == 6
     assert len(two) == len(val_losses(one)) == 4  # steps 0, 2, 4, 6
     assert val_losses(one)[-1] < 0.9 * val_losses(one)[0]  # it trained: the comparison means something
     # Adafactor normalises each update, so float-order differences (gradients agree to ~5e-7 of their
@@ -119,9 +121,9 @@ def test_micro_batches_follow_one_pass(tmp_path, small_corpus, four_language_tre
 
 def test_batch_per_worker_is_the_explicit_old_scaling(tmp_path, small_corpus, four_language_tree):
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree))
-    assert global_batch_size(cfg, 4) == 8
+    assert global_batch(cfg.train, 4) == 8
     cfg.train.batch_per_worker = True
-    assert global_batch_size(cfg, 4) == 32
+    assert global_batch(cfg.train, 4) == 32
 
 
 def test_worker_shares_cover_the_batch_once():

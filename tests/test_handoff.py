@@ -9,12 +9,12 @@ import torch
 from peft import PeftModel
 
 from hql_ray.settings.errors import InputError
-from hql_ray.training.handoff import (
-    ANCESTORS, NODE, AdapterLoadError, _load_into, attach_node_adapter, handed_on, concat_adapters,
-    delta_weights, full_state, load_adapter_state, load_full_state,
-    node_adapter_state, reproject, save_adapter_state, state_checksum,
-)
-from hql_ray.outputs.export import export_adapter
+from conftest import export_adapter
+from hql_ray.settings.handoffs import FULL, HANDOFFS, Stack
+from hql_ray.training.adapter_algebra import AdapterLoadError, concat_adapters, delta_weights, reproject
+from hql_ray.training.adapter_files import load_adapter_state, save_adapter_state, state_checksum
+from hql_ray.training.handoff import (ANCESTORS, NODE, attach_node_adapter, full_state, load_full_state, load_into,
+                                      node_adapter_state)
 from hql_ray.settings.config import LoraShape
 from hql_ray.settings.records import AdapterState
 from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
@@ -53,7 +53,7 @@ def _chain(tiny, mode, specs=SPECS):
     for i, spec in enumerate(specs):
         model = attach_node_adapter(load_base_model(tiny, mode, CPU), spec, "stack", chain)
         _randomize(model, seed=i)
-        chain = handed_on([*chain, node_adapter_state(model)], "stack")
+        chain = HANDOFFS["stack"].handed_on([*chain, node_adapter_state(model)])
     return chain
 
 
@@ -128,7 +128,7 @@ def test_reproject_shrinking_is_the_best_rank_k():
 def test_continue_starts_from_the_parents_outputs(tiny, qchain):
     parent = attach_node_adapter(load_base_model(tiny, "qlora", CPU), SPECS[0], "stack", [])
     parent_state = AdapterState(dict(qchain[0].config), qchain[0].tensors)
-    _load_into(parent, parent_state, NODE)
+    load_into(parent, parent_state, NODE)
     want = _logits(parent)
     same = attach_node_adapter(load_base_model(tiny, "qlora", CPU), SPECS[0], "continue", [parent_state])
     assert torch.equal(_logits(same), want)
@@ -136,7 +136,7 @@ def test_continue_starts_from_the_parents_outputs(tiny, qchain):
     grown = attach_node_adapter(load_base_model(tiny, "qlora", CPU),
                                 LoraShape(r=7, alpha=3, use_rslora=False), "continue", [parent_state])
     assert (_logits(grown) - want).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="parent's adapter only"):
+    with pytest.raises(ValueError, match="the continue hand-off starts from 1 adapter\(s\), got a chain of 2"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "continue", qchain)
 
 
@@ -178,17 +178,17 @@ def test_root_gets_a_fresh_adapter_in_every_mode(tiny):
         model = attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], handoff, [])
         state = node_adapter_state(model)
         assert all(torch.all(t == 0) for k, t in state.tensors.items() if "lora_B" in k)
-    with pytest.raises(ValueError, match="stack, merge, continue"):
+    with pytest.raises(KeyError, match="sum"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "sum", [])
 
 
 def test_handed_on(qchain):
     node = qchain[1]
-    assert handed_on([*qchain[:1], node], "stack") == [qchain[0], node]
-    assert handed_on([*qchain[:1], node], "merge") == [qchain[0], node]
-    assert handed_on([*qchain[:1], node], "continue") == [node]
-    assert handed_on(["root", "mid", "me"], "stack", mode="fft") == ["me"]  # fft: the whole model, once
-    assert handed_on(["root", "mid"], "merge") == ["root", "mid"]  # ids follow the same rule
+    assert HANDOFFS["stack"].handed_on([*qchain[:1], node]) == [qchain[0], node]
+    assert HANDOFFS["merge"].handed_on([*qchain[:1], node]) == [qchain[0], node]
+    assert HANDOFFS["continue"].handed_on([*qchain[:1], node]) == [node]
+    assert FULL.handed_on(["root", "mid", "me"]) == ["me"]  # fft: the whole model, once
+    assert HANDOFFS["merge"].handed_on(["root", "mid"]) == ["root", "mid"]  # ids follow the same rule
 
 
 def test_partial_loads_raise(tiny, qchain):
@@ -262,7 +262,7 @@ def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
     for i, spec in enumerate(SPECS):
         model = attach_node_adapter(load_base_model(tiny, mode, cuda), spec, "stack", chain)
         _randomize(model, seed=i)
-        chain = handed_on([*chain, node_adapter_state(model)], "stack")
+        chain = HANDOFFS["stack"].handed_on([*chain, node_adapter_state(model)])
     model = attach_node_adapter(load_base_model(tiny, mode, cuda), NODE_SPEC, "stack", chain)
     _randomize(model, seed=9)
     assert all(t.device.type == "cpu" for s in chain for t in s.tensors.values())
@@ -293,3 +293,43 @@ def test_stack_export_on_cuda_bf16(tiny, tmp_path, mode):
     opt.step()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed and all(".node." in k and "lora_" in k for k in changed)
+
+
+class ParentOnly(Stack):
+    """A toy hand-off mode: a child holds only its parent's own adapter frozen, not the whole chain."""
+
+    name = "parent-only"
+    help = "the child keeps its parent's adapter, frozen, and trains a fresh one on top"
+
+    def handed_on(self, chain: list) -> list:
+        return list(chain[-1:])
+
+
+def test_a_new_handoff_mode_is_one_class_and_one_registry_line(tmp_path, small_corpus, four_language_tree,
+                                                                monkeypatch):
+    """The config, the run model (the driver's and the dry run's: chains, frozen ranks for the memory estimate,
+    exports), the node's model and its re-evaluation all follow the registry."""
+    from conftest import node_spec, tiny_overrides
+    from hql_ray.orchestration.run_model import RunModel
+    from hql_ray.settings.config import make_config
+    from hql_ray.settings.tree import load_tree
+    from hql_ray.training.context import LocalContext
+    from hql_ray.training.node import build_model, train_node
+    from hql_ray.training.reevaluate import evaluate_trained_node
+
+    monkeypatch.setitem(HANDOFFS, ParentOnly.name, ParentOnly())  # the registry line
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
+        "model.handoff": "parent-only", "model.mode": "lora", "train.max_steps": 2})).with_absolute_paths()
+    model = RunModel(cfg, load_tree(cfg.tree.file, cfg.tree.levels))
+    assert model.chain("language.German") == ["level1.Germanic"]  # not the root's
+    assert model.frozen_ranks("language.German") == [4]  # one frozen adapter of the run's rank
+    assert model.facts["language.German"].model_chain == ("level1.Germanic", "language.German")  # exported
+    lang = [("deu_Latn", "German")]
+    root = train_node(cfg, node_spec("level0.Indo_European", lang, False), [], LocalContext())
+    germanic = train_node(cfg, node_spec("level1.Germanic", lang, False), [root.adapter], LocalContext())
+    built = build_model(cfg, [germanic.adapter], CPU)
+    assert built.peft_config[ANCESTORS].r == germanic.adapter.config["r"] == 4  # the parent's alone, frozen
+    german = train_node(cfg, node_spec("language.German", lang), [germanic.adapter], LocalContext())
+    assert german.metrics.initial_val_loss != pytest.approx(germanic.metrics.val_loss, rel=1e-3)  # root's delta gone
+    again = evaluate_trained_node(cfg, node_spec("language.German", lang), [germanic.adapter, german.adapter])
+    assert again.metrics.languages == german.metrics.languages  # scored again on the model it was trained as

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hql_ray.training.handoff import ANCESTORS, NODE, attach_node_adapter, base_compute_dtype, handed_on, node_adapter_state
+from hql_ray.settings.handoffs import HANDOFFS
+from hql_ray.training.handoff import ANCESTORS, NODE, attach_node_adapter, base_compute_dtype, node_adapter_state
 from hql_ray.training.modeling import TINY, load_base_model, resolve_base_model
 from tests.test_handoff import NODE_SPEC, SPECS, _logits, _randomize
 
@@ -31,7 +32,7 @@ def chain(tiny):
     for i, spec in enumerate(SPECS):
         model = attach_node_adapter(load_base_model(tiny, "lora", CPU), spec, "stack", chain)
         _randomize(model, seed=i)
-        chain = handed_on([*chain, node_adapter_state(model)], "stack")
+        chain = HANDOFFS["stack"].handed_on([*chain, node_adapter_state(model)])
     return chain
 
 

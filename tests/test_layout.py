@@ -27,7 +27,7 @@ def layer_of() -> dict[str, int]:
 
 
 def modules() -> dict[str, Path]:
-    """Dotted module name (hql_ray.settings.config, hql_ray.data.sample.generator) -> file."""
+    """Dotted module name (hql_ray.settings.config, hql_ray.data.corpus) -> file."""
     return {".".join(p.relative_to(REPO).with_suffix("").parts): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 

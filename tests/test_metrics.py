@@ -12,6 +12,7 @@ import smatch
 from sacrebleu.metrics import BLEU
 
 from hql_ray.scoring import metrics
+from hql_ray.settings.records import scores_by_test_set
 from hql_ray.settings.config import make_config
 from hql_ray.settings.errors import ConfigError, InputError
 from hql_ray.scoring.metrics import (MetricResult, NotComputed, bleu_13a, chrf_pp, single_line_amr, smatch_scores, spbleu,
@@ -78,7 +79,10 @@ def test_text_scores_without_spm_or_lid_say_why():
     assert set(why) == {"spbleu", "lid", "lid_diff"}
     assert why["spbleu"].startswith("no flores200 SentencePiece model: eval.spbleu_model is not set")
     assert "flores200sacrebleuspm" in why["spbleu"]
-    assert why["lid"] == "no LID model (eval.lid_model is not set)"
+    assert why["lid"].startswith("no LID model: eval.lid_model is not set and GlotLID (hf://cis-lmu/glotlid/model.bin) "
+                                 "is not in this machine's Hugging Face cache")
+    for reason in (why["spbleu"], why["lid"]):  # each says how to get it, without retraining
+        assert "`hql-ray fetch-eval-models` downloads it; then `hql-ray evaluate RUN`" in reason
 
 
 def test_spbleu_from_a_given_model_file_matches_sacrebleu_own(tiny_spm):
@@ -173,16 +177,22 @@ def test_lid_baseline_reads_the_original_file_and_merges(tmp_path):
 def test_scores_by_test_set_reads_old_and_new_entries():
     old = {"n": 5, "bleu": 1.5, "chrf++": 20.0, "spbleu": None,
            "signatures": {"bleu": BLEU_SIG, "chrf++": CHRF_SIG, "spbleu": None}, "clipped": 0, "samples": []}
-    sets = metrics.scores_by_test_set(old)
+    sets = scores_by_test_set(old)
     assert list(sets) == ["union"]
     union = sets["union"]
-    assert union["bleu_13a"] == 1.5 and "bleu" not in union and union["chrf++"] == 20.0 and union["n"] == 5
-    assert union["signatures"] == {"bleu_13a": BLEU_SIG, "chrf++": CHRF_SIG}
-    assert set(union["not_computed"]) == {"spbleu", "lid", "lid_diff"}
+    assert union.bleu_13a == 1.5 and union.chrf == 20.0 and union.n == 5 and union.value("chrf++") == 20.0
+    assert "bleu" not in union.to_json() and union.to_json()["bleu_13a"] == 1.5
+    assert union.signatures == {"bleu_13a": BLEU_SIG, "chrf++": CHRF_SIG}
+    assert set(union.not_computed) == {"spbleu", "lid", "lid_diff"}
     new = {"flores": {"n": 3, "chrf++": 1.0}, "ldc2020t07": {"n": 2, "chrf++": 2.0}}
-    assert metrics.scores_by_test_set(new) == new
-    parsing = metrics.scores_by_test_set({"n": 4, "f1": 0.5, "precision": 0.5, "recall": 0.5})
-    assert parsing["union"]["f1"] == 0.5 and "not_computed" not in parsing["union"]
+    assert {k: v.to_json() for k, v in scores_by_test_set(new).items()} == {
+        "flores": {"n": 3, "chrf++": 1.0, "spbleu": None, "bleu_13a": None, "lid": None, "lid_diff": None,
+                   "signatures": {}, "not_computed": {}, "clipped": 0, "samples": []},
+        "ldc2020t07": {"n": 2, "chrf++": 2.0, "spbleu": None, "bleu_13a": None, "lid": None, "lid_diff": None,
+                       "signatures": {}, "not_computed": {}, "clipped": 0, "samples": []}}
+    parsing = scores_by_test_set({"n": 4, "f1": 0.5, "precision": 0.5, "recall": 0.5})
+    assert parsing["union"].f1 == 0.5 and parsing["union"].is_smatch and not parsing["union"].not_computed
+    assert parsing["union"].value("smatch") == 0.5
 
 
 # smatch tests/test_top.py (snowblink14/smatch, MIT): (match, test, gold) triple counts, TOP triple included.

@@ -10,6 +10,9 @@ from rich.console import Console
 
 from hql_ray.settings.config import make_config
 from hql_ray.outputs.progress import LiveReporter, PlainReporter, make_reporter
+from hql_ray.settings.records import (NodeDone, NodeFailed, NodeMetrics, NodeStarted, NodeWaiting, Progress, RunFinished,
+                                      RunStarted,
+                                      TestSetScores)
 from hql_ray.settings.tree import load_tree
 
 TREE = """code,level0,level1,language
@@ -53,27 +56,27 @@ def tree_of(cfg):
     return load_tree(cfg.tree.file, cfg.tree.levels)
 
 
-SNAPSHOT = {"level1.Germanic": {"node": "level1.Germanic", "step": 12, "total_steps": 40, "epoch": 0.3,
-                                "loss": 2.3456, "val_loss": 3.1234, "phase": "train", "time": 0.0},
-            "level1.Romance": {"step": 30, "total_steps": 30, "phase": "evaluate", "loss": 1.5}}
+SNAPSHOT = {"level1.Germanic": Progress(node="level1.Germanic", step=12, total_steps=40, epoch=0.3,
+                                        loss=2.3456, val_loss=3.1234, phase="train", time=0.0),
+            "level1.Romance": Progress(node="level1.Romance", step=30, total_steps=30, phase="evaluate", loss=1.5)}
 
 
 def feed(reporter, board, finish=True):
-    reporter.event("run_started", {"run_dir": "/runs/demo", "slots": 2, "gpu": False, "nodes": 6, "board": board})
-    reporter.event("node_started", {"node": "level0.Indo_European", "workers": 2})
-    reporter.event("node_done", {"node": "level0.Indo_European",
-                                 "metrics": {"initial_val_loss": 6.5, "val_loss": 3.5, "train_loss": 4.25, "steps": 20,
-                                             "languages": {"deu_Latn": {"chrf++": 10.0}, "ita_Latn": {"chrf++": 20.0}}}})
-    reporter.event("node_started", {"node": "level1.Germanic", "workers": 1})
-    reporter.event("node_started", {"node": "level1.Romance", "workers": 1})
+    reporter.event(RunStarted(run_dir="/runs/demo", slots=2, gpu=False, nodes=6, board=board))
+    reporter.event(NodeStarted(node="level0.Indo_European", workers=2))
+    metrics = NodeMetrics(initial_val_loss=6.5, val_loss=3.5, train_loss=4.25, steps=20,
+                          languages={"deu_Latn": {"flores": TestSetScores(chrf=10.0)},
+                                     "ita_Latn": {"flores": TestSetScores(chrf=20.0)}})
+    reporter.event(NodeDone(node="level0.Indo_European", metrics=metrics))
+    reporter.event(NodeStarted(node="level1.Germanic", workers=1))
+    reporter.event(NodeStarted(node="level1.Romance", workers=1))
     deadline = time.time() + 5
     seen = board.calls if board is not None else 0  # polls before the nodes started do not count
     while board is not None and board.calls < seen + 2 and time.time() < deadline:
         time.sleep(0.02)  # let the poller see the board with both nodes running
-    reporter.event("node_failed", {"node": "language.German", "error": "RuntimeError: out of memory"})
+    reporter.event(NodeFailed(node="language.German", error="RuntimeError: out of memory"))
     if finish:
-        reporter.event("run_finished", {"failed": ["language.German"], "not_done": ["language.German",
-                                                                                    "language.Dutch"]})
+        reporter.event(RunFinished(failed=["language.German"], not_done=["language.German", "language.Dutch"]))
 
 
 def plain_text(text: str) -> str:
@@ -90,7 +93,7 @@ def test_plain_reporter_lines_and_progress(tmp_path):
     text = out.getvalue()
     assert "run /runs/demo: 6 nodes on 2 CPU slot(s)" in text
     assert "level0.Indo_European: started on 2 worker(s)" in text
-    assert "level0.Indo_European: done (1/6) val_loss 6.500 -> 3.500; chrF++ 15.0 (mean of 2)" in text
+    assert "level0.Indo_European: done (1/6) val_loss 6.500 -> 3.500; chrF++ flores 15.0 (mean of 2)" in text
     assert "language.German: FAILED: RuntimeError: out of memory" in text
     assert "run stopped with 2 node(s) not done" in text
     assert "  level1.Germanic: step 12/40, epoch 0.30, loss 2.346, val 3.123" in lines
@@ -148,9 +151,9 @@ def test_broken_board_and_bad_events_never_raise(tmp_path, capsys):
                             poll_interval=0.01, poll_timeout=0.05)
     with reporter:
         feed(reporter, board, finish=False)
-        reporter.event("node_done", None)  # malformed: no node
-        reporter.event("run_started", {"run_dir": "/x"})  # missing keys
-        reporter.event("mystery", {"node": 1})
+        reporter.event(NodeDone(node=None))  # malformed: no node
+        reporter.event(RunStarted(run_dir="/x", slots=None, gpu=None, nodes=None))  # missing values
+        reporter.event("mystery")  # not an event record
         time.sleep(0.05)
         text = plain_text(str(reporter.render()))
     assert board.calls >= 2 and reporter.view.poll_errors >= 2
@@ -166,7 +169,7 @@ def test_broken_board_and_bad_events_never_raise(tmp_path, capsys):
     plain = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=io.StringIO(), progress_every=0.01, poll_interval=0.01)
     with plain:
         feed(plain, FakeBoard(error=RuntimeError("actor died")))
-        plain.event("node_started", {})
+        plain.event(NodeStarted(node=None, workers=None))
     assert plain.view.poll_errors >= 1
 
 
@@ -175,7 +178,7 @@ def test_make_reporter_picks_plain_off_a_terminal(tmp_path):
     assert isinstance(make_reporter(cfg, plain=True), PlainReporter)
     assert isinstance(make_reporter(cfg), PlainReporter)  # pytest's stdout is not a TTY
     with make_reporter(cfg) as r:  # the train command's usage: a context manager with .event
-        r.event("run_started", {"run_dir": "/r", "slots": 1, "gpu": True, "nodes": 6, "board": None})
+        r.event(RunStarted(run_dir="/r", slots=1, gpu=True, nodes=6))
 
 
 WAITING = ("level1.Romance trial t1 has waited 61 s for 1 worker(s) x {CPU: 1}; free CPU 0.98/2; "
@@ -185,19 +188,20 @@ WAITING = ("level1.Romance trial t1 has waited 61 s for 1 worker(s) x {CPU: 1}; 
 def test_a_waiting_node_is_shown_until_it_trains_again(tmp_path):
     out = io.StringIO()
     plain = PlainReporter(config(tmp_path), tree=tree_of(config(tmp_path)), stream=out, progress_every=None)
-    plain.event("node_started", {"node": "level1.Romance", "workers": 1})
-    plain.event("node_waiting", {"node": "level1.Romance", "trial": "t1", "waited": 61.0, "message": WAITING})
+    plain.event(NodeStarted(node="level1.Romance", workers=1))
+    plain.event(NodeWaiting(node="level1.Romance", trial="t1", waited=61.0, message=WAITING))
     assert f"level1.Romance: WAITING for resources: {WAITING}" in out.getvalue()
 
     live = LiveReporter(config(tmp_path), tree=tree_of(config(tmp_path)),
                         console=Console(file=io.StringIO(), force_terminal=True, width=300))
-    live.event("node_started", {"node": "level1.Romance", "workers": 1})
-    live.event("node_waiting", {"node": "level1.Romance", "trial": "t1", "waited": 61.0, "message": WAITING})
+    live.event(NodeStarted(node="level1.Romance", workers=1))
+    live.event(NodeWaiting(node="level1.Romance", trial="t1", waited=61.0, message=WAITING))
     frame = io.StringIO()
     Console(file=frame, force_terminal=True, width=300).print(live.render())
     text = plain_text(frame.getvalue())
     assert f"⏳ {WAITING}" in text and re.search(r"Romance\s+▶ waiting", text)
-    live.view.apply_snapshot({"level1.Romance": {"step": 3, "phase": "train", "time": time.time() + 1}})
+    live.view.apply_snapshot({"level1.Romance": Progress(node="level1.Romance", step=3, phase="train",
+                                                         time=time.time() + 1)})
     frame = io.StringIO()
     Console(file=frame, force_terminal=True, width=300).print(live.render())
     assert "⏳" not in plain_text(frame.getvalue())  # it trains again: the note goes

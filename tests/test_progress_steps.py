@@ -19,8 +19,9 @@ from hql_ray.outputs import progress
 from hql_ray.settings.config import make_config
 from hql_ray.training.context import LocalContext
 from hql_ray.scoring.evaluation import evaluate_node
-from hql_ray.outputs.progress import LiveReporter, PlainReporter, task_text
-from hql_ray.settings.records import RunEvent
+from hql_ray.outputs.progress import LiveReporter, PlainReporter
+from hql_ray.settings.records import (ExportDone, ExportStarted, NodeDone, NodeMetrics, NodeStarted, Progress, RunStarted,
+                                      Task)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 LANGS = [("deu_Latn", "German"), ("nld_Latn", "Dutch")]
@@ -31,16 +32,16 @@ class Board:
     """The run board's merge (`RunBoard.progress`/`snapshot`) without the actor, fed by a LocalContext."""
 
     def __init__(self):
-        self.data: dict[str, dict] = {}
-        self.updates: list[dict] = []
+        self.data: dict[str, Progress] = {}
+        self.updates: list[Progress] = []
         self.snapshot = self  # `board.snapshot.remote()` as BoardPoller calls it
 
     def remote(self):
-        return {k: dict(v) for k, v in self.data.items()}
+        return dict(self.data)
 
-    def progress(self, update: dict) -> None:
+    def progress(self, update: Progress) -> None:
         self.updates.append(update)
-        self.data.setdefault(NODE, {}).update(update)
+        self.data[NODE] = self.data.get(NODE, Progress(node=NODE)).merged(update)
 
     def context(self) -> LocalContext:
         return LocalContext(on_progress=self.progress)
@@ -79,38 +80,36 @@ def tiny_model(tok):
         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
 
 
-def tasks(updates: list[dict]) -> list[str]:
-    return [task_text(u["task"]) for u in updates]
+def tasks(updates: list[Progress]) -> list[str]:
+    return [u.task.text() for u in updates if u.task is not None]
 
 
 # ---- the words ----------------------------------------------------------------------------------
 def test_task_text_words_each_step():
-    assert task_text({"what": "tokenize", "code": "deu_Latn", "split": "train", "index": 3, "count": 12}) == \
-        "tokenizing deu_Latn train (3/12)"
-    assert task_text({"what": "tokenize", "code": "deu_Latn", "split": "validation", "index": 1, "count": 2,
-                      "cached": True}) == "loading deu_Latn validation (1/2, cached)"
-    assert task_text({"what": "generate", "code": "deu_Latn", "test_set": "flores", "done": 64, "total": 1012,
-                      "index": 3, "count": 12}) == "generating flores deu_Latn 64/1012 (language 3/12)"
-    assert task_text({"what": "score", "code": "deu_Latn", "test_set": "amr3", "index": 1, "count": 1}) == \
-        "scoring amr3 deu_Latn (language 1/1)"
-    assert task_text({"what": "export", "code": "nld_Latn", "index": 2, "count": 2}) == "exporting nld_Latn (2/2)"
-    assert task_text(None) == "" and task_text({}) == ""
+    assert Task("tokenize", "deu_Latn", 3, 12, split="train").text() == "tokenizing deu_Latn train (3/12)"
+    assert Task("tokenize", "deu_Latn", 1, 2, split="validation", cached=True).text() == \
+        "loading deu_Latn validation (1/2, cached)"
+    assert Task("generate", "deu_Latn", 3, 12, test_set="flores", done=64, total=1012).text() == \
+        "generating flores deu_Latn 64/1012 (language 3/12)"
+    assert Task("score", "deu_Latn", 1, 1, test_set="amr3").text() == "scoring amr3 deu_Latn (language 1/1)"
+    assert Task("export", "nld_Latn", 2, 2).text() == "exporting nld_Latn (2/2)"
+    assert Task("tokenize").phase == "prepare" and Task("generate").phase == Task("score").phase == "evaluate"
 
 
 def test_step_progress_sends_the_first_and_last_of_a_task_and_throttles_the_rest():
     sent = []
     steps = ds_lib.StepProgress(sent.append, "n", min_interval=3600)
     for done in range(0, 11):
-        steps("evaluate", what="generate", code="deu_Latn", test_set="flores", done=done, total=10)
-    steps("evaluate", what="score", code="deu_Latn", test_set="flores")
-    assert [u["task"].get("done") for u in sent] == [0, 10, None]
-    assert all(u["node"] == "n" and u["phase"] == "evaluate" for u in sent)
-    ds_lib.StepProgress(None)("prepare", what="tokenize")  # nothing to send to: fine
+        steps(Task("generate", "deu_Latn", test_set="flores", done=done, total=10))
+    steps(Task("score", "deu_Latn", test_set="flores"))
+    assert [u.task.done for u in sent] == [0, 10, None]
+    assert all(u.node == "n" and u.phase == "evaluate" for u in sent)
+    ds_lib.StepProgress(None)(Task("tokenize"))  # nothing to send to: fine
 
     def broken(update):
         raise RuntimeError("board gone")
 
-    ds_lib.StepProgress(broken)("prepare", what="tokenize", code="x")  # never raises into the node
+    ds_lib.StepProgress(broken)(Task("tokenize", "x"))  # never raises into the node
 
 
 # ---- from the data and evaluation code -------------------------------------------------------------
@@ -120,7 +119,7 @@ def test_tokenizing_each_language_is_reported_then_loading_from_the_cache(tmp_pa
     board = Board()
     ds_lib.node_dataset(settings, LANGS, "train", tok, cfg.cache_dir, progress=board.context().progress)
     assert tasks(board.updates) == ["tokenizing deu_Latn train (1/2)", "tokenizing nld_Latn train (2/2)"]
-    assert {u["phase"] for u in board.updates} == {"prepare"}
+    assert {u.phase for u in board.updates} == {"prepare"}
     board.updates.clear()
     ds_lib.node_dataset(settings, LANGS, "train", tok, cfg.cache_dir, progress=board.context().progress)
     assert tasks(board.updates) == ["loading deu_Latn train (1/2, cached)", "loading nld_Latn train (2/2, cached)"]
@@ -134,14 +133,14 @@ def test_generation_of_each_test_set_is_reported_batch_by_batch_then_scored(tmp_
     out = evaluate_node(tiny_model(tok), tok, cfg, ds_lib.DataSettings.from_config(cfg), LANGS, cfg.cache_dir,
                         "cpu", node_id=NODE, progress=steps)
     said = tasks(board.updates)
-    n = out["deu_Latn"]["flores"]["n"]
+    n = out["deu_Latn"]["flores"].n
     assert n == 5
     assert said[:5] == ["generating flores deu_Latn 0/5 (language 1/2)", "generating flores deu_Latn 2/5 (language 1/2)",
                         "generating flores deu_Latn 4/5 (language 1/2)", "generating flores deu_Latn 5/5 (language 1/2)",
                         "scoring flores deu_Latn (language 1/2)"]
     assert said[5] == "generating amr3 deu_Latn 0/5 (language 1/2)"
     assert "scoring amr3 nld_Latn (language 2/2)" == said[-1]
-    assert all(u["node"] == NODE and u["phase"] == "evaluate" for u in board.updates)
+    assert all(u.node == NODE and u.phase == "evaluate" for u in board.updates)
 
 
 def test_default_throttle_still_reports_each_test_set_and_its_end(tmp_path, data, tok):
@@ -158,9 +157,9 @@ def test_default_throttle_still_reports_each_test_set_and_its_end(tmp_path, data
 
 # ---- to the terminal ---------------------------------------------------------------------------
 def started_reporter(reporter, board: Board):
-    reporter.event(RunEvent.RUN_STARTED, {"run_dir": "runs/r", "slots": 1, "gpu": False, "nodes": 1})
+    reporter.event(RunStarted("runs/r", 1, False, 1))
     reporter.poller.board = board  # polled by hand below (no thread)
-    reporter.event(RunEvent.NODE_STARTED, {"node": NODE, "workers": 1})
+    reporter.event(NodeStarted(NODE, 1))
     return reporter
 
 
@@ -171,19 +170,20 @@ def test_plain_lines_name_the_step_each_node_is_in(tmp_path, data, tok):
     ctx = board.context()
     ds_lib.node_dataset(ds_lib.DataSettings.from_config(cfg), LANGS, "train", tok, cfg.cache_dir,
                         progress=lambda u: (ctx.progress(u), reporter.poller.poll_once()))
-    ctx.progress({"node": NODE, "step": 1, "total_steps": 4, "phase": "train", "loss": 2.0})
+    ctx.progress(Progress(NODE, "train", step=1, total_steps=4, loss=2.0))
     reporter.poller.poll_once()
     assert reporter.view.nodes[NODE].task is None  # training: the board's stale task is not shown
-    ctx.progress({"node": NODE, "phase": "evaluate"})
+    ctx.progress(Progress(NODE, "evaluate"))
     reporter.poller.poll_once()
     assert reporter.view.nodes[NODE].task is None  # nor the tokenizing while it evaluates
     evaluate_node(tiny_model(tok), tok, cfg, ds_lib.DataSettings.from_config(cfg), LANGS[:1], cfg.cache_dir, "cpu",
                   node_id=NODE, progress=lambda u: (ctx.progress(u), reporter.poller.poll_once()))
-    with progress.exporting(reporter.event, NODE, "deu_Latn", 1, 2):
-        ctx.progress({"node": NODE, "phase": "evaluate", "task": {"what": "score"}})  # late worker news: ignored
-        reporter.poller.poll_once()
-        assert reporter.view.nodes[NODE].phase == "export"
-    reporter.event(RunEvent.NODE_DONE, {"node": NODE, "metrics": {}})
+    reporter.event(ExportStarted(NODE, "deu_Latn", 1, 2))
+    ctx.progress(Progress(NODE, "evaluate", task=Task("score")))  # late worker news: ignored
+    reporter.poller.poll_once()
+    assert reporter.view.nodes[NODE].phase == "export"
+    reporter.event(ExportDone(NODE, "deu_Latn", 1, 2, 0.5))
+    reporter.event(NodeDone(NODE, NodeMetrics()))
     text = stream.getvalue()
     for line in (f"{NODE}: tokenizing deu_Latn train (1/2)", f"{NODE}: tokenizing nld_Latn train (2/2)",
                  f"{NODE}: generating flores deu_Latn 0/5 (language 1/1)",
@@ -199,8 +199,8 @@ def test_task_lines_print_only_what_changed_and_at_most_every_task_every_seconds
     board, stream = Board(), io.StringIO()
     reporter = started_reporter(PlainReporter(cfg, stream=stream, progress_every=None, task_every=3600), board)
     for done in (0, 2, 4):
-        board.progress({"phase": "evaluate", "task": {"what": "generate", "code": "deu_Latn", "test_set": "flores",
-                                                      "done": done, "total": 5, "index": 1, "count": 1}})
+        board.progress(Progress(NODE, "evaluate", task=Task("generate", "deu_Latn", 1, 1, test_set="flores",
+                                                             done=done, total=5)))
         reporter.poller.poll_once()
     assert stream.getvalue().count("generating") == 1  # the first, then one per task_every
     reporter._last_task = 0.0
@@ -215,41 +215,40 @@ def test_live_view_shows_the_step_under_the_table(tmp_path, data):
     cfg = cfg_for(tmp_path, data)
     board = Board()
     reporter = started_reporter(LiveReporter(cfg, console=Console(file=io.StringIO(), width=120)), board)
-    board.progress({"phase": "prepare", "task": {"what": "tokenize", "code": "nld_Latn", "split": "train",
-                                                 "index": 2, "count": 2}})
+    board.progress(Progress(NODE, "prepare", task=Task("tokenize", "nld_Latn", 2, 2, split="train")))
     reporter.poller.poll_once()
     console = Console(file=io.StringIO(), width=120)
     console.print(reporter.render())
     shown = console.file.getvalue()
     assert "preparing" in shown and f"▸ {NODE}: tokenizing nld_Latn train (2/2)" in shown
-    progress.export_started(reporter.event, NODE, "deu_Latn", 1, 1)
+    reporter.event(ExportStarted(NODE, "deu_Latn", 1, 1))
     console = Console(file=io.StringIO(), width=120)
     console.print(reporter.render())
     assert "exporting" in console.file.getvalue() and "exporting deu_Latn (1/1)" in console.file.getvalue()
 
 
-def test_export_helpers_never_raise():
-    def broken(kind, info):
-        raise RuntimeError("display gone")
+def test_a_broken_display_never_raises_into_the_driver(tmp_path, data, capsys):
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise OSError("display gone")
 
-    progress.export_started(broken, NODE, "deu_Latn")
-    progress.export_done(None, NODE, "deu_Latn")
-    with progress.exporting(broken, NODE, "deu_Latn"):
-        pass
+    reporter = PlainReporter(cfg_for(tmp_path, data), stream=Closed(), progress_every=None)  # printing fails:
+    reporter.event(ExportStarted(NODE, "deu_Latn"))
+    reporter.event(ExportDone(NODE, "deu_Latn"))
+    assert reporter.errors == 2 and capsys.readouterr().err.count("progress display error") == 1  # said once
 
 
 # ---- through a whole node (node.py passes ctx.progress on) -------------------------------------------
 def test_a_nodes_updates_name_its_tokenizing_and_generation(tmp_path, small_corpus, four_language_tree):
-    from conftest import tiny_overrides
+    from conftest import node_spec, tiny_overrides
     from hql_ray.training.node import train_node
 
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
-        "train.max_steps": 2, "eval.at_nodes": "all"})).with_absolute_paths().to_dict()
+        "train.max_steps": 2, "eval.at_nodes": "all"})).with_absolute_paths()
     board = Board()
-    train_node(cfg, {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}, [],
-               board.context())
-    said = tasks([u for u in board.updates if "task" in u])
+    train_node(cfg, node_spec("language.German", [("deu_Latn", "German")]), [], board.context())
+    said = tasks(board.updates)
     assert said[:2] == ["tokenizing deu_Latn train (1/1)", "tokenizing deu_Latn validation (1/1)"]
     assert said[-2:] == ["generating flores deu_Latn 2/2 (language 1/1)", "scoring flores deu_Latn (language 1/1)"]
-    phases = [u.get("phase") for u in board.updates]
+    phases = [u.phase for u in board.updates]
     assert phases.index("prepare") < phases.index("train") < phases.index("evaluate")

@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 
 from conftest import tiny_overrides
 from hql_ray.outputs import export, model_card
-from hql_ray.training import handoff, modeling
+from hql_ray.training import modeling
+from hql_ray.training.handoff import attach_node_adapter, node_adapter_state
+from hql_ray.training.adapter_algebra import concat_adapters
+from hql_ray.training.adapter_files import load_adapter_state, state_checksum
 from hql_ray.settings.config import LoraShape, make_config
 from hql_ray.orchestration.driver import Driver
-from hql_ray.training.simulate import lora_shapes
+from hql_ray.training.simulate import Simulation, lora_shapes
 
 
 def shapes_key(lora: LoraShape) -> tuple:
@@ -31,23 +34,23 @@ def test_mt5_large_shapes_are_the_papers():
 def test_tiny_shapes_match_a_real_node_adapter(tmp_path):
     lora = LoraShape(r=4)
     model = modeling.load_base_model(modeling.resolve_base_model("tiny", tmp_path), "lora", torch.device("cpu"))
-    real = handoff.node_adapter_state(handoff.attach_node_adapter(model, lora, "stack", []))
+    real = node_adapter_state(attach_node_adapter(model, lora, "stack", []))
     assert lora_shapes("tiny", shapes_key(lora)) == {k: tuple(v.shape) for k, v in real.tensors.items()}
 
 
 def test_dry_run_with_real_shapes_exports_the_exact_stack(ray_session, small_corpus, four_language_tree, tmp_path):
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
         "run.name": "shapes", "resources.num_gpus": 0}))
-    manifest = Driver(cfg, simulate={"seconds_per_example": 0.0, "adapters": "real"}).run()
+    manifest = Driver(cfg, simulation=Simulation(0.0, adapters="real")).run()
     assert {e.status for e in manifest.nodes.values()} == {"done"}
     run_dir = cfg.run_dir
     leaf = manifest.nodes["language.German"]
     assert leaf.exported == ["deu_Latn"]
     # The leaf's export is the in-memory concatenation of its saved chain, bit for bit.
-    chain = [handoff.load_adapter_state(run_dir / manifest.nodes[n].adapter) for n in leaf.handed_from]
-    chain.append(handoff.load_adapter_state(run_dir / leaf.adapter))
-    assert len(chain) == 3 and len({handoff.state_checksum(s) for s in chain}) == 3
-    expected = handoff.concat_adapters(chain)
+    chain = [load_adapter_state(run_dir / manifest.nodes[n].adapter) for n in leaf.handed_from]
+    chain.append(load_adapter_state(run_dir / leaf.adapter))
+    assert len(chain) == 3 and len({state_checksum(s) for s in chain}) == 3
+    expected = concat_adapters(chain)
     written = load_file(str(run_dir / "final" / "deu_Latn" / "adapter_model.safetensors"))
     assert sorted(written) == sorted(expected.tensors)
     assert all(torch.equal(written[k], expected.tensors[k]) for k in written)

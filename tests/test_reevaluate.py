@@ -7,22 +7,23 @@ import json
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import node_spec, tiny_overrides, with_section
 from hql_ray.scoring import evaluation
-from hql_ray.training import handoff
+from hql_ray.settings.records import NodeMetrics, NodeStarted
+from hql_ray.training.adapter_files import state_checksum
 from hql_ray.settings.config import make_config
 from hql_ray.training.context import LocalContext
 from hql_ray.orchestration.driver import Driver
 from hql_ray.training.node import train_node
 from hql_ray.training.reevaluate import evaluate_trained_node
 
-GERMAN = {"id": "language.German", "languages": [["deu_Latn", "German"]], "is_leaf": True}
+GERMAN = node_spec("language.German", [("deu_Latn", "German")])
 TWO_LEAVES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 
 
 def node_config(tmp_path, small_corpus, four_language_tree):
     return make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
-        "train.max_steps": 3, "eval.at_nodes": "all"})).with_absolute_paths().to_dict()
+        "train.max_steps": 3, "eval.at_nodes": "all"})).with_absolute_paths()
 
 
 def test_a_failed_evaluation_keeps_the_trained_adapter(tmp_path, small_corpus, four_language_tree, monkeypatch):
@@ -34,24 +35,24 @@ def test_a_failed_evaluation_keeps_the_trained_adapter(tmp_path, small_corpus, f
 
     monkeypatch.setattr(evaluation, "evaluate_node", broken)
     failed = train_node(cfg, GERMAN, [], LocalContext())
-    assert failed.metrics["evaluation_error"] == "RuntimeError: CUDA out of memory while generating"
-    assert "languages" not in failed.metrics and failed.metrics["steps"] == 3
+    assert failed.metrics.evaluation_error == "RuntimeError: CUDA out of memory while generating"
+    assert not failed.metrics.languages and failed.metrics.steps == 3
     # Same seed, same steps: the adapter is the one a run without the failure trains.
-    assert handoff.state_checksum(failed.adapter) == handoff.state_checksum(trained.adapter)
+    assert state_checksum(failed.adapter) == state_checksum(trained.adapter)
 
     monkeypatch.undo()
     again = evaluate_trained_node(cfg, GERMAN, [failed.adapter], LocalContext())
-    assert again.adapter is None and "evaluation_error" not in again.metrics
+    assert again.adapter is None and again.metrics.evaluation_error is None
     # The saved adapter scores exactly what the node scored when its evaluation worked.
-    assert again.metrics["languages"] == trained.metrics["languages"]
+    assert again.metrics.languages == trained.metrics.languages
 
 
 def test_a_failing_re_evaluation_is_recorded(tmp_path, small_corpus, four_language_tree, monkeypatch):
     cfg = node_config(tmp_path, small_corpus, four_language_tree)
-    adapter = train_node({**cfg, "eval": {**cfg["eval"], "generate": False}}, GERMAN, [], LocalContext()).adapter
+    adapter = train_node(with_section(cfg, "eval", generate=False), GERMAN, [], LocalContext()).adapter
     monkeypatch.setattr(evaluation, "evaluate_node", lambda *a, **k: 1 / 0)
     again = evaluate_trained_node(cfg, GERMAN, [adapter], LocalContext())
-    assert again.metrics == {"evaluation_error": "ZeroDivisionError: division by zero"}
+    assert again.metrics == NodeMetrics(evaluation_error="ZeroDivisionError: division by zero")
 
 
 def test_resume_evaluates_again_without_training(ray_session, small_corpus, tmp_path):
@@ -73,14 +74,13 @@ def test_resume_evaluates_again_without_training(ray_session, small_corpus, tmp_
     card.write_text("stale")
 
     events = []
-    after = Driver(make_config(overrides=overrides + ["run.resume=true"]),
-                   on_event=lambda kind, info: events.append((kind, info))).run()
-    assert not [info for kind, info in events if kind == "node_started"]  # nothing trained again
+    after = Driver(make_config(overrides=overrides + ["run.resume=true"]), on_event=events.append).run()
+    assert not [e for e in events if isinstance(e, NodeStarted)]  # nothing trained again
     entry = after.nodes["language.Dutch"]
-    assert "evaluation_error" not in entry.metrics
-    assert entry.metrics["languages"] == scores  # the same adapter scores the same
+    assert entry.metrics.evaluation_error is None
+    assert {c: {s: v.to_json() for s, v in sets.items()} for c, sets in entry.metrics.languages.items()} == scores
     assert entry.checksum == first.nodes["language.Dutch"].checksum
     assert entry.started_at == first.nodes["language.Dutch"].started_at
-    assert entry.metrics["steps"] == 2  # the training metrics are kept
+    assert entry.metrics.steps == 2  # the training metrics are kept
     assert "chrF++" in card.read_text() or "chrf" in card.read_text().lower()
     assert after.data["status"] == "done"

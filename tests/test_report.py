@@ -207,9 +207,9 @@ def test_single_run_root_to_leaf(runs, capsys):
                  "root_to_leaf_flores.png", "root_to_leaf_ldc2020t07.png"):
         check_png(a / "plots" / name)
     paths = path_scores(load_run(a))
-    assert [(p["code"], p["test_set"]) for p in paths] == [("deu_Latn", "flores"), ("deu_Latn", "ldc2020t07"),
-                                                           ("nld_Latn", "flores"), ("ita_Latn", "flores")]
-    assert [s["chrf++"] for s in paths[2]["path"]] == [11.0, 21.0, 40.0]
+    assert [(p.code, p.test_set) for p in paths] == [("deu_Latn", "flores"), ("deu_Latn", "ldc2020t07"),
+                                                     ("nld_Latn", "flores"), ("ita_Latn", "flores")]
+    assert [s.scores["chrf++"] for s in paths[2].path] == [11.0, 21.0, 40.0]
 
 
 def test_failed_node_reports_what_exists(tmp_path):
@@ -227,20 +227,20 @@ def test_failed_node_reports_what_exists(tmp_path):
     assert "| nld_Latn | Dutch | flores | 11.0 / 1.5 (Indo_European) | 21.0 / 2.5 (Germanic) | - / - (Dutch) |" in md
     for png in (tmp_path / "rep" / "plots").iterdir():
         check_png(png)
-    rows = {(r["code"], r["test_set"]): r for r in score_rows(result["runs"])}
-    assert rows[("nld_Latn", None)]["node_status"] == "failed" and rows[("nld_Latn", None)]["chrf++"] is None
+    rows = {(r.code, r.test_set): r for r in score_rows(result["runs"])}
+    assert rows[("nld_Latn", None)].node_status == "failed" and rows[("nld_Latn", None)].scores["chrf++"] is None
 
 
 def test_timeline_lanes_gpu_ids_and_greedy_workers(runs):
     a, b = runs
-    labels, bars = timeline_lanes({k: v.to_dict() for k, v in load_run(a).nodes.items()})
+    labels, bars = timeline_lanes(load_run(a).nodes)
     assert labels == ["GPU 0", "GPU 1"]
     lanes = {}
     for bar in bars:
-        lanes.setdefault(bar["node"], []).append(bar["lane"])
+        lanes.setdefault(bar.node, []).append(bar.lane)
     assert lanes["level0.Indo_European"] == [0, 1] and lanes["language.Dutch"] == [1]
-    labels, bars = timeline_lanes({k: v.to_dict() for k, v in load_run(b).nodes.items()}, slots=2)
-    lanes = {bar["node"]: bar["lane"] for bar in bars if bar["node"] != "level0.Indo_European"}
+    labels, bars = timeline_lanes(load_run(b).nodes, slots=2)
+    lanes = {bar.node: bar.lane for bar in bars if bar.node != "level0.Indo_European"}
     # Germanic (100-160) takes lane 0, Romance (100-150) lane 1; Italian (150-175) reuses the freed lane 1;
     # German and Dutch (both from 160) get lanes 0 and a third lane (2 is taken until 175).
     assert lanes["level1.Germanic"] == 0 and lanes["level1.Romance"] == 1 and lanes["language.Italian"] == 1
@@ -317,8 +317,8 @@ def test_results_files_keyed_by_test_set_and_the_lid_baseline(tmp_path):
     (run_dir / "manifest.json").write_text(json.dumps(data))
     manifest = read_manifest(run_dir)
     rows = write_results(manifest, run_tree(manifest)[0], run_dir)
-    assert [(r["code"], r["test_set"]) for r in rows] == [("deu_Latn", "flores"), ("deu_Latn", "ldc2020t07"),
-                                                          ("nld_Latn", "flores"), ("ita_Latn", "flores")]
+    assert [(r.code, r.test_set) for r in rows] == [("deu_Latn", "flores"), ("deu_Latn", "ldc2020t07"),
+                                                    ("nld_Latn", "flores"), ("ita_Latn", "flores")]
     md = (run_dir / "results.md").read_text()
     assert ("| code | language | test set | node | n | spBLEU | BLEU (13a) | chrF++ | LID | LID diff | val_loss | "
             "initial_val_loss |") in md

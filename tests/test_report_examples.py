@@ -8,7 +8,8 @@ import json
 import pytest
 
 from hql_ray.cli import main
-from hql_ray.scoring.evaluation import write_node_texts
+from hql_ray.scoring.evaluation import GeneratedTexts, write_node_texts
+from hql_ray.settings.records import Sample, TestSetScores
 from hql_ray.outputs.report import load_run, read_examples, write_report
 from test_report import SCORES_A, TREE, write_run
 
@@ -31,14 +32,16 @@ def run_dir(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     for code, leaf in LEAVES.items():
         per_set = manifest["nodes"][leaf]["metrics"]["languages"][code]
-        for test_set, record in per_set.items():
-            record["texts"] = texts(code, test_set)
+        for record in per_set.values():
             record["samples"] = [{"source": "s0", "hypothesis": f"sample hyp {code}", "reference": "r0"}]
         if code == "ita_Latn":
             for record in per_set.values():
                 record["texts"] = {"dir": f"evaluation/{leaf}/{code}/flores", "host": "gpu-node-7"}
         else:
-            write_node_texts(run, f"evaluation/{leaf}", code, per_set)
+            scores = {name: TestSetScores.from_json(record) for name, record in per_set.items()}
+            write_node_texts(run, f"evaluation/{leaf}", code, scores,
+                             {name: GeneratedTexts(**texts(code, name)) for name in per_set})
+            per_set.update({name: s.to_json() for name, s in scores.items()})
     (run / "manifest.json").write_text(json.dumps(manifest))
     return run
 
@@ -46,19 +49,17 @@ def run_dir(tmp_path):
 def test_read_examples_takes_the_first_lines_of_the_leafs_files(run_dir):
     run = load_run(run_dir)
     got = read_examples(run, "language.German", "deu_Latn", "ldc2020t07", 2)
-    assert got["where"] == "evaluation/language.German/deu_Latn/ldc2020t07" and got["note"] is None
-    assert got["examples"] == [
-        {"source": "Translate to deu_Latn: (s0 / sent-0  :mod x)", "hypothesis": "hyp deu_Latn ldc2020t07 0",
-         "reference": "ref deu_Latn ldc2020t07 0"},
-        {"source": "Translate to deu_Latn: (s1 / sent-1  :mod x)", "hypothesis": "hyp deu_Latn ldc2020t07 1",
-         "reference": "ref deu_Latn ldc2020t07 1"}]
-    assert len(read_examples(run, "language.German", "deu_Latn", "flores", 100)["examples"]) == 6  # all there are
+    assert got.where == "evaluation/language.German/deu_Latn/ldc2020t07" and got.note is None
+    assert got.examples == [
+        Sample("Translate to deu_Latn: (s0 / sent-0  :mod x)", "hyp deu_Latn ldc2020t07 0", "ref deu_Latn ldc2020t07 0"),
+        Sample("Translate to deu_Latn: (s1 / sent-1  :mod x)", "hyp deu_Latn ldc2020t07 1", "ref deu_Latn ldc2020t07 1")]
+    assert len(read_examples(run, "language.German", "deu_Latn", "flores", 100).examples) == 6  # all there are
 
 
 def test_without_the_files_the_manifest_samples_are_shown_and_why(run_dir):
     got = read_examples(load_run(run_dir), "language.Italian", "ita_Latn", "flores", 3)
-    assert got["where"] == "manifest" and "written on gpu-node-7" in got["note"]
-    assert got["examples"] == [{"source": "s0", "hypothesis": "sample hyp ita_Latn", "reference": "r0"}]
+    assert got.where == "manifest" and "written on gpu-node-7" in got.note
+    assert got.examples == [Sample("s0", "sample hyp ita_Latn", "r0")]
 
 
 def test_report_examples_section_per_language_and_test_set(run_dir, capsys):

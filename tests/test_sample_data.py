@@ -8,7 +8,7 @@ import penman
 import pytest
 
 from hql_ray.settings.errors import InputError
-from hql_ray.data.sample.generator import (
+from make_sample import (
     DEFAULT_LDC, LANGUAGES, LDC_CODES, NP, SPLITS, Clause, clause_amr, main, realize, write_sample,
 )
 
@@ -29,12 +29,12 @@ def _rows(path: Path) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def committed() -> dict[str, bytes]:
-    assert SAMPLE.is_dir(), "data/sample is missing: run python -m hql_ray.data.sample data/sample"
+    assert SAMPLE.is_dir(), "data/sample is missing: run python data/make_sample.py data/sample"
     return _files(SAMPLE)
 
 
 def test_committed_sample_is_exactly_what_the_generator_writes(tmp_path, committed):
-    summary = write_sample(tmp_path, n_ldc=DEFAULT_LDC)  # what `python -m hql_ray.data.sample` writes
+    summary = write_sample(tmp_path, n_ldc=DEFAULT_LDC)  # what `python data/make_sample.py` writes
     fresh = _files(tmp_path)
     assert sorted(fresh) == sorted(committed)
     drift = [name for name in fresh if fresh[name] != committed[name]]
@@ -53,7 +53,7 @@ def test_layout_has_12_languages_times_2_corpora_times_3_splits(committed):
     ldc = {f"ldc2020t07/{name}/{name}-test.txt" for name in ("graph_amr", *LDC_CODES)}
     assert expected | ldc | {"README.md"} == set(committed)
     readme = committed["README.md"].decode()
-    assert "python -m hql_ray.data.sample data/sample" in readme and "Apache-2.0" in readme
+    assert "python data/make_sample.py data/sample" in readme and "Apache-2.0" in readme
 
 
 def test_every_line_is_one_amr_a_tab_and_a_sentence_with_documented_counts(committed):

@@ -52,8 +52,9 @@ from pathlib import Path  # noqa: E402
 from hql_ray.orchestration import replay as replay_lib  # noqa: E402
 from hql_ray.orchestration import scheduling  # noqa: E402
 from hql_ray.orchestration.scheduling import (POLICIES, NodeLoad, Running, SchedulerView,  # noqa: E402
-                                              WorkerRange, make_policy, max_workers, node_loads, subtree_bound,
+                                              WorkerRange, make_policy, node_loads, subtree_bound,
                                               tree_loads)
+from hql_ray.data.batch_plan import max_workers  # noqa: E402
 from hql_ray.settings.config import SCHEDULING_POLICIES, make_config  # noqa: E402
 from hql_ray.settings.errors import ConfigError  # noqa: E402
 from hql_ray.settings.tree import load_tree  # noqa: E402
@@ -78,14 +79,14 @@ def test_the_config_names_every_policy_and_checks_it():
 
 
 def test_global_batch_bounds_the_workers():
-    cfg = make_config(overrides=["train.batch_size=4", "resources.max_workers_per_node=16"])
-    assert max_workers(cfg) == 4  # a worker needs one example of every step's batch of 4
-    cfg.train.batch_per_worker = True
-    assert max_workers(cfg) == 16
-    cfg.train.batch_per_worker = False
-    cfg.train.batch_tokens = 4096  # a token budget: the node's smallest batch decides
-    assert max_workers(cfg, smallest_batch=6) == 6 and max_workers(cfg, smallest_batch=40) == 16
-    assert max_workers(cfg) == 1  # smallest batch unknown: the safe answer
+    train = make_config(overrides=["train.batch_size=4"]).train
+    assert max_workers(train, 16) == 4  # a worker needs one example of every step's batch of 4
+    train.batch_per_worker = True
+    assert max_workers(train, 16) == 16
+    train.batch_per_worker = False
+    train.batch_tokens = 4096  # a token budget: the node's smallest batch decides
+    assert max_workers(train, 16, smallest_batch=6) == 6 and max_workers(train, 16, smallest_batch=40) == 16
+    assert max_workers(train, 16) == 1  # smallest batch unknown: the safe answer
 
 
 def test_node_loads_chain_below_and_subtree():

@@ -8,6 +8,8 @@ import pytest
 from conftest import tiny_overrides
 from hql_ray.settings.config import make_config
 from hql_ray.orchestration.driver import Driver
+from hql_ray.training.simulate import Simulation
+from hql_ray.settings.records import NodeSkipped, NodeStarted
 
 TREE = "code,level0,language\ndeu_Latn,Top,German\n"
 
@@ -19,9 +21,9 @@ def run(tmp_path, small_corpus, *extra):
         "run.name": "skip", "tree.levels": "[level0, language]", "resources.num_gpus": 0})
     events = []
     manifest = Driver(make_config(overrides=overrides + list(extra)),
-                      simulate={"seconds_per_example": 0.0}, on_event=lambda kind, info: events.append((kind, info))).run()
-    started = sorted(info["node"] for kind, info in events if kind == "node_started")
-    skipped = sorted(info["node"] for kind, info in events if kind == "skipped")
+                      simulation=Simulation(0.0), on_event=events.append).run()
+    started = sorted(e.node for e in events if isinstance(e, NodeStarted))
+    skipped = sorted(e.node for e in events if isinstance(e, NodeSkipped))
     return manifest, started, skipped
 
 

@@ -53,7 +53,7 @@ def test_pretraining_raises_chrf_far_above_the_untrained_model(tokenizer):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = MT5ForConditionalGeneration(modeling._tiny_config(len(tokenizer), dropout_rate=0.0))
+        model = MT5ForConditionalGeneration(modeling.tiny_config(len(tokenizer), dropout_rate=0.0))
         before = chrf(model)
         losses = tiny_pretrain.pretrain(model, tokenizer, pairs,
                                         tiny_pretrain.PretrainSettings(steps=120, batch_size=16))
@@ -98,4 +98,3 @@ def test_build_once_from_training_data_only(tmp_path, monkeypatch):
     assert modeling.is_4bit(model) and model.config.vocab_size == tiny_pretrain.BPE_VOCAB
     assert modeling.load_tokenizer(paths[0])("Der Freund.").input_ids == \
         modeling.load_tokenizer(modeling.TINY_PRETRAINED)("Der Freund.").input_ids
-    assert modeling.is_tiny(modeling.TINY_PRETRAINED) and modeling.is_tiny(modeling.TINY) and not modeling.is_tiny("google/mt5-large")

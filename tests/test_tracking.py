@@ -3,6 +3,8 @@ against a real `mlflow server`, and a tracking failure that warns once while the
 
 from __future__ import annotations
 
+import dataclasses
+
 import glob
 import json
 import os
@@ -23,12 +25,12 @@ from hql_ray.training import tracking
 from hql_ray.settings.config import Config, make_config
 from hql_ray.training.context import LocalContext
 from hql_ray.training.node import train_node
+from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 from hql_ray.settings.tree import load_tree
 
-GERMAN = {"id": "language.German", "level": "language", "depth": 2, "parent": "level1.Germanic",
-          "languages": [["deu_Latn", "German"]], "is_leaf": True}
-ROOT = {"id": "level0.Indo_European", "level": "level0", "depth": 0, "parent": None, "is_leaf": False,
-        "languages": [["deu_Latn", "German"], ["nld_Latn", "Dutch"]]}
+GERMAN = NodeSpec("language.German", "German", "language", 2, "level1.Germanic", True, (("deu_Latn", "German"),))
+ROOT = NodeSpec("level0.Indo_European", "Indo_European", "level0", 0, None, False,
+                (("deu_Latn", "German"), ("nld_Latn", "Dutch")))
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +72,12 @@ def test_tensorboard_curves_scores_and_run_text(tmp_path, config):
     cfg = config(tmp_path, **{"tracking.tensorboard": "true",
                                                                  "eval.generate": "true"})
     run_tracking = tracking.RunTracking.open(cfg, load_tree(cfg.tree.file, cfg.tree.levels), cfg.run_dir)
-    out = train_node(cfg.to_dict(), {**GERMAN, "step_offset": 10}, [], LocalContext())
+    out = train_node(cfg, dataclasses.replace(GERMAN, step_offset=10), [], LocalContext())
     history = out.history
 
-    got = scalars(cfg.run_dir / "tensorboard" / GERMAN["id"])
-    train = {h["step"]: h["train_loss"] for h in history if "train_loss" in h}
-    val = {h["step"]: h["val_loss"] for h in history if "val_loss" in h}
+    got = scalars(cfg.run_dir / "tensorboard" / GERMAN.id)
+    train = {h.step: h.train_loss for h in history if h.train_loss is not None}
+    val = {h.step: h.val_loss for h in history if h.val_loss is not None}
     assert sorted(train) == [1, 2, 3, 4] and sorted(val) == [0, 2, 4]
     assert got["loss/train"] == pytest.approx(train) and got["loss/val"] == pytest.approx(val)
     # The same curves against steps counted from the root: the ancestors trained 10 steps before this node.
@@ -84,9 +86,9 @@ def test_tensorboard_curves_scores_and_run_text(tmp_path, config):
     assert sorted(got["train/lr"]) == [1, 2, 3, 4] and got["train/lr"][4] < got["train/lr"][1]  # linear decay
     assert all(v > 0 for v in got["train/tokens_per_s"].values())
     assert all(v > 0 for v in got["train/peak_memory_gb"].values())
-    chrf = out.metrics["languages"]["deu_Latn"]["flores"]["chrf++"]
+    chrf = out.metrics.languages["deu_Latn"]["flores"].chrf
     assert got["eval/deu_Latn/flores/chrf++"] == {4: pytest.approx(chrf)}
-    assert got["best/val_loss"] == {4: pytest.approx(out.metrics["val_loss"])}
+    assert got["best/val_loss"] == {4: pytest.approx(out.metrics.val_loss)}
 
     # The run's own folder: the config (YAML) and the tree as text, written once.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -133,7 +135,7 @@ def test_wandb_offline_run_per_node(tmp_path, config, monkeypatch):
     cfg = config(tmp_path, **{"tracking.wandb": "true"})
     with warnings.catch_warnings():
         warnings.simplefilter("error", tracking.TrackingWarning)
-        out = train_node(cfg.to_dict(), {**GERMAN, "step_offset": 6}, [], LocalContext())
+        out = train_node(cfg, dataclasses.replace(GERMAN, step_offset=6), [], LocalContext())
 
     [path] = glob.glob(str(tmp_path / "wandb-dir" / "wandb" / "offline-run-*" / "run-*.wandb"))
     deadline = time.time() + 60  # wandb's service process may still be writing the file on a busy machine
@@ -147,17 +149,19 @@ def test_wandb_offline_run_per_node(tmp_path, config, monkeypatch):
                 history.append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
             elif kind == "summary":
                 summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
-        if (run is not None and summary) or time.time() > deadline:
+        # wandb's service writes the file as it goes: wait for every step and the final summary
+        if (run is not None and "best/val_loss" in summary and len(history) >= len(out.history)) \
+                or time.time() > deadline:
             break
         time.sleep(1)
     assert run is not None, f"no run record in {path}"
-    assert run.display_name == GERMAN["id"] and run.run_group == "tracked"
+    assert run.display_name == GERMAN.id and run.run_group == "tracked"
     config_values = {i.key: json.loads(i.value_json) for i in run.config.update}
     assert config_values["level"] == "language" and config_values["languages"] == ["deu_Latn"]
     train = {h["_step"]: h["loss/train"] for h in history if "loss/train" in h}
-    assert train == pytest.approx({h["step"]: h["train_loss"] for h in out.history if "train_loss" in h})
+    assert train == pytest.approx({h.step: h.train_loss for h in out.history if h.train_loss is not None})
     assert {h["_step"]: h["global_step"] for h in history if "loss/val" in h} == {0: 6, 2: 8, 4: 10}
-    assert summary["best/val_loss"] == pytest.approx(out.metrics["val_loss"])
+    assert summary["best/val_loss"] == pytest.approx(out.metrics.val_loss)
 
 
 # ---- MLflow against a real server -----------------------------------------------------------------
@@ -217,14 +221,14 @@ def test_dead_tracking_server_warns_once_and_training_goes_on(tmp_path, config):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_tracking = tracking.RunTracking.open(cfg, tree, cfg.run_dir)
-        out = train_node(cfg.to_dict(), GERMAN, [], LocalContext())
+        out = train_node(cfg, GERMAN, [], LocalContext())
         run_tracking.close(FinishedManifest(), cfg.run_dir)
     ours = [str(w.message) for w in caught if issubclass(w.category, tracking.TrackingWarning)]
     # One warning from the driver's side, one from the node's; each says what failed.
     assert len(ours) == 2 and all("mlflow" in m for m in ours), ours
-    assert out.metrics["steps"] == 4 and out.adapter is not None
+    assert out.metrics.steps == 4 and out.adapter is not None
     assert cfg.tracking.mlflow_parent_run_id is None
-    assert "loss/train" in scalars(cfg.run_dir / "tensorboard" / GERMAN["id"])  # the other backends go on
+    assert "loss/train" in scalars(cfg.run_dir / "tensorboard" / GERMAN.id)  # the other backends go on
 
 
 class FinishedManifest:
@@ -241,8 +245,8 @@ def test_mlflow_parent_and_nested_runs(tmp_path, config, mlflow_server):
         run_tracking = tracking.RunTracking.open(cfg, load_tree(cfg.tree.file, cfg.tree.levels), cfg.run_dir)
         parent_id = cfg.tracking.mlflow_parent_run_id
         assert parent_id
-        root = train_node(cfg.to_dict(), ROOT, [], LocalContext())
-        child = train_node(cfg.to_dict(), {**GERMAN, "step_offset": 4}, [root.adapter], LocalContext())
+        root = train_node(cfg, ROOT, [], LocalContext())
+        child = train_node(cfg, dataclasses.replace(GERMAN, step_offset=4), [root.adapter], LocalContext())
         # What the driver has written by the end of a run: uploaded as the parent's artifacts.
         (cfg.run_dir / "manifest.json").write_text("{}")
         (cfg.run_dir / "results.md").write_text("# results\n")
@@ -260,19 +264,19 @@ def test_mlflow_parent_and_nested_runs(tmp_path, config, mlflow_server):
 
     nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     by_name = {r.info.run_name: r for r in nested}
-    assert set(by_name) == {ROOT["id"], GERMAN["id"]}
+    assert set(by_name) == {ROOT.id, GERMAN.id}
     for out, node, offset in ((root, ROOT, 0), (child, GERMAN, 4)):
-        run = by_name[node["id"]]
+        run = by_name[node.id]
         assert run.info.status == "FINISHED"
-        assert run.data.params["level"] == node["level"] and run.data.params["step_offset"] == str(offset)
+        assert run.data.params["level"] == node.level and run.data.params["step_offset"] == str(offset)
         train = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss/train")}
-        assert train == pytest.approx({h["step"]: h["train_loss"] for h in out.history if "train_loss" in h})
+        assert train == pytest.approx({h.step: h.train_loss for h in out.history if h.train_loss is not None})
         from_root = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss_from_root/val")}
         assert sorted(from_root) == [offset, offset + 2, offset + 4]
 
 
 def test_a_backend_failing_mid_run_warns_once(tmp_path):
-    from hql_ray.settings.records import NodeSpec
+    from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 
     class Broken(tracking._Backend):
         name = "broken"
@@ -287,10 +291,10 @@ def test_a_backend_failing_mid_run_warns_once(tmp_path):
         warnings.simplefilter("always")
         tracked.add("broken", Broken)
         tracked.add("missing", lambda: __import__("no_such_tracking_package"))  # a package not installed
-        tracker = tracking.NodeTracker(NodeSpec.coerce({"id": "x", "languages": []}), tracked)
+        tracker = tracking.NodeTracker(NodeSpec("x", "x", "", 0, None, True, ()), tracked)
         for step in range(5):
-            tracker.point({"step": step, "train_loss": 1.0})
-        tracker.finish({"val_loss": 1.0})
+            tracker.point(HistoryPoint(step, train_loss=1.0))
+        tracker.finish(NodeMetrics(val_loss=1.0))
         tracker.close()
     assert Broken.calls == 1
     assert [str(w.message) for w in caught] == [
@@ -301,9 +305,9 @@ def test_a_backend_failing_mid_run_warns_once(tmp_path):
 def test_other_ranks_log_nothing(tmp_path, config):
     cfg = config(tmp_path, **{"tracking.tensorboard": "true",
                                                                  "tracking.mlflow_uri": "http://127.0.0.1:9"})
-    from hql_ray.settings.records import NodeSpec
+    from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 
-    tracker = tracking.NodeTracker.open(cfg, NodeSpec.coerce(GERMAN), rank=1)
+    tracker = tracking.NodeTracker.open(cfg, GERMAN, rank=1)
     assert not tracker.active and not (cfg.run_dir / "tensorboard").exists()
 
 

@@ -19,7 +19,9 @@ from hql_ray.orchestration import tune
 from hql_ray.settings.config import make_config
 from hql_ray.orchestration.driver import Driver
 from hql_ray.settings.errors import ConfigError
-from hql_ray.settings.records import AdapterState, NodeResult
+from hql_ray.orchestration.board import Attempt
+from hql_ray.settings.records import HistoryPoint, NodeDone, NodeMetrics, NodeResult, Progress, TrialChoice
+from hql_ray.training.adapter_files import load_adapter_state, state_checksum
 
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 # The root tries lr 1e-2 then 1e-7 (a grid, one at a time): ASHA must stop the second after its first
@@ -61,12 +63,13 @@ def test_default_applies_to_every_level_and_levels_override_it():
 
 
 def test_trial_values_land_in_the_node_config():
-    cfg = make_config().to_dict()
-    out = search_space.trial_config(cfg, {"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
-    assert out["model"]["lora"]["r"] == 16 and out["model"]["lora"]["alpha"] == 16
-    assert out["train"]["learning_rate"] == 2e-4
-    assert cfg["model"]["lora"]["r"] == 256  # the run's config is untouched
-    assert search_space.trial_config(cfg, {"lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3})["model"]["lora"]["alpha"] == 32
+    cfg = make_config()
+    choice = search_space.trial_choice({"lora_r": 16, "lora_alpha": "r", "learning_rate": 2e-4})
+    assert choice == TrialChoice(16, 16, 2e-4)
+    out = search_space.trial_config(cfg, choice)
+    assert out.model.lora.r == 16 and out.model.lora.alpha == 16 and out.train.learning_rate == 2e-4
+    assert cfg.model.lora.r == 256  # the run's config is untouched
+    assert search_space.trial_choice({"lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-3}).lora_alpha == 32
 
 
 @pytest.mark.parametrize("section, message", [
@@ -120,33 +123,34 @@ def test_every_trial_is_recorded_and_the_best_kept(searched_run):
     assert {v.status for v in manifest.nodes.values()} == {"done"}
     root = manifest.nodes["level0.Germanic"]
     trials = root.trials
-    assert len(trials) == 2 and len({t["trial_id"] for t in trials}) == 2
-    by_lr = {t["config"]["learning_rate"]: t for t in trials}
+    assert len(trials) == 2 and len({t.trial_id for t in trials}) == 2
+    by_lr = {t.config.learning_rate: t for t in trials}
     good, bad = by_lr[1e-2], by_lr[1e-7]
-    assert good["config"] == {"lora_r": 2, "lora_alpha": 2, "learning_rate": 1e-2}
-    assert good["status"] == "done" and good["best"] and good["metric"] == "val_loss"
-    assert good["value"] == root.metrics["val_loss"]  # the node's result is the best trial's
-    assert root.metrics["trial"] == {"trial_id": good["trial_id"], **good["config"]}
+    assert good.config == TrialChoice(2, 2, 1e-2)
+    assert good.status == "done" and good.best and good.metric == "val_loss"
+    assert good.value == root.metrics.val_loss  # the node's result is the best trial's
+    assert root.metrics.trial == TrialChoice(2, 2, 1e-2, good.trial_id)
     for t in trials:
-        assert t["started_at"] <= t["finished_at"] and t["time"] >= 0 and t["starts"] == 1
-        assert t["run"] == f"{t['run'].split('.trial_')[0]}.trial_{t['trial_id']}"
-        assert (run_dir / "storage" / t["run"]).is_dir()  # each trial: its own Ray Train run, own name
-    assert len({t["run"] for t in trials}) == 2
-    # The node's adapter is the chosen trial's (rank 2), saved and checksummed like any node's.
-    from hql_ray.training import handoff
-
-    saved = handoff.load_adapter_state(run_dir / root.adapter)
-    assert saved.config["r"] == 2 and handoff.state_checksum(saved) == root.checksum
+        assert t.started_at <= t.finished_at and t.time >= 0 and t.starts == 1
+        assert t.run == f"{t.run.split('.trial_')[0]}.trial_{t.trial_id}"
+        assert (run_dir / "storage" / t.run).is_dir()  # each trial: its own Ray Train run, own name
+    assert len({t.run for t in trials}) == 2
+    # The node's adapter is the chosen trial's (rank 2), moved from its trial's folder by the keeper and
+    # checksummed like any node's; the other trial's result stays beside it.
+    saved = load_adapter_state(run_dir / root.adapter)
+    assert saved.config["r"] == 2 and state_checksum(saved) == root.checksum
+    assert (run_dir / "nodes" / "level0.Germanic" / "trials" / good.trial_id / "result.json").is_file()
+    assert not (run_dir / "nodes" / "level0.Germanic" / "trials" / good.trial_id / "adapter").exists()
 
 
 def test_asha_stopped_the_bad_trial_early(searched_run):
     _, manifest, _ = searched_run
-    trials = {t["config"]["learning_rate"]: t for t in manifest.nodes["level0.Germanic"].trials}
+    trials = {t.config.learning_rate: t for t in manifest.nodes["level0.Germanic"].trials}
     good, bad = trials[1e-2], trials[1e-7]
     # 4 steps, a validation after each, each reported (the 4th with the last step's checkpoint).
-    assert good["validations"] == 4
-    assert bad["status"] == "stopped" and bad["validations"] == 1 and not bad["best"]
-    assert bad["value"] > good["value"]
+    assert good.validations == 4
+    assert bad.status == "stopped" and bad.validations == 1 and not bad.best
+    assert bad.value > good.value
 
 
 def test_children_stack_on_the_rank_the_search_chose(searched_run):
@@ -162,44 +166,51 @@ def test_children_stack_on_the_rank_the_search_chose(searched_run):
         assert exported["r"] == 2 + 4  # the root's searched rank 2 stacked under the leaf's rank 4
 
 
-def test_search_cut_by_a_dead_driver_is_redone_on_resume(ray_session, small_corpus, tmp_path):
-    """SIGKILL a real `hql-ray train` while its root search is training, then --resume: the node is searched
-    again from scratch, under new trial names (nothing resumes from the dead search's runs)."""
+THREE_TRIALS = ("{level0: {num_samples: 1, lora_r: 2, learning_rate: {grid: [1.0e-2, 3.0e-3, 1.0e-3]}, "
+                "max_concurrent_trials: 1, scheduler: {type: fifo}}}")
+
+
+@pytest.mark.slow
+def test_a_search_cut_by_a_dead_driver_resumes_and_picks_the_same_trial(ray_session, small_corpus, tmp_path):
+    """SIGKILL a real `hql-ray train` (its whole process group: a lost head) once the root's first trial has
+    finished, then --resume: the search continues (Tuner.restore), the finished trial is not run again, and
+    the trial chosen is the one an uninterrupted search chooses from the same results."""
     tree = tmp_path / "two.csv"
     tree.write_text(TWO_LANGUAGES)
-    overrides = search_overrides(tmp_path, small_corpus, tree, **{
-        "run.name": "cut", "tree.levels": "[level0]", "tune": "{level0: {num_samples: 1, lora_r: [2, 3]}}"})
+    settings = {"tree.levels": "[level0]", "tune": THREE_TRIALS, "train.max_steps": 6}
+    overrides = search_overrides(tmp_path, small_corpus, tree, **{"run.name": "cut", **settings})
     proc = subprocess.Popen([sys.executable, "-m", "hql_ray", "train", "--plain", *overrides], cwd=REPO,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    storage = tmp_path / "cut" / "storage"
+    trials = tmp_path / "cut" / "nodes" / "level0.Germanic" / "trials"
     deadline = time.time() + 900  # a bound, not a timing: a busy 2-core machine needs minutes to start Ray and Tune
-    old_runs: list[Path] = []
+    finished: list[Path] = []
     try:
-        while time.time() < deadline and proc.poll() is None and not old_runs:
-            old_runs = [p for p in storage.glob("*.trial_*") if p.is_dir()] if storage.exists() else []
+        while time.time() < deadline and proc.poll() is None and not finished:
+            finished = list(trials.glob("*/result.json")) if trials.exists() else []
             time.sleep(0.2)
-        assert old_runs, "no trial started"
+        assert finished, "no trial finished"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the driver dies without a word
         output = proc.communicate(timeout=60)[0]
     assert proc.returncode == -signal.SIGKILL, output
-    before = json.loads((tmp_path / "cut" / "manifest.json").read_text())
-    assert before["status"] == "running" and before["nodes"]["level0.Germanic"]["status"] == "running"
+    done_before = {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in trials.glob("*/result.json")}
 
     after = Driver(make_config(overrides=overrides + ["run.resume=true"])).run()
     root = after.nodes["level0.Germanic"]
-    assert root.status == "done" and root.attempts == 1
-    old_ids = {p.name.split(".trial_")[1] for p in old_runs}
-    new_ids = {t["trial_id"] for t in root.trials}
-    assert len(new_ids) == 1 and not new_ids & old_ids
-    assert all(t["run"] not in {p.name for p in old_runs} for t in root.trials)
-    assert root.metrics["resumed_from_step"] is None  # a fresh start, not the dead search's checkpoint
-    assert all(p.is_dir() for p in old_runs)  # the dead search's files are left alone
+    assert root.status == "done" and len(root.trials) == 3 and {t.status for t in root.trials} == {"done"}
+    for trial_id, (mtime, text) in done_before.items():  # finished before the kill: not run again
+        result = trials / trial_id / "result.json"
+        assert (result.stat().st_mtime_ns, result.read_text()) == (mtime, text)
+    quiet = Driver(make_config(overrides=search_overrides(tmp_path, small_corpus, tree,
+                                                          **{"run.name": "quiet", **settings}))).run()
+    chosen = quiet.nodes["level0.Germanic"].metrics.trial
+    assert (root.metrics.trial.lora_r, root.metrics.trial.learning_rate) == (chosen.lora_r, chosen.learning_rate)
+    assert root.metrics.val_loss == quiet.nodes["level0.Germanic"].metrics.val_loss
 
 
-def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_session):
+def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_session, tmp_path):
     """What a trial's workers report goes through TrialBoard: the run board hears the node's first start and
     each restart (so `attempts` = 1 + restarts, however many trials), and progress tagged with the trial."""
     import numpy as np
@@ -208,27 +219,29 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     from hql_ray.orchestration.board import RunBoard
 
     board = RunBoard.options(num_cpus=0).remote()
-    state = tune._search_state_cls().remote(board, "level0.G", "val_loss", "min")
+    state = ray.remote(num_cpus=0)(tune.SearchState).remote(board, "level0.G", "val_loss", "min", str(tmp_path))
     a, b = tune.TrialBoard(board, state, "t_a"), tune.TrialBoard(board, state, "t_b")
-    ray.get(a.started.remote("level0.G", {"workers": []}))  # the first trial starts: the node's 1st attempt
-    ray.get(b.started.remote("level0.G", {"workers": []}))  # a second trial: not an attempt
+    ray.get(a.started.remote("level0.G", Attempt([], 0.0)))  # the first trial starts: the node's 1st attempt
+    ray.get(b.started.remote("level0.G", Attempt([], 0.0)))  # a second trial: not an attempt
     assert ray.get(board.attempts.remote("level0.G")) == 1
-    ray.get(b.started.remote("level0.G", {"workers": []}))  # trial b's worker group restarted
+    ray.get(b.started.remote("level0.G", Attempt([], 0.0)))  # trial b's worker group restarted
     assert ray.get(board.attempts.remote("level0.G")) == 2
-    ray.get(a.progress.remote("level0.G", {"step": 3}))
-    assert ray.get(board.snapshot.remote())["level0.G"]["trial"] == "t_a"
+    ray.get(a.progress.remote("level0.G", Progress(step=3)))
+    assert ray.get(board.snapshot.remote())["level0.G"].trial == "t_a"
 
     def result(loss):
-        return NodeResult(AdapterState({}, {"w": np.full(3, loss)}), {"val_loss": loss}, [])
+        return NodeResult(None, NodeMetrics(val_loss=loss), [HistoryPoint(1, val_loss=loss)], kept_checksum=f"c{loss}")
 
     ray.get(state.finished.remote("t_a", result(2.0), None))
     ray.get(state.finished.remote("t_b", result(1.5), None))
     ray.get(state.finished.remote("t_c", None, "RuntimeError: boom"))
-    summary = ray.get(state.summary.remote())
-    assert summary["best_id"] == "t_b" and summary["trials"]["t_b"]["starts"] == 2
-    assert summary["trials"]["t_c"]["error"] == "RuntimeError: boom"
-    best = ray.get(state.best_result.remote())
-    assert best.metrics["val_loss"] == 1.5 and best.adapter.tensors["w"].tolist() == [1.5] * 3
+    trials, best_id = ray.get(state.summary.remote())
+    assert best_id == "t_b" and trials["t_b"].starts == 2 and trials["t_c"].error == "RuntimeError: boom"
+    assert ray.get(state.result.remote("t_b")).metrics.val_loss == 1.5
+    # What a finished trial leaves in the run folder is what a resumed search reads back.
+    again = ray.get(ray.remote(num_cpus=0)(tune.SearchState).remote(None, "level0.G", "val_loss", "min",
+                                                                        str(tmp_path)).summary.remote())
+    assert again[1] == "t_b" and sorted(again[0]) == ["t_a", "t_b"] and again[0]["t_a"].value == 2.0
 
 
 CHAIN = "code,level0,level1,language\ndeu_Latn,Germanic,West,German\nnld_Latn,Germanic,West,Dutch\n"
@@ -246,15 +259,15 @@ def test_stopped_trials_give_their_cpu_slots_back(ray_session, small_corpus, tmp
         "tune": ROOT_SEARCH.replace("language: false", "level1: false")}))
     after_node = {}
 
-    def on_event(kind, info):
-        if kind == "node_done":  # nothing else runs in this chain: every slot must be free again
-            after_node[info["node"]] = unreleased_resources(timeout_s=5)
+    def on_event(event):
+        if isinstance(event, NodeDone):  # nothing else runs in this chain: every slot must be free again
+            after_node[event.node] = unreleased_resources(timeout_s=5)
 
     manifest = Driver(cfg, on_event=on_event).run()
     trials = manifest.nodes["level0.Germanic"].trials
-    assert sorted(t["status"] for t in trials) == ["done", "stopped"]
+    assert sorted(t.status for t in trials) == ["done", "stopped"]
     assert {v.status for v in manifest.nodes.values()} == {"done"}, manifest.nodes
-    assert manifest.nodes["level1.West"].resources["workers"] == 2  # every CPU slot
+    assert manifest.nodes["level1.West"].resources.workers == 2  # every CPU slot
     assert manifest.data["slots"] == {"total": 2, "gpu": False, "cuda": False}
     assert after_node == {"level0.Germanic": {}, "level1.West": {}}
     assert unreleased_resources() == {}

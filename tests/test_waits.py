@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import REPO, tiny_overrides, unreleased_resources
 from hql_ray.settings.config import make_config
 from hql_ray.orchestration.driver import Driver
+from hql_ray.settings.records import NodeFailed, NodeWaiting
 from test_tune import TWO_LANGUAGES, search_overrides
 
 # Three CPU slots on a Ray with two CPUs: the root asks for 3 workers x 1 CPU, which never fit.
@@ -29,17 +30,17 @@ def test_a_node_that_cannot_get_its_resources_says_why_then_fails(ray_session, s
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, tree, **{
         **OVERSUBSCRIBED, "run.name": "starved", "resources.wait_timeout_s": 20}))
     events = []
-    manifest = Driver(cfg, on_event=lambda kind, info: events.append((kind, info))).run()
+    manifest = Driver(cfg, on_event=events.append).run()
     root = manifest.nodes["level0.Germanic"]
-    waits = [info for kind, info in events if kind == "node_waiting"]
-    assert waits and waits[0]["node"] == "level0.Germanic" and waits[0]["waited"] >= 2
-    message = waits[0]["message"]
+    waits = [e for e in events if isinstance(e, NodeWaiting)]
+    assert waits and waits[0].node == "level0.Germanic" and waits[0].waited >= 2
+    message = waits[0].message
     assert message.startswith("level0.Germanic has waited") and "for 3 worker(s) x {CPU: 1}" in message
     assert "; free CPU " in message and "/2" in message and "; held: " in message
     assert root.status == "failed" and manifest.data["status"] == "failed"
     assert root.error.startswith("gave up waiting for resources: level0.Germanic has waited"), root.error
-    failed = [info for kind, info in events if kind == "node_failed"]
-    assert "for 3 worker(s) x {CPU: 1}" in failed[0]["error"]
+    failed = [e for e in events if isinstance(e, NodeFailed)]
+    assert "for 3 worker(s) x {CPU: 1}" in failed[0].error
     assert unreleased_resources() == {}
 
 

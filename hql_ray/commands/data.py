@@ -116,8 +116,12 @@ def training_corpora_line(data_dir: Path, wanted: list[str] | None) -> str:
     except InputError as err:
         return f"training: not possible as is ({err.problem})"
     unused = corpus.unused_corpora(data_dir, used)
-    return (f"training uses: {', '.join(used)}" + (" (the original's)" if wanted is None else "")
-            + (f"; not used for training: {', '.join(unused)}" if unused else ""))
+    default = (" (the original's)" if used == list(corpus.DEFAULT_CORPORA)
+               else " (every corpus here: no amr3 and flores)")
+    tests = corpus.default_test_sets(data_dir, used)
+    return (f"training uses: {', '.join(used)}" + (default if wanted is None else "")
+            + (f"; not used for training: {', '.join(unused)}" if unused else "")
+            + f"; test sets scored without --test-sets: {', '.join(tests) or 'none'}")
 
 
 # ---- command ------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-from hql_ray.settings.config import HANDOFFS, MODES, TEST_SETS, VALIDATION_MODES, make_config
+from hql_ray.settings.config import MODES, VALIDATION_MODES, make_config
+from hql_ray.settings.handoffs import HANDOFFS
 from hql_ray.settings.errors import ConfigError
 from hql_ray.settings.tree import parse_level_args
 
@@ -45,7 +46,15 @@ def add_parser(sub) -> None:
     p.add_argument("--slots", type=int, metavar="N",
                    help="with --dry-run: worker slots to plan for (default: --num-gpus, else the GPUs "
                         "visible here, else resources.num_cpu_slots or the CPUs)")
-    orig = p.add_argument_group("the original train.py's flags")
+    add_original_flags(p.add_argument_group("the original train.py's flags"))
+    add_our_flags(p.add_argument_group("hql-ray"))
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. train.learning_rate=1e-4 model.lora.r=64")
+    p.set_defaults(run=run)
+
+
+def add_original_flags(orig) -> None:
+    """The original train.py's flags, with its meanings."""
     orig.add_argument("-bm", "--base-model", help="hub name, local dir, or 'tiny' (built-in random tiny mT5)")
     orig.add_argument("-tm", "--training-mode", choices=MODES, help="qlora (4-bit base + LoRA), lora, or fft")
     orig.add_argument("-ln", "--level-names", nargs="+", metavar="LEVEL",
@@ -67,26 +76,31 @@ def add_parser(sub) -> None:
     orig.add_argument("-ge", "--global-evaluations", metavar="PATH",
                       help="JSON of the references' language-ID score per test set and language "
                            "(the original's global_evaluations; computed and written there if missing)")
-    ours = p.add_argument_group("hql-ray")
+
+
+def add_our_flags(ours) -> None:
     ours.add_argument("--data-dir", help="data folder: ours (CORPUS/CODE/CORPUS_CODE_SPLIT.tsv) or the "
                                          "original's (GoldAMR_SilverText/data/amr3/..., see data/README.md)")
-    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores)")
-    ours.add_argument("--max-train-per-corpus", type=int, metavar="N",
+    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores; "
+                                                  "in a folder without them, every corpus in it)")
+    ours.add_argument("--max-train-per-corpus", type=cap_value, metavar="N|null",
                       help="training examples per corpus and language, a seeded sample (default: 31000, "
-                           "the paper's; data.max_train_per_corpus=null for all, as the original train.py)")
+                           "the paper's; null: all, as the original train.py)")
     ours.add_argument("--validation", choices=VALIDATION_MODES,
                       help="first: the original's first rows per corpus (see -ts; default); sample: a seeded "
                            "sample of data.max_validation_per_language per language")
     ours.add_argument("--evaluate", choices=["true", "false"],
                       help="generate on the test sets and score them after each node (default: true)")
-    ours.add_argument("--test-sets", nargs="+", choices=TEST_SETS, metavar="SET",
-                      help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3 "
-                           "(default: flores ldc2020t07, the original's)")
+    ours.add_argument("--test-sets", nargs="+", metavar="SET",
+                      help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3, or any corpus "
+                           "folder's name (its test split) (default: flores ldc2020t07, the original's, when "
+                           "flores is trained on; else the training corpora's test splits)")
     ours.add_argument("--output-dir", help="where runs are written (default: runs)")
     ours.add_argument("--storage-path", help="Ray Train storage: local dir, NFS path or s3:// URI")
     ours.add_argument("--num-gpus", type=int, help="GPU slots to use (default: all the cluster has; 0 = CPU)")
     ours.add_argument("--address", help="Ray cluster to join ('auto' = the running one); default: start a local Ray")
-    ours.add_argument("--handoff", choices=HANDOFFS, help="parent -> child: stack (default), merge, continue")
+    ours.add_argument("--handoff", choices=list(HANDOFFS), help="parent -> child: "
+                      + "; ".join(f"{name}: {mode.help}" for name, mode in HANDOFFS.items()) + " (default stack)")
     ours.add_argument("--direction", choices=["amr2text", "text2amr"], help="generation (default) or parsing")
     ours.add_argument("--resume", action="store_true", help="continue a run: finished nodes are kept, the rest retrained")
     ours.add_argument("--simulate", type=float, metavar="SEC_PER_EXAMPLE",
@@ -97,9 +111,19 @@ def add_parser(sub) -> None:
                            "node adapters and exports move the bytes a real run moves)")
     ours.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     ours.add_argument("-v", "--verbose", action="store_true", help="show Ray and worker logs")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value",
-                   help="config overrides, e.g. train.learning_rate=1e-4 model.lora.r=64")
-    p.set_defaults(run=run)
+
+
+NO_CAP = "null"  # --max-train-per-corpus null: every example (the flag's value until flags_to_dict)
+
+
+def cap_value(text: str) -> int | str:
+    """--max-train-per-corpus: a number, or null/none for no cap."""
+    if text.strip().lower() in ("null", "none", "~"):
+        return NO_CAP
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or null") from None
 
 
 def flags_to_dict(args: argparse.Namespace) -> dict:
@@ -131,6 +155,8 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         value = getattr(args, attr, None)
         if value is not None:
             out.setdefault(section, {})[key] = value
+    if getattr(args, "max_train_per_corpus", None) == NO_CAP:
+        out["data"]["max_train_per_corpus"] = None
     if args.level_names:
         out.setdefault("tree", {})["levels"] = parse_level_args(args.level_names)
     if args.lora_size is not None:
@@ -183,31 +209,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(cfg, args: argparse.Namespace) -> int:
-    from hql_ray.orchestration import plan
+    from hql_ray.orchestration import run_model
     from hql_ray.settings.tree import load_tree
 
     # An existing run folder (no --resume) is refused first: before the data check, the demo base's
     # build or Ray.
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
-    plan.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
+    run_model.check_run_folder(cfg, tree, tree.skip_nodes(cfg.tree.skip))
 
+    from hql_ray.orchestration import stop
     from hql_ray.orchestration.driver import Driver
     from hql_ray.outputs.progress import make_reporter
+    from hql_ray.training.simulate import Simulation
 
-    simulate = None
+    stop.on_sigterm()
+    simulation = None
     if args.simulate is not None:
-        simulate = {"seconds_per_example": args.simulate, "epochs": cfg.train.epochs, "adapters": args.simulate_adapters}
-    driver = Driver(cfg, simulate=simulate)
+        simulation = Simulation(args.simulate, cfg.train.epochs, args.simulate_adapters)
+    driver = Driver(cfg, simulation=simulation)
     reporter = make_reporter(cfg, plain=args.plain, tree=driver.tree)
     driver.on_event = reporter.event
-    with reporter:
-        manifest = driver.run()
+    try:
+        with reporter:
+            manifest = driver.run()
+    except stop.Stopped:
+        print(f"hql-ray: stopped by SIGTERM; finished nodes are kept in {driver.run_dir}, and the nodes in flight "
+              "continue from their latest checkpoint: re-run the same command with --resume", file=sys.stderr)
+        return stop.EXIT_CODE
     failed = [n for n, v in manifest.nodes.items() if v.status not in ("done", "skipped")]
     run_dir = driver.run_dir
     if failed:
         print(f"{len(failed)} node(s) not done: {', '.join(failed)}. Finished nodes are kept in {run_dir}; "
               f"fix the problem and re-run the same command with --resume.", file=sys.stderr)
         return 1
-    if not simulate:
+    if not simulation:
         print(f"done: {run_dir}/results.md, adapters in {run_dir}/final/")
     return 0

@@ -3,8 +3,9 @@
 Two layouts, found side by side: ours, ``<data_dir>/<corpus>/<code>/<corpus>_<code>_<split>.tsv``, and
 the original's, read unchanged (``<data_dir>/GoldAMR_SilverText/data/amr3/<code>/...`` and so on; see
 `corpus_file`). Each TSV line holds ``<single-line PENMAN AMR>\\t<sentence>``. Training uses the corpora
-named in data.corpora, by default the original's (amr3 and flores); other folders are reported, never
-used. LDC2020T07 is a test set only.
+named in data.corpora; by default the original's (amr3 and flores) when the folder has both, otherwise
+every corpus in it (a folder of one's own). The test sets (eval.test_sets) are any corpora's test splits,
+by default those of the training corpora (`default_test_sets`). LDC2020T07 is a test set only.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from penman import Tree
 from hql_ray.settings.config import LinearizeOptions
 from hql_ray.data.amr import iter_text_lines, linearize, parse_amr_tree, read_penman_blocks, read_text_lines
 from hql_ray.settings.errors import InputError
+from hql_ray.settings.records import LEGACY_TEST_SET
 
 SPLITS = ("train", "validation", "test")
 # The corpora the original trained on; training uses these unless data.corpora names others.
 DEFAULT_CORPORA = ("amr3", "flores")
 LDC = "ldc2020t07"
+# The test sets the paper's data has, in report order (any corpus's test split can be a test set too).
+KNOWN_TEST_SETS = ("flores", LDC, "amr3")
 LDC_LANGUAGES = ("deu_Latn", "eng_Latn", "ita_Latn", "spa_Latn")  # the languages LDC2020T07 has
 # The original's layout: one folder per dataset script, the corpus under its data/ folder. English amr3 is
 # gold text (GoldAMR_GoldText), every other language's amr3 is NLLB text (GoldAMR_SilverText), flores is
@@ -86,10 +90,10 @@ def discover_corpora(data_dir: str | Path) -> list[str]:
 
 
 def select_corpora(data_dir: str | Path, corpora: list[str] | tuple[str, ...] | None) -> list[str]:
-    """The training corpora: the named ones, or by default the original's (amr3 and flores).
+    """The training corpora: the named ones; by default the original's (amr3 and flores) when the data
+    folder has both, otherwise every corpus in it (a corpus folder of one's own trains without flags).
 
-    Nothing is picked up because it is there: a name not in the data folder is an InputError naming what
-    is, and so is a default corpus that is missing (name the corpora to train without it)."""
+    A name not in the data folder is an InputError naming what is."""
     available = discover_corpora(data_dir)
     if corpora:
         unknown = [c for c in corpora if c not in available]
@@ -97,13 +101,43 @@ def select_corpora(data_dir: str | Path, corpora: list[str] | tuple[str, ...] | 
             raise InputError(f"unknown corpus {', '.join(unknown)}; available: {', '.join(available) or 'none'}",
                              path=data_dir)
         return list(corpora)
-    missing = [c for c in DEFAULT_CORPORA if c not in available]
-    if missing:
-        raise InputError(
-            f"no {' or '.join(missing)} corpus here, and training uses the original's corpora "
-            f"({', '.join(DEFAULT_CORPORA)}) unless data.corpora (--corpus) names others; available: "
-            f"{', '.join(available) or 'none'}", path=data_dir)
-    return list(DEFAULT_CORPORA)
+    if all(c in available for c in DEFAULT_CORPORA):
+        return list(DEFAULT_CORPORA)
+    return available
+
+
+def default_test_sets(data_dir: str | Path, corpora: list[str] | tuple[str, ...]) -> list[str]:
+    """The test sets scored when eval.test_sets is left to the data: the original's (flores and LDC2020T07)
+    when flores is trained on, and every other training corpus's test split but amr3's (the original never
+    scored amr3 test); without flores, the test split of every training corpus. LDC2020T07 also whenever the
+    data folder has it. In report order (`sorted_test_sets`)."""
+    with_flores = "flores" in corpora
+    names = [c for c in corpora if not (with_flores and c == "amr3")]
+    if with_flores or ldc_folder_exists(data_dir):
+        names.append(LDC)
+    return sorted_test_sets(dict.fromkeys(names))
+
+
+def test_sets_of(data_dir: str | Path, corpora: list[str] | None, test_sets: list[str] | None) -> list[str]:
+    """The test sets a run scores: eval.test_sets, or when it is None the data's (`default_test_sets`)."""
+    if test_sets is not None:
+        return list(test_sets)
+    return default_test_sets(data_dir, select_corpora(data_dir, corpora))
+
+
+def sorted_test_sets(names: Iterable[str]) -> list[str]:
+    """Test sets in report order: flores, ldc2020t07, amr3, then the others by name."""
+    return sorted(names, key=order_key_of_test_set)
+
+
+def order_key_of_test_set(name: str | None) -> tuple:
+    """Sort key of a test set in tables: flores, ldc2020t07, amr3, the others by name, an older run's
+    "union", then None (no scores)."""
+    if name is None:
+        return (len(KNOWN_TEST_SETS) + 2, "")
+    if name in KNOWN_TEST_SETS:
+        return (KNOWN_TEST_SETS.index(name), name)
+    return (len(KNOWN_TEST_SETS) + (1 if name == LEGACY_TEST_SET else 0), str(name))
 
 
 def in_both_layouts(data_dir: str | Path, corpora: list[str]) -> dict[str, list[Path]]:

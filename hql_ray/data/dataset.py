@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ import datasets
 
 from hql_ray.data import corpus
 from hql_ray.settings.config import LinearizeOptions
+from hql_ray.settings.records import Progress, Task
 
 CACHE_VERSION = 2
 _COUNTS = ("skipped", "clipped_source", "clipped_target")  # metadata summed over a node's languages
@@ -31,33 +33,30 @@ _COUNTS = ("skipped", "clipped_source", "clipped_target")  # metadata summed ove
 
 class StepProgress:
     """A long step's progress (tokenizing a language, generating for a test set) as live-progress updates
-    {"phase": ..., "task": {...}} for `NodeContext.progress` (`hql_ray.outputs.progress.task_text` words them).
+    (a `Progress` with its `Task`) for `NodeContext.progress`.
 
     Sends at most one update per `min_interval` s, except the first and the last of a task (done == total),
     so a per-batch callback costs the board a few calls a second at most. `send` None: nothing is sent."""
 
-    def __init__(self, send: Callable[[dict], None] | None, node_id: str | None = None, min_interval: float = 0.5):
+    def __init__(self, send: Callable[[Progress], None] | None, node_id: str | None = None,
+                 min_interval: float = 0.5):
         self.send = send
         self.node_id = node_id
         self.min_interval = min_interval
         self._last = 0.0
-        self._task_key: tuple | None = None
+        self._task_key: Task | None = None
 
-    def __call__(self, phase: str, **task) -> None:
+    def __call__(self, task: Task) -> None:
         if self.send is None:
             return
         now = time.monotonic()
-        key = tuple((k, v) for k, v in task.items() if k not in ("done",))
-        new_task = key != self._task_key
-        finished = task.get("done") is not None and task.get("done") == task.get("total")
-        if not (new_task or finished) and now - self._last < self.min_interval:
+        key = dataclasses.replace(task, done=None)
+        finished = task.done is not None and task.done == task.total
+        if not (key != self._task_key or finished) and now - self._last < self.min_interval:
             return
         self._task_key, self._last = key, now
-        update = {"phase": phase, "task": dict(task)}
-        if self.node_id is not None:
-            update["node"] = self.node_id
         try:
-            self.send(update)
+            self.send(Progress(node=self.node_id or "", phase=task.phase, task=task))
         except Exception:  # noqa: BLE001 - progress is best effort, never the reason a node fails
             pass
 
@@ -82,7 +81,7 @@ class DataSettings:
 
     data_dir: str
     direction: str = "amr2text"
-    corpora: tuple[str, ...] | None = None  # training corpora; None = the original's (corpus.DEFAULT_CORPORA)
+    corpora: tuple[str, ...] | None = None  # training corpora; None = the data's (corpus.select_corpora)
     max_source_length: int | None = None  # None = no truncation
     max_target_length: int | None = None
     # split -> max examples per language: "train" per corpus, "validation" (sample mode) and "test" per language
@@ -117,7 +116,7 @@ class DataSettings:
         )
 
     def used_corpora(self) -> list[str]:
-        """The training corpora (named, or the original's); an unknown or missing one is an InputError."""
+        """The training corpora (named, or the data folder's); an unknown one is an InputError."""
         return corpus.select_corpora(self.data_dir, list(self.corpora) if self.corpora else None)
 
     def validation_rows(self, n_languages: int) -> int | None:
@@ -295,7 +294,7 @@ def node_dataset(
     for i, (code, name) in enumerate(languages, 1):
         key = cache_key(settings, code, name, split, tokenizer, rows)
         cached = (Path(cache_dir) / "tokenized" / code / f"{split}-{key}" / "dataset_info.json").exists()
-        steps("prepare", what="tokenize", code=code, split=split, index=i, count=len(languages), cached=cached)
+        steps(Task("tokenize", code, i, len(languages), split=split, cached=cached))
         parts.append(language_dataset(settings, code, name, split, tokenizer, cache_dir, rows))
     if len(parts) == 1:
         return parts[0]

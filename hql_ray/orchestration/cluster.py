@@ -10,7 +10,7 @@ import ray
 
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError
-from hql_ray.orchestration.launch import Slots
+from hql_ray.orchestration.run_model import Slots, count_slots
 
 
 STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train V2: runs recorded for the dashboard's Train view
@@ -68,20 +68,10 @@ def init_ray(cfg: Config, verbose: bool | None = None) -> bool:
 
 
 def detect_slots(cfg: Config) -> Slots:
+    """The run's slots from what the Ray cluster offers (`run_model.count_slots`)."""
     resources = ray.cluster_resources()
-    cluster_gpus = int(resources.get("GPU", 0))
-    wanted = cfg.resources.num_gpus
-    if wanted is not None and wanted > cluster_gpus:
-        raise ConfigError(f"--num-gpus {wanted} but the Ray cluster has {cluster_gpus} GPU(s)")
-    gpus = cluster_gpus if wanted is None else wanted
-    if gpus > 0:
-        cuda = _workers_have_cuda()
-        # Logical GPU slots share the CPUs: a CPU per worker would cap concurrency at the CPU count.
-        return Slots(gpus, True, cuda, cfg.resources.cpus_per_worker if cuda else 0.01)
-    cpus = resources.get("CPU", 1)
-    per = cfg.resources.cpus_per_worker
-    total = cfg.resources.num_cpu_slots or max(1, int(cpus // per))
-    return Slots(total, False, False, per)
+    gpus = int(resources.get("GPU", 0))
+    return count_slots(cfg, gpus, resources.get("CPU", 1), cuda=gpus > 0 and _workers_have_cuda())
 
 
 _cuda_probe: bool | None = None

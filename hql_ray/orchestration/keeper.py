@@ -15,37 +15,56 @@ RSS on the PTHQL dry run). Now:
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray.training import handoff
 from hql_ray.settings.records import AdapterState
-from hql_ray.orchestration.ray_worker import from_wire, to_wire
+from hql_ray.training.adapter_files import from_wire, load_adapter_state, save_adapter_state, state_checksum, to_wire
 
 
 @ray.remote(num_cpus=0)
 class AdapterKeeper:
-    """Holds each finished node's adapter in the object store (as its owner) until the driver takes it."""
+    """Holds each finished run's adapter in the object store (as its owner) until the driver takes it.
+    Keyed by the Ray Train run name (a node's, or one trial's of a searched node)."""
 
     def __init__(self) -> None:
         self.kept: dict[str, ray.ObjectRef] = {}
 
-    def keep(self, node_id: str, wire: AdapterState, path: str) -> str:
+    def keep(self, run: str, wire: AdapterState, path: str) -> str:
         """Save `wire` under `path` (persisted before the node is done), keep it in the store; its checksum."""
         state = from_wire(wire, copy=False)  # the argument's arrays, read in place
-        handoff.save_adapter_state(state, path)
-        checksum = handoff.state_checksum(state)
-        self.kept[node_id] = ray.put(wire)
+        save_adapter_state(state, path)
+        checksum = state_checksum(state)
+        self.kept[run] = ray.put(wire)
         return checksum
 
-    def take(self, node_id: str) -> list:
-        """The kept reference, in a list (so the caller gets the reference, not the bytes)."""
-        return [self.kept.pop(node_id)]
+    def adopt(self, node_run: str, trial_run: str, trial_path: str, node_path: str) -> None:
+        """A searched node's best trial becomes the node: its saved adapter moved to the node's folder, its
+        reference kept under the node's run (read back from disk if this keeper did not keep it: a search
+        resumed by a later launch). The other trials' references go; their files stay with the trials."""
+        source, target = Path(trial_path), Path(node_path)
+        if source.exists():  # (else moved already by a launch that died right after)
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        ref = self.kept.pop(trial_run, None)
+        self.kept[node_run] = ref if ref is not None else ray.put(to_wire(load_adapter_state(target)))
+        for run in [r for r in self.kept if r.startswith(f"{node_run}.trial_")]:
+            del self.kept[run]
 
-    def drop(self, node_id: str) -> None:
-        self.kept.pop(node_id, None)
+    def take(self, run: str) -> list:
+        """The kept reference, in a list (so the caller gets the reference, not the bytes)."""
+        return [self.kept.pop(run)]
+
+    def drop(self, run: str) -> None:
+        self.kept.pop(run, None)
+        for trial in [r for r in self.kept if r.startswith(f"{run}.trial_")]:
+            del self.kept[trial]
 
 
 def start_keeper(head_node_id: str):
@@ -54,8 +73,8 @@ def start_keeper(head_node_id: str):
 
 def check_saved(path: str, checksum: str | None) -> AdapterState:
     """The adapter saved under `path`; raises if it does not load or does not match `checksum`."""
-    state = handoff.load_adapter_state(path)
-    if checksum is not None and handoff.state_checksum(state) != checksum:
+    state = load_adapter_state(path)
+    if checksum is not None and state_checksum(state) != checksum:
         raise ValueError(f"{path}: checksum mismatch")
     return state
 

@@ -44,16 +44,15 @@ def fmt_resources(resources: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}" if shown else "{}"
 
 
-def describe_wait(wait: dict, waited_s: float, holders: dict[str, str]) -> str:
+def describe_wait(wait, waited_s: float, holders: dict[str, str]) -> str:
     """One line: who waits for what, what is free, and which placement groups hold the rest.
 
     `holders` maps placement group ids (hex) to the run of ours that made them (RunBoard.holders)."""
     from ray.util.placement_group import placement_group_table
 
-    who = wait["node"] + (f" trial {wait['trial']}" if wait.get("trial") else "")
-    wants = wait["wants"]
-    text = (f"{who} has waited {waited_s:.0f} s for {wants['workers']} worker(s) x "
-            f"{fmt_resources(wants['per_worker'])}")
+    who = wait.node + (f" trial {wait.trial}" if wait.trial else "")
+    text = (f"{who} has waited {waited_s:.0f} s for {wait.wants['workers']} worker(s) x "
+            f"{fmt_resources(wait.wants['per_worker'])}")
     total, free = ray.cluster_resources(), ray.available_resources()
     text += "; free " + ", ".join(f"{k} {free.get(k, 0.0):g}/{total[k]:g}" for k in SHOWN_RESOURCES if k in total)
     held = []

@@ -1,11 +1,11 @@
 """`hql-ray train --dry-run`: everything a run checks before Ray starts, and the plan, without Ray.
 
-`make_plan` reads the tree, checks the run folder (`check_run_folder`, also called by the real run
-before anything else), runs the pre-flight data checks (`preflight.check`), replays the driver's
-scheduling on the given slots (`scheduling.allocate_workers`, a child ready once its parent is done)
-and sizes each node: examples, optimizer steps, workers, its adapter (the real model's LoRA shapes
-on the meta device, as `simulate.lora_shapes`) and its GPU memory (`hql_ray.training.memory`).
-Problems are collected, not raised, so that the plan is printed as far as it can be.
+`make_plan` calls what the real start calls: the run folder's checks and -sv's precondition
+(`run_model.check_run_folder`, `check_skips`), the hand-off rule and the pre-flight data checks
+(`preflight.check`), and the run model's schedule (`RunModel.replay`: its readiness rule and worker
+allocation on the given slots) and batch plan (a node's steps). It then sizes each node's adapter (the
+real model's LoRA shapes on the meta device) and GPU memory (`hql_ray.training.memory`, with the frozen
+ranks the hand-off rule gives). Problems are collected, not raised, so the plan is printed as far as it can be.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hql_ray.orchestration import preflight
+from hql_ray.orchestration import preflight, run_model
 from hql_ray.settings import search_space
-from hql_ray.settings.config import TINY_BASES, Config
+from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError, HQLError
-from hql_ray.orchestration.scheduling import allocate_workers, max_workers
-from hql_ray.settings.tree import LanguageTree, load_tree
+from hql_ray.settings.tree import load_tree
+from hql_ray.training import memory
 
 ASSUMED_PER_CORPUS = 31000  # examples per corpus and language assumed when the data cannot be read
 
@@ -51,93 +51,29 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-# ---- the run folder ---------------------------------------------------------------------------------
-def check_run_folder(cfg: Config, tree: LanguageTree, skipped: set[str]) -> dict[str, str]:
-    """What the driver's manifest check refuses, said before Ray (or any model, or the data check) starts:
-    an existing run without --resume (or -sv), or a --resume of another tree. -> node id -> status
-    already in the folder ({} when there is none)."""
-    path = cfg.run_dir.absolute() / "manifest.json"
-    if not path.exists():
-        return {}
-    from hql_ray.outputs.manifest import Manifest
-
-    old = Manifest.load(path)
-    if not cfg.run.resume and not skipped:
-        done = [n for n, v in old.nodes.items() if v.status == "done"]
-        raise ConfigError(f"run folder {cfg.run_dir.absolute()} already holds a run ({len(done)} node(s) done); "
-                          "add --resume to continue it, or choose another run name (-sn)")
-    if set(old.nodes) != set(tree.nodes):
-        raise ConfigError(f"--resume: {path} was made for a different tree ({old.data['tree']})")
-    return {n: v.status for n, v in old.nodes.items()}
-
-
 # ---- slots ----------------------------------------------------------------------------------------
 def plan_slots(cfg: Config, slots: int | None, notes: list[str]) -> tuple[int, str]:
-    """Slots as `cluster.detect_slots` would count them, without Ray: --slots, else resources.num_gpus,
-    else the GPUs visible here; with no GPU, resources.num_cpu_slots or this machine's CPUs."""
+    """--slots, else the slots a local run here would get (`run_model.count_slots` on this machine's GPUs and
+    CPUs, as `cluster.detect_slots` counts a cluster's)."""
     res = cfg.resources
     if slots is not None:
         return slots, "CPU" if res.num_gpus == 0 else "GPU"
-    gpus = res.num_gpus
-    if gpus is None:
-        if res.address:
-            notes.append(f"resources.address is {res.address}: the cluster's GPUs are unknown without Ray; "
-                         "give --slots (or --num-gpus) to plan for them")
-        gpus = _visible_gpus()
-        if not gpus and not res.address:
-            notes.append("resources.num_gpus is unset and no GPU is visible here: planned on CPU slots, as a "
-                         "local run here would train (--num-gpus N or --slots N plans for N GPUs)")
-    if gpus > 0:
-        return gpus, "GPU"
-    return res.num_cpu_slots or max(1, int((os.cpu_count() or 1) // res.cpus_per_worker)), "CPU"
-
-
-def _visible_gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-# ---- examples, steps, workers -------------------------------------------------------------------
-def steps_for(cfg: Config, examples: int, workers: int) -> int:
-    """Optimizer steps of a node, as node.setup counts them (length-grouped batches cut each mega-batch
-    into whole batches, so an epoch is ceil(examples / global batch) steps)."""
-    batch = cfg.train.batch_size * (workers if cfg.train.batch_per_worker else 1)
-    total = max(1, math.ceil(cfg.train.epochs * math.ceil(examples / batch)))
-    return min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-
-
-def schedule(cfg: Config, tree: LanguageTree, sizes: dict[str, int], slots: int, finished: set[str]) -> dict[str, int]:
-    """Replay the driver: ready nodes (parent done; with resources.level_barrier, every shallower node
-    done) share the free slots by `allocate_workers`; a node takes examples x epochs / workers.
-    -> node id -> workers, for the nodes not in `finished`."""
-    done, running, out, now = set(finished), {}, {}, 0.0
-    pending = [n for n in tree.nodes if n not in done]
-    while pending or running:
-        open_depths = {tree.nodes[n].depth for n in pending} | {tree.nodes[n].depth for n in running}
-        ready = [n for n in pending
-                 if (tree.nodes[n].parent is None or tree.nodes[n].parent in done)
-                 and not (cfg.resources.level_barrier and any(d < tree.nodes[n].depth for d in open_depths))]
-        free = slots - sum(w for _, w in running.values())
-        alloc = allocate_workers([(n, sizes[n]) for n in ready], free, max_workers(cfg),
-                                 cfg.resources.min_examples_per_worker)
-        for node_id, workers in alloc.items():
-            running[node_id] = (now + sizes[node_id] * cfg.train.epochs / workers, workers)
-            out[node_id] = workers
-            pending.remove(node_id)
-        if not running:  # nothing can start: a node whose parent is not trained and not done
-            break
-        node_id = min(running, key=lambda n: running[n][0])
-        now = running.pop(node_id)[0]
-        done.add(node_id)
-    return out
+    if res.address and res.num_gpus is None:
+        notes.append(f"resources.address is {res.address}: the cluster's GPUs are unknown without Ray; "
+                     "give --slots (or --num-gpus) to plan for them")
+    try:
+        local = run_model.local_slots(cfg)
+    except ConfigError:  # --num-gpus N here without N GPUs: plan for N, as the cluster would give them
+        return res.num_gpus, "GPU"
+    if not local.use_gpu and res.num_gpus is None and not res.address:
+        notes.append("resources.num_gpus is unset and no GPU is visible here: planned on CPU slots, as a "
+                     "local run here would train (--num-gpus N or --slots N plans for N GPUs)")
+    return local.total, local.kind
 
 
 # ---- adapter size and memory --------------------------------------------------------------------
 def base_config(cfg: Config):
     """The base model's config without weights or network, or None when it is not known here."""
-    from hql_ray.training import memory
-
     try:
         return memory.base_model_config(cfg.model.base, cfg.models_dir)
     except Exception:  # noqa: BLE001 - not in the local cache, or not a model: "unknown"
@@ -149,8 +85,6 @@ def adapter_size(cfg: Config, model_config) -> dict | None:
     real shapes, built on the meta device), or the whole model with model.mode fft."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
-
-    from hql_ray.training import memory
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, not the user's
@@ -171,43 +105,42 @@ def adapter_size(cfg: Config, model_config) -> dict | None:
 def memory_estimator(activations: bool = False):
     """(cfg, frozen ancestor ranks) -> GPU bytes by part and "total" (`memory.node_memory`): the static part
     only unless `activations` (measured on the meta device: 20-60 s per depth for mT5-large)."""
-    from hql_ray.training.memory import node_memory  # torch and transformers: only when a plan is made
-
-    return lambda cfg, ranks: node_memory(cfg, ranks, activations=activations)
+    return lambda cfg, ranks: memory.node_memory(cfg, ranks, activations=activations)
 
 
 # ---- the plan --------------------------------------------------------------------------------------
 def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) -> Plan:
-    """Every check that needs no Ray, and the plan; raises only when there is no tree to plan."""
+    """Every check the real start makes before Ray (the same functions: `run_model`, `preflight`), and the
+    plan; raises only when there is no tree to plan."""
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     skipped = tree.skip_nodes(cfg.tree.skip)
     search_space.check_levels(cfg.tune, tree.levels)
     notes: list[str] = []
     total, kind = plan_slots(cfg, slots, notes)
     plan = Plan(cfg.run_dir.absolute(), cfg.model.base, cfg.model.mode, total, kind, notes=notes)
-    status = _check(plan, lambda: check_run_folder(cfg, tree, skipped)) or {}
+    old = _check(plan, lambda: run_model.check_run_folder(cfg, tree, skipped))
+    _check(plan, lambda: run_model.check_skips(tree, skipped, old, cfg.run_dir.absolute()))
+    model = _check(plan, lambda: run_model.RunModel(cfg, tree))
     sizes = _check(plan, lambda: preflight.check(cfg, tree, skipped=skipped))
-    if sizes is None:
+    known = sizes is not None
+    if not known:
         corpora = len(cfg.data.corpora or ("amr3", "flores"))
         per = cfg.data.max_train_per_corpus or ASSUMED_PER_CORPUS
         sizes = {n.id: len(n.languages) * corpora * per for n in tree.nodes.values()}
         plan.notes.append(f"examples unknown (the data check failed): workers planned as if every corpus gave "
                           f"{per} examples per language")
-        known = False
-    else:
-        known = True
+    status = old.statuses if old is not None else {}
     kept = {n for n, s in status.items() if cfg.run.resume and s == "done"}
-    workers = schedule(cfg, tree, sizes, total, kept | skipped)
+    workers = model.replay(sizes, total, kept | skipped) if model is not None else {}
     adapter = _adapter(plan, cfg)
     for node in tree.nodes.values():
         w = workers.get(node.id)
         state = "skipped" if node.id in skipped else "done" if node.id in kept else "train"
-        plan.nodes.append(NodePlan(
-            node.id, node.depth, node.codes, sizes[node.id] if known else None,
-            steps_for(cfg, sizes[node.id], w) if known and w else None, w if state == "train" else None, state))
-    _memory(plan, cfg, tree, activations)
-    for node in plan.nodes:
-        node.adapter = adapter
+        steps = model.batch_plan(sizes[node.id], w).total_steps if known and w and model else None
+        plan.nodes.append(NodePlan(node.id, node.depth, node.codes, sizes[node.id] if known else None, steps,
+                                   w if state == "train" else None, state, adapter))
+    if model is not None:
+        _memory(plan, model, activations)
     return plan
 
 
@@ -228,15 +161,7 @@ def _adapter(plan: Plan, cfg: Config) -> dict | None:
     return adapter_size(cfg, model_config)
 
 
-def frozen_ranks(cfg: Config, tree: LanguageTree, node_id: str) -> list[int]:
-    """Ranks of the ancestors' adapters a node holds frozen beside its own: every ancestor's in stack mode;
-    none with merge (merged into the base), continue (the parent's adapter is the one trained) or fft."""
-    if cfg.model.handoff != "stack" or cfg.model.mode == "fft":
-        return []
-    return [cfg.model.lora.r] * len(tree.ancestors(node_id))
-
-
-def _memory(plan: Plan, cfg: Config, tree: LanguageTree, activations: bool) -> None:
+def _memory(plan: Plan, model: run_model.RunModel, activations: bool) -> None:
     estimate = memory_estimator(activations)
     plan.notes.append(
         "GPU memory per worker (hql_ray.training.memory, without the CUDA context): " + (
@@ -248,12 +173,12 @@ def _memory(plan: Plan, cfg: Config, tree: LanguageTree, activations: bool) -> N
     for node in plan.nodes:
         if node.status != "train":
             continue
-        ranks = tuple(frozen_ranks(cfg, tree, node.id))
+        ranks = tuple(model.frozen_ranks(node.id))
         if ranks not in known:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecations
-                    known[ranks] = estimate(cfg, list(ranks))
+                    known[ranks] = estimate(model.cfg, list(ranks))
             except Exception as err:  # noqa: BLE001 - an estimate that fails must not hide the plan
                 plan.notes.append(f"GPU memory with {len(ranks)} frozen ancestor(s): not estimated ({err})")
                 known[ranks] = None

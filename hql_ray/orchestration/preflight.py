@@ -3,16 +3,18 @@
 `check` returns each node's number of training examples (after the per-corpus cap), which the scheduler
 uses as the node's work. What it checks, each failure an InputError/ConfigError naming the file (and line):
 
-- the training corpora (data.corpora, by default the original's amr3 and flores) have every split for
-  every language; folders that are not used are said once;
+- the training corpora (data.corpora; by default the original's amr3 and flores, or every corpus of a
+  folder without them) have every split for every language; folders that are not used are said once.
+  data.corpora and eval.test_sets left to the data (None) are fixed on `cfg` here (`resolve_data`), so
+  the run's record says what it trained on and scored, and a choice that is not the original's is said once;
 - every graph of the files the run reads (train and validation of the training corpora, and the test sets
   in eval.test_sets) parses, as the node would parse it; the verdict of a file that passed is cached
   under the cache folder by size and mtime, so the next run does not parse it again;
 - each node that trains gets validation rows (data.validation "first": validation_size // languages //
   corpora >= 1);
-- each test set in eval.test_sets has rows for the languages that should have it: flores (and amr3 when
-  asked) for every language, LDC2020T07 for deu/eng/ita/spa when the data folder has an ldc2020t07
-  folder; without one, LDC2020T07 is not scored and that is said once;
+- each test set in eval.test_sets has rows for the languages that should have it: a corpus's test split
+  (flores, amr3, or any corpus folder's) for every language, LDC2020T07 for deu/eng/ita/spa when the data
+  folder has an ldc2020t07 folder; without one, LDC2020T07 is not scored and that is said once;
 - the evaluation's files (metrics.check_eval_files: spBLEU and LID models, the -ge baseline): a given
   path that does not exist or load is an error, what will not be computed is said.
 """
@@ -28,22 +30,28 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hql_ray.data import corpus
+from hql_ray.scoring import metrics
 from hql_ray.settings.config import Config
+from hql_ray.settings.handoffs import handoff_for
 from hql_ray.settings.errors import ConfigError, InputError
 from hql_ray.settings.tree import LanguageTree
+from hql_ray.training.simulate import Simulation
 
 log = logging.getLogger(__name__)
 VERDICTS = "preflight-verdicts.json"  # under cfg.cache_dir
 
 
-def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
+def check(cfg: Config, tree: LanguageTree, simulation: Simulation | None = None,
           skipped: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
     """Everything above; -> node id -> training examples. `skipped`: nodes this run does not train."""
-    if simulate:
-        return _simulated_sizes(tree, simulate)
+    handoff_for(cfg)  # model.handoff names a mode, and one that fits model.mode
+    if simulation is not None:
+        return {node.id: sum(simulation.examples_of(lang.code) for lang in node.languages)
+                for node in tree.nodes.values()}
     check_model(cfg)
     d = cfg.data
     used = corpus.check_layout(d.dir, tree.languages, d.corpora)
+    resolve_data(cfg, used)
     unused = corpus.unused_corpora(d.dir, used)
     if unused:
         log.warning("data: training on %s; not used: %s (name them in data.corpora / --corpus to use them)",
@@ -67,12 +75,26 @@ def check(cfg: Config, tree: LanguageTree, simulate: dict | None = None,
         per_language[lang.code] = n
     if cfg.eval.generate:
         check_test_sets(cfg, tree, verdicts)
-        from hql_ray.scoring import metrics
-
         for note in metrics.check_eval_files(cfg):
             log.warning("%s", note)
     verdicts.save()
     return {node.id: sum(per_language[lang.code] for lang in node.languages) for node in tree.nodes.values()}
+
+
+def resolve_data(cfg: Config, used: list[str]) -> None:
+    """data.corpora and eval.test_sets left to the data folder (None) set to what it gives (`used`: the
+    training corpora found); said once when that is not the original's choice."""
+    d, ev = cfg.data, cfg.eval
+    own = d.corpora is None and used != list(corpus.DEFAULT_CORPORA)
+    if d.corpora is None:
+        d.corpora = list(used)
+    scored = ""
+    if ev.test_sets is None:
+        ev.test_sets = corpus.default_test_sets(d.dir, used)
+        scored = f" and scoring their test splits ({', '.join(ev.test_sets)})" if ev.generate else ""
+    if own:
+        log.warning("data: no amr3 and flores corpora in %s: training on every corpus there (%s)%s; --corpus and "
+                    "--test-sets choose others", d.dir, ", ".join(used), scored)
 
 
 def _check_validation(cfg: Config, tree: LanguageTree, used: list[str], skipped) -> None:
@@ -94,10 +116,15 @@ def check_test_sets(cfg: Config, tree: LanguageTree, verdicts: "Verdicts | None"
     """The test sets of eval.test_sets exist and hold rows for the languages that should have them."""
     d = cfg.data
     verdicts = verdicts or Verdicts(None, cfg)
-    for test_set in cfg.eval.test_sets:
+    known = corpus.discover_corpora(d.dir)
+    for test_set in corpus.test_sets_of(d.dir, d.corpora, cfg.eval.test_sets):
         if test_set == corpus.LDC:
             _check_ldc(cfg, tree, verdicts)
             continue
+        if test_set not in known:
+            here = corpus.sorted_test_sets(known + [corpus.LDC] * corpus.ldc_folder_exists(d.dir))
+            raise InputError(f"eval.test_sets (--test-sets) names {test_set}, but it is no corpus here; the test "
+                             f"sets here: {', '.join(here) or 'none'}", path=d.dir)
         for lang in tree.languages:
             path = corpus.corpus_file(d.dir, test_set, lang.code, "test")
             if not path.is_file():
@@ -204,15 +231,3 @@ def check_model(cfg: Config) -> None:
         # Installed is enough here (importing it costs seconds: torch and its kernels); the workers import it.
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("-tm qlora needs bitsandbytes, which is not installed here; use -tm lora")
-    if cfg.model.mode == "fft" and cfg.model.handoff != "stack":
-        # fft hands full weights to children; the adapter hand-off modes do not apply.
-        raise ConfigError("model.handoff applies to lora/qlora; with -tm fft leave it at its default (stack)")
-
-
-def _simulated_sizes(tree: LanguageTree, simulate: dict) -> dict[str, int]:
-    per_language = simulate.get("examples_per_language", {})
-    default = int(simulate.get("examples", 31000))
-    return {
-        node.id: sum(int(per_language.get(lang.code, default)) for lang in node.languages)
-        for node in tree.nodes.values()
-    }

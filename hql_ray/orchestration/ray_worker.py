@@ -1,14 +1,13 @@
 """The Ray Train side of a node: a NodeContext over ray.train, and the per-worker loop function.
 
-Into the worker cross the run config (a plain dict), the `NodeSpec` and the ObjectRefs of the parent
-adapters; out comes rank 0's `NodeResult`, its adapter tensors as numpy. The training itself is
-`hql_ray.training.node.train_node`, which knows nothing of Ray.
+Into the worker crosses the `NodeJob` (its run config, its `NodeSpec`, the refs of the adapters it starts
+from, its work); out comes rank 0's `NodeResult`, its adapter handed to the run's keeper. The work
+itself (`hql_ray.training.work`: training, re-evaluation, simulation) knows nothing of Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 import os
 import socket
 import tempfile
@@ -19,49 +18,46 @@ import ray
 import ray.train
 import torch
 
-from hql_ray.training import handoff
+from hql_ray.orchestration.board import Attempt
+from hql_ray.orchestration.job import NodeJob
+from hql_ray.settings.records import NodeResult, Progress, WorkerInfo
+from hql_ray.training.adapter_files import from_wire, state_checksum, to_wire
 from hql_ray.training.context import NodeContext
-from hql_ray.settings.records import AdapterState, NodeSpec
-
-
-def to_wire(state: AdapterState) -> AdapterState:
-    """Ray Train refuses torch tensors in return values: ship numpy (zero-copy in the object store)."""
-    tensors, dtypes = {}, {}
-    for key, t in state.tensors.items():
-        dtypes[key] = str(t.dtype).replace("torch.", "")
-        t = t.detach().cpu()
-        tensors[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-    return AdapterState(state.config, tensors, dtypes)
-
-
-def from_wire(wire: AdapterState, copy: bool = True) -> AdapterState:
-    """Torch tensors again. The object store hands out read-only arrays: copied, unless `copy=False`
-    for a caller that only reads them (the driver saving a node's adapter: no second 1.17 GB)."""
-    tensors = {}
-    for key, array in wire.tensors.items():
-        if copy or array.flags.writeable:
-            t = torch.from_numpy(array.copy() if copy else array)
-        else:
-            with warnings.catch_warnings():  # "non-writable array": read only, never written
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.from_numpy(array)
-        tensors[key] = t.to(getattr(torch, wire.dtypes[key])) if key in wire.dtypes else t
-    return AdapterState(wire.config, tensors)
 
 
 class BoardProgress:
-    """Live progress to the run board: rank 0 only, and at most a few times a second (a shared actor)."""
+    """Live progress to the run board (rank 0 only, and at most a few times a second: a shared actor), and
+    the board's stop request (SIGTERM), asked without waiting and agreed across the node's workers."""
 
     rank: int
     _board = None
     _node_id = ""
     _last_progress = 0.0
+    _stop_ref = None  # the pending `checkpoint_requested` call
+    _stop_seen = False
 
-    def progress(self, update: dict) -> None:
+    def checkpoint_requested(self) -> bool:
+        if self._board is None:
+            return False
+        if not self._stop_seen and self.rank == 0:
+            if self._stop_ref is None:
+                self._stop_ref = self._board.checkpoint_requested.remote()
+            ready, _ = ray.wait([self._stop_ref], timeout=0)
+            if ready:
+                self._stop_seen, self._stop_ref = bool(ray.get(self._stop_ref)), None
+        flag = torch.tensor([1.0 if self._stop_seen else 0.0], device=self.device)
+        return bool(self.all_reduce_sum(flag).item() > 0)
+
+    def checkpoint_written(self, step: int) -> None:
+        if self._board is not None and self.rank == 0:
+            self._board.checkpointed.remote(self._node_id, step)
+
+    def progress(self, update: Progress) -> None:
         if self._board is None or self.rank != 0:
             return
         now = time.time()
-        if update.get("phase") == "train" and now - self._last_progress < 0.5 and "val_loss" not in update:
+        routine = update.val_loss is None and update.resumed_from is None  # (those two always go through)
+        if update.phase == "train" and now - self._last_progress < 0.5 and routine:
             return
         self._last_progress = now
         self._board.progress.remote(self._node_id, update)
@@ -84,6 +80,10 @@ class RayTrainContext(BoardProgress, NodeContext):
             return ray.train.torch.get_device()
         return torch.device("cpu")  # CPU run, or logical GPU slots in tests
 
+    def checkpoint_origin(self) -> str | None:
+        ckpt = ray.train.get_checkpoint()
+        return None if ckpt is None else ckpt.path
+
     def latest_checkpoint(self) -> Path | None:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
@@ -97,17 +97,12 @@ class RayTrainContext(BoardProgress, NodeContext):
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def worker_identity() -> dict:
-    return {
-        "host": socket.gethostname(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "pid": os.getpid(),
-        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        "cuda": torch.cuda.is_available(),
-    }
+def worker_identity() -> WorkerInfo:
+    return WorkerInfo(socket.gethostname(), ray.util.get_node_ip_address(), os.getpid(),
+                      [str(g) for g in ray.get_gpu_ids()], torch.cuda.is_available())
 
 
-def gather_identities(ctx: RayTrainContext) -> list[dict]:
+def gather_identities(ctx: RayTrainContext) -> list[WorkerInfo]:
     me = worker_identity()
     if ctx.world_size <= 1 or not torch.distributed.is_initialized():
         return [me]
@@ -118,51 +113,32 @@ def gather_identities(ctx: RayTrainContext) -> list[dict]:
 
 def node_train_loop(loop_config: dict):
     """Entry point of every Ray Train worker of a node."""
-    node: NodeSpec = loop_config["node"]
-    board = loop_config.get("board")
-    ctx = RayTrainContext(board=board, node_id=node.id)
+    job: NodeJob = loop_config["job"]
+    ctx = RayTrainContext(board=job.board, node_id=job.node.id)
     workers = gather_identities(ctx)
-    if ctx.rank == 0 and board is not None:
+    if ctx.rank == 0 and job.board is not None:
         # One call per (re)start of the worker group: the driver counts attempts from these.
-        ray.get(board.started.remote(node.id, {"workers": workers, "time": time.time()}))
+        ray.get(job.board.started.remote(job.node.id, Attempt(workers, time.time())))
         # The placement group this run holds: released by the driver if the run's caller is killed.
-        board.run_started.remote(loop_config.get("run"), node.id, None, ray.util.get_current_placement_group())
-    return run_node(loop_config, ctx, workers)
+        job.board.run_started.remote(job.name, job.node.id, None, ray.util.get_current_placement_group())
+    return run_node(job, ctx, workers)
 
 
-def run_node(loop_config: dict, ctx: NodeContext, workers: list[dict]):
+def run_node(job: NodeJob, ctx: NodeContext, workers: list[WorkerInfo]) -> NodeResult | None:
     """A node's work on one worker of its run, whoever runs it (a Ray Train worker, or a warm worker:
-    `hql_ray.orchestration.warm`): the ancestors' adapters from the object store, the training (or the evaluation
-    only, or the simulation), and on rank 0 the result, its adapter handed to the run's keeper."""
-    node: NodeSpec = loop_config["node"]
-    refs = loop_config.get("parent_refs") or []
-    # The ancestors' adapters, read in place from the object store (no copy for the checksums).
-    wires = [ray.get(ref) for ref in refs]
-    received = [handoff.state_checksum(from_wire(w, copy=False)) for w in wires]
-
-    if loop_config.get("evaluate_only"):  # --resume after a failed evaluation: the last ref is the node's own
-        from hql_ray.training.reevaluate import evaluate_trained_node
-
-        chain = [from_wire(w) for w in wires]
-        del wires
-        result = evaluate_trained_node(loop_config["config"], node, chain, ctx)
-        return dataclasses.replace(result, workers=workers) if ctx.rank == 0 else None
-    if loop_config.get("simulate"):
-        from hql_ray.training.simulate import simulated_node
-
-        del wires
-        result = simulated_node(loop_config["simulate"], node, ctx, loop_config["config"])
-    else:
-        from hql_ray.training.node import train_node  # heavy imports (transformers, peft): only when training
-
-        parent_chain = [from_wire(w) for w in wires]  # writable copies: they are loaded into the model
-        del wires
-        result = train_node(loop_config["config"], node, parent_chain, ctx)
+    `hql_ray.orchestration.warm`): the adapters it starts from, out of the object store; the work; and on
+    rank 0 the result, its adapter handed to the run's keeper (saved there, never sent to the driver)."""
+    wires = [ray.get(ref) for ref in job.parent_refs]
+    received = [state_checksum(from_wire(w, copy=False)) for w in wires]  # read in place: no copy
+    chain = [from_wire(w) for w in wires] if job.work.reads_adapters else []  # writable: loaded into the model
+    del wires
+    result = job.work.run(job.cfg, job.node, chain, ctx)
     if ctx.rank != 0:
         return None
     result = dataclasses.replace(result, received_checksums=received, workers=workers)
-    keeper = loop_config.get("keeper")
-    if keeper is not None and result.adapter is not None:  # saved and kept on the head: no bytes to the driver
-        checksum = ray.get(keeper.keep.remote(node.id, to_wire(result.adapter), loop_config["adapter_path"]))
+    if result.adapter is None:
+        return result
+    if job.keeper is not None:
+        checksum = ray.get(job.keeper.keep.remote(job.name, to_wire(result.adapter), job.adapter_path))
         return dataclasses.replace(result, adapter=None, kept_checksum=checksum)
     return dataclasses.replace(result, adapter=to_wire(result.adapter))

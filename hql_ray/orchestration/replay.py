@@ -55,14 +55,14 @@ class Replay:
     """One replay of `policy` on the tree `loads` (children from `parents`) on `slots` slots."""
 
     def __init__(self, loads: dict[str, NodeLoad], parents: dict[str, str | None], slots: int, policy: Policy,
-                 costs: Costs | None = None, barrier: bool = False):
+                 costs: Costs | None = None, barrier: bool = False, depths: dict[str, int] | None = None):
         self.loads, self.parents, self.slots, self.policy = loads, parents, slots, policy
         self.costs, self.barrier = costs or Costs(), barrier
         self.children: dict[str, list[str]] = {n: [] for n in loads}
         for node, parent in parents.items():
             if parent is not None:
                 self.children[parent].append(node)
-        self.depth = {n: _depth(n, parents) for n in loads}
+        self.depth = depths or {n: _depth(n, parents) for n in loads}  # (the barrier's levels)
         self.unfinished = set(loads)
         self.now = 0.0
         self.ready = [n for n, p in parents.items() if p is None]
@@ -157,5 +157,6 @@ def _depth(node: str, parents: dict[str, str | None]) -> int:
 
 
 def replay(loads: dict[str, NodeLoad], parents: dict[str, str | None], slots: int, policy: Policy,
-           costs: Costs | None = None, barrier: bool = False) -> ReplayResult:
-    return Replay(loads, parents, slots, policy, costs, barrier).run()
+           costs: Costs | None = None, barrier: bool = False, depths: dict[str, int] | None = None) -> ReplayResult:
+    """`depths`: each node's level for the barrier (default: from `parents`; a part of a tree passes its own)."""
+    return Replay(loads, parents, slots, policy, costs, barrier, depths).run()

@@ -14,7 +14,7 @@ may grow to `max` at a checkpoint), and the running nodes to resize now (only th
   at a checkpoint when slots free up (elastic, within its range).
 
 A node never gets more workers than it can use (`NodeLoad.max_workers`: resources.max_workers_per_node,
-the global batch (`max_workers`), its size (`max_useful_workers`)).
+the global batch (`batch_plan.max_workers`), its size (`max_useful_workers`)).
 """
 
 from __future__ import annotations
@@ -23,24 +23,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import ClassVar, Mapping
 
+from hql_ray.data.batch_plan import max_workers
+
 # A resize restarts a node from its checkpoint: ~1-2 min on a GPU (Ray Train start-up, the 4-bit base
 # loaded again), about 1000 examples of one mT5-large worker at ~0.13 s/example. Growing must save more.
 RESIZE_COST = 1000.0
 
 # ---- limits ---------------------------------------------------------------------------------------
-
-
-def max_workers(cfg, smallest_batch: int | None = None) -> int:
-    """Most workers one node may use. With a global batch (the default) a worker needs at least one
-    example of each optimizer step's batch: no more workers than train.batch_size, or, with a token budget
-    (train.batch_tokens), than the fewest examples any of the node's batches holds (`smallest_batch`;
-    unknown = 1, the safe answer)."""
-    limit = cfg.resources.max_workers_per_node
-    if cfg.train.batch_per_worker:
-        return limit
-    if getattr(cfg.train, "batch_tokens", None):
-        return max(1, min(limit, smallest_batch or 1))
-    return min(limit, cfg.train.batch_size)
 
 
 def max_useful_workers(examples: int, max_per_node: int, min_examples_per_worker: int) -> int:
@@ -211,8 +200,9 @@ class Policy:
             POLICIES[cls.name] = cls
 
     @classmethod
-    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> "Policy":
-        """This policy with a run's options (each class takes those it uses)."""
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float, elastic: bool = True) -> "Policy":
+        """This policy with a run's options (each class takes those it uses). `elastic`: whether running nodes
+        may be resized at their checkpoints (the real driver keeps a node's workers to its end)."""
         return cls()
 
     def decide(self, view: SchedulerView) -> Decision:
@@ -238,11 +228,11 @@ def make_policy(name: str, **options) -> Policy:
     return policy_class(name)(**options)
 
 
-def policy_for(cfg, resize_cost: float = RESIZE_COST) -> Policy:
+def policy_for(cfg, resize_cost: float = RESIZE_COST, elastic: bool = True) -> Policy:
     """The policy resources.policy names, with the run's options (`resize_cost` in examples x epochs per
-    worker, the unit of `tree_loads`' work)."""
+    worker, the unit of `tree_loads`' work; `elastic`: whether running nodes grow at checkpoints)."""
     return policy_class(cfg.resources.policy).configured(
-        min_examples_per_worker=cfg.resources.min_examples_per_worker, resize_cost=resize_cost)
+        min_examples_per_worker=cfg.resources.min_examples_per_worker, resize_cost=resize_cost, elastic=elastic)
 
 
 def tree_loads(cfg, tree, sizes: Mapping[str, int], smallest_batches: Mapping[str, int] | None = None
@@ -251,7 +241,7 @@ def tree_loads(cfg, tree, sizes: Mapping[str, int], smallest_batches: Mapping[st
     the global batch (`max_workers`; with a token budget, the fewest examples of any of the node's batches,
     `smallest_batches`) and its size (resources.min_examples_per_worker)."""
     res = cfg.resources
-    caps = {n: min(max_workers(cfg, (smallest_batches or {}).get(n)),
+    caps = {n: min(max_workers(cfg.train, res.max_workers_per_node, (smallest_batches or {}).get(n)),
                    max_useful_workers(sizes[n], res.max_workers_per_node, res.min_examples_per_worker))
             for n in tree.nodes}
     work = {n: sizes[n] * cfg.train.epochs for n in tree.nodes}
@@ -267,7 +257,7 @@ class LargestFirst(Policy):
         self.min_examples_per_worker = min_examples_per_worker
 
     @classmethod
-    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> Policy:
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float, elastic: bool = True) -> Policy:
         return cls(min_examples_per_worker)
 
     def decide(self, view: SchedulerView) -> Decision:
@@ -297,8 +287,8 @@ class CriticalPath(Policy):
         self.grow = grow  # resize running nodes at their checkpoints (elastic)
 
     @classmethod
-    def configured(cls, *, min_examples_per_worker: int, resize_cost: float) -> Policy:
-        return cls(resize_cost=resize_cost)
+    def configured(cls, *, min_examples_per_worker: int, resize_cost: float, elastic: bool = True) -> Policy:
+        return cls(resize_cost=resize_cost, grow=elastic)
 
     def decide(self, view: SchedulerView) -> Decision:
         shares = _Shares(view, self.resize_cost if self.grow else math.inf)

@@ -1,50 +1,58 @@
 """Per-level hyper-parameter search with Ray Tune: LoRA rank and learning rate, trials ranked on val_loss.
 
 The `tune:` section's format and parsing are `hql_ray.settings.search_space` (the config layer); this module
-only runs the trials of one node. The node's manifest entry then holds the best trial's adapter,
-metrics (with `trial`: its id and values) and history, and `trials`: one record per trial, {trial_id, config: {lora_r, lora_alpha,
-learning_rate}, metric, value (the node's best val_loss for a finished trial, the last reported one
-otherwise), status (done | stopped: ended by ASHA | error), best, validations, starts (worker-group
-starts: > 1 means restarted), run (its Ray Train run name), started_at, finished_at, time, error}.
-The node's `attempts` count the search's first start plus every worker-group restart, not trials.
+runs the trials of one node. The node's manifest entry then holds the best trial's metrics (with `trial`:
+its id and values) and history, and `trials`: one `TrialRecord` per trial. Its `attempts` count the
+search's first start plus every worker-group restart, not trials.
 
 Why it is built this way:
 - Train V2 cannot be wrapped by `Tuner(trainer)`; a trial is a function that runs one node as a
-  Ray Train run (`launch.make_trainer`, 1 worker, RunConfig name `<launch>.trial_<trial id>`, unique
-  under the storage path so nothing resumes by accident) whose reports reach Tune through
-  `TuneReportCallback`. The node reports val_loss at every validation, so ASHA can stop bad trials;
-  its grace period and rungs count validations.
+  Ray Train run (`launch.make_trainer`, 1 worker, run name `<node run>.trial_<trial id>`) whose reports
+  reach Tune through `TuneReportCallback`. The node reports val_loss at every validation, so ASHA can
+  stop bad trials; its grace period and rungs count validations.
+- Every trial's rank 0 hands its adapter to the run's keeper, saved under nodes/<id>/trials/<trial id>/,
+  and the search state writes each finished trial's result beside it: the best trial's adapter becomes
+  the node's (`AdapterKeeper.adopt`) without passing through the driver.
+- A search cut short by a lost driver resumes (`Tuner.restore`, same experiment and trial run names):
+  finished trials are not run again (their results are read back from the run folder), unfinished ones
+  continue from their Ray Train checkpoints, and the best is chosen from the same results.
 - Trial drivers take no CPU (TRIAL_DRIVER_RESOURCES) and at most `workers` trials of a node run at
   once: sibling nodes' searches share the slots the driver gave them and never wait on CPUs held by
-  trial drivers (1 CPU per trial driver + 1 per worker deadlocks 2 CPUs silently; even 0.01 CPU each
-  keeps the last 1-CPU worker group from starting).
+  trial drivers (1 CPU per trial driver + 1 per worker deadlocks 2 CPUs silently).
 - The best COMPLETED trial wins (lowest metric for mode min, at the node's best validation step); its
   adapter, whatever its rank, goes to the children: `stack` concatenates mixed ranks exactly and
   `continue` re-projects the parent's delta to the child's rank.
 - A trial ASHA stops is killed with its Ray Train run; each trial registers its actor as the run's
   owner on the run board, which releases the run's placement group once that actor is dead
   (`RunBoard.reap`: Ray's own clean-up needs the dashboard).
-- A search cut short by a dead driver is simply redone on `--resume` (new launch name, new trial ids).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import json
 import logging
 import math
 import os
 import threading
 import time
 import zlib
+from pathlib import Path
+
+import ray
 
 from hql_ray.orchestration import launch
+from hql_ray.orchestration.board import Attempt
+from hql_ray.orchestration.job import NodeJob
+from hql_ray.outputs.manifest import atomic_write_json
 from hql_ray.settings.errors import HQLError
-from hql_ray.settings.records import NodeResult
-from hql_ray.settings.search_space import LevelSpec, Param, alpha_for, better, level_spec, trial_config
+from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeResult, Progress, TrialChoice, TrialRecord
+from hql_ray.settings.search_space import LevelSpec, Param, better, level_spec, trial_choice, trial_config
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
 
 
-# ---- Ray side -----------------------------------------------------------------------------------
 def tune_domain(param: Param):
     """A searched value as Ray Tune's search space says it."""
     from ray import tune
@@ -66,55 +74,98 @@ def param_space(cfg, spec: LevelSpec) -> dict:
     return {"lora_r": tune_domain(r), "lora_alpha": alpha, "learning_rate": tune_domain(lr)}
 
 
-def _search_state_cls():
-    import ray
+def trials_dir(job: NodeJob) -> Path:
+    """nodes/<id>/trials: each trial's adapter and result (`job.adapter_path` is nodes/<id>/adapter)."""
+    return Path(job.adapter_path).parent / "trials"
 
-    @ray.remote(num_cpus=0)
-    class SearchState:
-        """One per searched node: trials' starts and ends, and the best finished trial's result."""
 
-        def __init__(self, board, node_id: str, metric: str, mode: str):
-            self.board, self.node_id, self.metric, self.mode = board, node_id, metric, mode
-            self.trials: dict[str, dict] = {}
-            self.best_id: str | None = None
-            self.best: dict | None = None
-            self.forwarded = 0
+@dataclasses.dataclass
+class TrialState:
+    """What the search state knows of one trial."""
 
-        def began(self, trial_id: str, params: dict, run_name: str) -> None:
-            self.trials.setdefault(trial_id, {"params": params, "run": run_name, "started_at": time.time(),
-                                              "starts": 0})
+    choice: TrialChoice | None = None
+    run: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    starts: int = 0
+    value: float | None = None
+    completed: bool = False
+    error: str | None = None
 
-        def started(self, trial_id: str, node_id: str, info: dict) -> None:
-            """A (re)start of a trial's rank 0. The run board hears of the node's first start and of every
-            restart, so the node's `attempts` stays 1 + worker-group restarts, whatever the trial count."""
-            entry = self.trials.setdefault(trial_id, {"started_at": time.time(), "starts": 0})
-            entry["starts"] += 1
-            if self.board is not None and (self.forwarded == 0 or entry["starts"] > 1):
-                self.forwarded += 1
-                ray.get(self.board.started.remote(node_id, {**info, "trial": trial_id}))
 
-        def finished(self, trial_id: str, result: NodeResult | None, error: str | None) -> None:
-            entry = self.trials.setdefault(trial_id, {"starts": 0})
-            entry["finished_at"] = time.time()
-            if error is not None or result is None:
-                entry["error"] = error or "training returned nothing"
-                return
-            value = (result.metrics or {}).get(self.metric)
-            entry["value"] = value
-            entry["completed"] = True
-            if value is not None and better(float(value), None if self.best is None else self._best_value(), self.mode):
-                self.best_id, self.best = trial_id, copy.deepcopy(result)  # own copy: the sender may exit
+class SearchState:
+    """One per searched node, on the driver's machine: trials' starts and ends, every finished trial's
+    result written under the node's trials folder (read back when a search resumes)."""
 
-        def _best_value(self):
-            return (self.best.metrics or {}).get(self.metric)
+    def __init__(self, board, node_id: str, metric: str, mode: str, folder: str):
+        self.board, self.node_id, self.metric, self.mode = board, node_id, metric, mode
+        self.folder = Path(folder)
+        self.trials: dict[str, TrialState] = {}
+        self.results: dict[str, NodeResult] = {}
+        self.forwarded = 0
+        for path in sorted(self.folder.glob(f"*/{RESULT_FILE}")):  # a resumed search: finished trials
+            self._read(path)
 
-        def summary(self) -> dict:
-            return {"trials": self.trials, "best_id": self.best_id}
+    def _read(self, path: Path) -> None:
+        data = json.loads(path.read_text())
+        result = NodeResult(None, NodeMetrics.from_json(data["metrics"]),
+                            [HistoryPoint.from_json(h) for h in data["history"]],
+                            kept_checksum=data.get("kept_checksum"))
+        trial_id = path.parent.name
+        self.results[trial_id] = result
+        self.trials[trial_id] = TrialState(TrialChoice.from_json(data.get("choice")), data.get("run"),
+                                           data.get("started_at"), data.get("finished_at"), data.get("starts", 1),
+                                           self._value(result), True)
 
-        def best_result(self) -> dict | None:
-            return self.best
+    def _value(self, result: NodeResult) -> float | None:
+        value = getattr(result.metrics, self.metric, None)
+        return None if value is None else float(value)
 
-    return SearchState
+    def began(self, trial_id: str, choice: TrialChoice, run_name: str) -> None:
+        entry = self.trials.setdefault(trial_id, TrialState())
+        entry.choice, entry.run = choice, run_name
+        entry.started_at = entry.started_at or time.time()
+
+    def started(self, trial_id: str, node_id: str, attempt: Attempt) -> None:
+        """A (re)start of a trial's rank 0. The run board hears of the node's first start and of every
+        restart, so the node's `attempts` stays 1 + worker-group restarts, whatever the trial count."""
+        entry = self.trials.setdefault(trial_id, TrialState(started_at=time.time()))
+        entry.starts += 1
+        if self.board is not None and (self.forwarded == 0 or entry.starts > 1):
+            self.forwarded += 1
+            ray.get(self.board.started.remote(node_id, dataclasses.replace(attempt, trial=trial_id)))
+
+    def finished(self, trial_id: str, result: NodeResult | None, error: str | None) -> None:
+        entry = self.trials.setdefault(trial_id, TrialState())
+        entry.finished_at = time.time()
+        if error is not None or result is None:
+            entry.error = error or "training returned nothing"
+            return
+        entry.value, entry.completed = self._value(result), True
+        self.results[trial_id] = result
+        record = {"metrics": result.metrics.to_json(), "history": [h.to_json() for h in result.history],
+                  "kept_checksum": result.kept_checksum, "choice": entry.choice and entry.choice.to_json(),
+                  "run": entry.run, "started_at": entry.started_at, "finished_at": entry.finished_at,
+                  "starts": entry.starts}
+        atomic_write_json(self.folder / trial_id / RESULT_FILE, record)
+
+    def best(self) -> str | None:
+        """The finished trial with the best metric (ties: the lower trial id)."""
+        best_id = None
+        for trial_id in sorted(self.results):
+            value = self.trials[trial_id].value
+            if value is not None and better(value, None if best_id is None else self.trials[best_id].value,
+                                            self.mode):
+                best_id = trial_id
+        return best_id
+
+    def summary(self) -> tuple[dict[str, TrialState], str | None]:
+        return self.trials, self.best()
+
+    def result(self, trial_id: str) -> NodeResult:
+        return self.results[trial_id]
+
+
 
 
 class _Call:
@@ -134,13 +185,13 @@ class TrialBoard:
 
     @property
     def started(self):
-        return _Call(lambda node_id, info: self._state.started.remote(self._trial, node_id, info))
+        return _Call(lambda node_id, attempt: self._state.started.remote(self._trial, node_id, attempt))
 
     @property
     def progress(self):
-        def send(node_id, update):
+        def send(node_id, update: Progress):
             if self._board is not None:
-                return self._board.progress.remote(node_id, {**update, "trial": self._trial})
+                return self._board.progress.remote(node_id, dataclasses.replace(update, trial=self._trial))
             return None
 
         return _Call(send)
@@ -151,6 +202,14 @@ class TrialBoard:
             return None if self._board is None else self._board.run_started.remote(run, node_id, self._trial, pg)
 
         return _Call(send)
+
+    @property
+    def checkpoint_requested(self):
+        return self._board.checkpoint_requested  # the run's stop reaches every trial
+
+    @property
+    def checkpointed(self):
+        return _Call(lambda node_id, step: self._board.checkpointed.remote(f"{node_id} trial {self._trial}", step))
 
 
 def _report_callback(metric: str):
@@ -205,38 +264,25 @@ TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
 _REGISTER_LOCK = threading.Lock()  # Tune's trainable registry is not thread-safe; siblings search at once
 
 
-def search_node(cfg, job: launch.NodeJob) -> NodeResult:
-    """Run the node's trials with Ray Tune; return the best trial's node result plus every trial."""
+def trial_function(job: NodeJob, spec: LevelSpec, state):
+    """The trainable of a node's trials: one Ray Train run of the node with the trial's values."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    # The legacy reporter is the one that verbose=0 silences: the driver draws its own progress.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    spec = level_spec(cfg, job.node.level)
-    if spec is None:
-        raise HQLError(f"level {job.node.level} is not searched")
-    node_id, name, board = job.node.id, job.name, job.board
-    here = ray.get_runtime_context().get_node_id()
-    state = _search_state_cls().options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)  # lives with the driver
-    ).remote(board, node_id, spec.metric, spec.mode)
 
     def trial(params: dict) -> None:
         trial_id = tune.get_context().get_trial_id()
-        run_name = f"{name}.trial_{trial_id}"  # unique under the storage path: a reused name would resume
-        ray.get(state.began.remote(trial_id, dict(params), run_name))
-        trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, params), workers=1, name=run_name, keeper=None,
-                                        board=TrialBoard(board, state, trial_id))
+        choice = trial_choice(params)
+        run_name = f"{job.name}.trial_{trial_id}"  # stable: a restored trial continues its Train run
+        ray.get(state.began.remote(trial_id, choice, run_name))
+        trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, choice), workers=1, name=run_name,
+                                        adapter_path=str(trials_dir(job) / trial_id / "adapter"),
+                                        board=TrialBoard(job.board, state, trial_id))
         trainer = launch.make_trainer(trial_job, callbacks=[_report_callback(spec.metric)])
         result, error = None, None
         try:
             # This trial's actor owns the run: when ASHA stops the trial, the actor is killed and the
             # board releases the run's placement group (see RunBoard.reap).
-            fit = launch.run_fit(trainer, trial_job, board=board, trial=trial_id,
+            fit = launch.run_fit(trainer, trial_job, board=job.board, trial=trial_id,
                                  owner=ray.get_runtime_context().current_actor)
             if fit.error is not None:
                 raise fit.error
@@ -245,79 +291,103 @@ def search_node(cfg, job: launch.NodeJob) -> NodeResult:
             error = f"{type(err).__name__}: {err}"[:2000]
         ray.get(state.finished.remote(trial_id, result, error))
 
-    trainable_name = f"hql_trial.{name}"
-    with _REGISTER_LOCK:
-        tune.register_trainable(trainable_name, tune.with_resources(trial, TRIAL_DRIVER_RESOURCES))
-    if spec.scheduler == "asha":
-        scheduler = _asha_cls()(time_attr="validation", grace_period=spec.grace_period,
-                                reduction_factor=spec.reduction_factor, max_t=spec.max_t, stop_last_trials=False)
-    else:
-        scheduler = FIFOScheduler()
+    return trial
+
+
+def make_tuner(cfg, job: NodeJob, spec: LevelSpec, trainable: str, scheduler):
+    """A new search, or the search of an earlier launch of this run continued (`Tuner.restore`)."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    experiment = f"{job.name}.tune"
+    path = f"{job.storage.rstrip('/')}/{experiment}"
+    if tune.Tuner.can_restore(path):
+        log.warning("node %s: continuing its search from %s", job.node.id, path)
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                  param_space=param_space(cfg, spec))
     # At most `workers` trials at once (1 worker each): the slots the driver gave this node, no more.
     concurrent = spec.max_concurrent_trials or max(1, job.workers)
-    seed = None if spec.seed is None else zlib.crc32(f"{spec.seed}:{node_id}".encode())  # siblings differ
-    tuner = tune.Tuner(
-        trainable_name,
+    seed = None if spec.seed is None else zlib.crc32(f"{spec.seed}:{job.node.id}".encode())  # siblings differ
+    return tune.Tuner(
+        trainable,
         param_space=param_space(cfg, spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples, scheduler=scheduler,
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=concurrent),
         ),
         run_config=tune.RunConfig(
-            name=f"{name}.tune", storage_path=job.storage, verbose=0,
+            name=experiment, storage_path=job.storage, verbose=0,
             # A trial driver lost with its machine is retried; its Train run resumes from its checkpoint.
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
         ),
     )
-    grid = tuner.fit()
-    summary = ray.get(state.summary.remote())
-    summary["stopped"] = set(getattr(scheduler, "stopped", ()))
-    best = ray.get(state.best_result.remote())
-    trials = trial_records(grid, summary, spec)
+
+
+def search_node(cfg, job: NodeJob) -> NodeResult:
+    """Run the node's trials with Ray Tune; the best trial's result (its adapter kept as the node's by the
+    keeper), with every trial."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # The legacy reporter is the one that verbose=0 silences: the driver draws its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    spec = level_spec(cfg, job.node.level)
+    if spec is None:
+        raise HQLError(f"level {job.node.level} is not searched")
+    here = ray.get_runtime_context().get_node_id()
+    state = ray.remote(num_cpus=0)(SearchState).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)  # lives with the run folder
+    ).remote(job.board, job.node.id, spec.metric, spec.mode, str(trials_dir(job)))
+    trainable = f"hql_trial.{job.name}"
+    with _REGISTER_LOCK:
+        tune.register_trainable(trainable, tune.with_resources(trial_function(job, spec, state),
+                                                               TRIAL_DRIVER_RESOURCES))
+    if spec.scheduler == "asha":
+        scheduler = _asha_cls()(time_attr="validation", grace_period=spec.grace_period,
+                                reduction_factor=spec.reduction_factor, max_t=spec.max_t, stop_last_trials=False)
+    else:
+        scheduler = FIFOScheduler()
+    grid = make_tuner(cfg, job, spec, trainable, scheduler).fit()
+    trials_state, best_id = ray.get(state.summary.remote())
+    trials = trial_records(grid, trials_state, best_id, set(getattr(scheduler, "stopped", ())), spec)
+    best = ray.get(state.result.remote(best_id)) if best_id is not None else None
     ray.kill(state)
     if best is None:
-        problems = "; ".join(f"{t['trial_id']}: {t['status']} {t.get('error') or ''}".strip() for t in trials)
-        raise HQLError(f"node {node_id}: no trial of the search finished ({problems})")
-    chosen = next(t for t in trials if t["trial_id"] == summary["best_id"])
-    metrics = {**(best.metrics or {}), "trial": {"trial_id": chosen["trial_id"], **chosen["config"]}}
-    return dataclasses.replace(best, metrics=metrics, trials=trials)
+        problems = "; ".join(f"{t.trial_id}: {t.status} {t.error or ''}".strip() for t in trials)
+        raise HQLError(f"node {job.node.id}: no trial of the search finished ({problems})")
+    chosen = next(t for t in trials if t.trial_id == best_id)
+    best.metrics.trial = dataclasses.replace(chosen.config, trial_id=best_id)
+    if job.keeper is not None:  # the best trial's adapter becomes the node's: moved on the head, no bytes here
+        ray.get(job.keeper.adopt.remote(job.name, chosen.run, str(trials_dir(job) / best_id / "adapter"),
+                                        job.adapter_path))
+    return dataclasses.replace(best, trials=trials)
 
 
-def trial_records(grid, summary: dict, spec: LevelSpec) -> list[dict]:
-    """One plain dict per trial for the manifest: id, config, metric, status, times, restarts."""
+def trial_records(grid, trials: dict[str, TrialState], best_id: str | None, stopped: set[str],
+                  spec: LevelSpec) -> list[TrialRecord]:
+    """One record per trial for the manifest: id, values, metric, status, times, restarts."""
     records = []
     for result in grid:
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or next(
-            (t for t in summary["trials"] if t in str(result.path or "")), "unknown")
-        entry = summary["trials"].get(trial_id, {})
-        params = entry.get("params") or dict(result.config or {})
-        r = int(params.get("lora_r", 0))
-        config = {"lora_r": r, "lora_alpha": alpha_for(r, params.get("lora_alpha", "r")),
-                  "learning_rate": float(params.get("learning_rate", 0.0))}
-        error = entry.get("error") or (None if result.error is None else str(result.error)[:2000])
-        if entry.get("completed"):
-            status, value = "done", entry.get("value")
-        elif trial_id in summary.get("stopped", ()):
+        trial_id = metrics.get("trial_id") or next((t for t in trials if t in str(result.path or "")), "unknown")
+        entry = trials.get(trial_id, TrialState())
+        choice = entry.choice or trial_choice(dict(result.config or {}))
+        error = entry.error or (None if result.error is None else str(result.error)[:2000])
+        if entry.completed:
+            status, value = "done", entry.value
+        elif trial_id in stopped:
             # ASHA ended it early (its Train run then dies with the trial: that error is not one).
             status, value, error = "stopped", metrics.get(spec.metric), None
         else:
             status, value = "error", metrics.get(spec.metric)
-        finished = entry.get("finished_at") or metrics.get("timestamp")
-        records.append({
-            "trial_id": trial_id,
-            "config": config,
-            "metric": spec.metric,
-            "value": None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
-            "status": status,
-            "best": trial_id == summary.get("best_id"),
-            "validations": metrics.get("validation"),
-            "starts": entry.get("starts", 0),
-            "run": entry.get("run"),
-            "started_at": entry.get("started_at"),
-            "finished_at": finished,
-            "time": None if not (finished and entry.get("started_at")) else round(finished - entry["started_at"], 2),
-            "error": error,
-        })
-    records.sort(key=lambda t: t["trial_id"])
+        finished = entry.finished_at or metrics.get("timestamp")
+        records.append(TrialRecord(
+            trial_id, choice, spec.metric,
+            None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+            status, trial_id == best_id, metrics.get("validation"), entry.starts, entry.run, entry.started_at,
+            finished, None if not (finished and entry.started_at) else round(finished - entry.started_at, 2), error))
+    records.sort(key=lambda t: t.trial_id)
     return records

@@ -25,11 +25,13 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray.training.context import LocalContext
-from hql_ray.settings.errors import ConfigError, HQLError
-from hql_ray.orchestration.launch import NodeJob, Slots, loop_config
+from hql_ray.orchestration.board import Attempt
+from hql_ray.orchestration.job import NodeJob
 from hql_ray.orchestration.ray_worker import BoardProgress, run_node, worker_identity
+from hql_ray.orchestration.run_model import Slots
+from hql_ray.settings.errors import ConfigError, HQLError
 from hql_ray.settings.records import NodeResult
+from hql_ray.training.context import LocalContext
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,12 @@ class NodeWorker:
         torch.set_num_threads(max(1, threads))  # what a Ray Train worker with this many CPUs would use
         import hql_ray.training.node  # noqa: F401 - the imports every node would otherwise pay again
 
-    def run(self, config: dict, checkpoint_root: str) -> NodeResult | None:
-        node, board = config["node"], config.get("board")
+    def run(self, job: NodeJob, checkpoint_root: str) -> NodeResult | None:
         workers = [worker_identity()]
-        if board is not None:  # one call per attempt, as from a Ray Train worker: the driver counts them
-            ray.get(board.started.remote(node.id, {"workers": workers, "time": time.time()}))
+        if job.board is not None:  # one call per attempt, as from a Ray Train worker: the driver counts them
+            ray.get(job.board.started.remote(job.node.id, Attempt(workers, time.time())))
         try:
-            return run_node(config, WarmContext(checkpoint_root, board, node.id), workers)
+            return run_node(job, WarmContext(checkpoint_root, job.board, job.node.id), workers)
         finally:
             gc.collect()  # the node's model and data: the next node starts from a clean heap
 
@@ -111,12 +112,11 @@ class WarmPool:
         """Run the node on a warm worker; a failed attempt is retried (from the node's latest checkpoint)
         up to `job.max_failures` times, on a new worker when the old one died."""
         checkpoint_root = str(Path(job.storage) / job.name)
-        config = loop_config(job)
         failures = 0
         while True:
             actor = self._acquire()
             try:
-                result = ray.get(actor.run.remote(config, checkpoint_root))
+                result = ray.get(actor.run.remote(job, checkpoint_root))
             except ray.exceptions.RayTaskError as err:  # raised by the node: retried as Ray Train would
                 self._release(actor)
                 error: Exception = err

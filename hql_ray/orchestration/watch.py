@@ -17,7 +17,7 @@ from typing import Callable
 import ray
 
 from hql_ray.orchestration import placement
-from hql_ray.settings.records import RunEvent
+from hql_ray.settings.records import Event, NodeWaiting
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ STARTUP_TIMEOUT_MARKERS = ("WorkerGroupStartupTimeoutError", "worker group start
 
 
 class RunWatch:
-    def __init__(self, board, warning_s: float, on_event: Callable[[str, dict], None], interval_s: float = 2.0):
+    def __init__(self, board, warning_s: float, on_event: Callable[[Event], None], interval_s: float = 2.0):
         self.board = board
         self.warning_s = warning_s
         self.on_event = on_event
@@ -63,20 +63,19 @@ class RunWatch:
             log.info("released the resources left by %s", what)
 
     def _check_waits(self, now: float) -> None:
-        waits = ray.get(self.board.waits.remote(), timeout=30)
-        if waits["running"]:
+        waiting, running = ray.get(self.board.waits.remote(), timeout=30)
+        if running:
             return  # something of ours trains: a wait is a queue, not a hang
-        for wait in waits["waiting"]:
-            waited = now - wait["since"]
-            last = self._reported.get(wait["run"])
+        for wait in waiting:
+            waited = now - wait.since
+            last = self._reported.get(wait.run)
             if waited < self.warning_s or (last is not None and now - last < self.warning_s):
                 continue
             text = placement.describe_wait(wait, waited, ray.get(self.board.holders.remote(), timeout=30))
-            self._reported[wait["run"]] = now
-            self.notes[wait["node"]] = text
+            self._reported[wait.run] = now
+            self.notes[wait.node] = text
             log.info("waiting for resources: %s", text)  # the reporters show the event
-            self.on_event(RunEvent.NODE_WAITING, {"node": wait["node"], "trial": wait["trial"], "waited": waited,
-                                           "message": text})
+            self.on_event(NodeWaiting(wait.node, text, wait.trial, waited))
 
     def explain(self, node_id: str, error: str) -> str:
         """A node's error, with what it waited for when Ray Train gave up waiting."""

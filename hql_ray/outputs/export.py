@@ -7,7 +7,11 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
-from hql_ray.training import handoff, tensorfile
+from hql_ray.training import tensorfile
+from hql_ray.training import modeling
+from hql_ray.training.adapter_algebra import concat_config, concat_module
+from hql_ray.training.adapter_files import STATE_FILE, TENSOR_FILE, atomic_dir
+from hql_ray.training.handoff import load_full_state
 from hql_ray.settings.config import TINY_BASES, Config, LoraShape
 from hql_ray.settings.records import AdapterState
 
@@ -16,8 +20,6 @@ def base_model_reference(cfg: Config) -> str:
     """What an exported adapter's config names as its base (the tiny model: its local folder)."""
     if cfg.model.base not in TINY_BASES:
         return cfg.model.base
-    from hql_ray.training import modeling
-
     return modeling.base_model_path(cfg)
 
 
@@ -25,33 +27,14 @@ def export_full_model(cfg: Config, state: AdapterState, out_dir: Path) -> None:
     """fft leaves: a whole model folder (save_pretrained) instead of an adapter."""
     import torch
 
-    from hql_ray.training import modeling
-
     model = modeling.load_base_model(base_model_reference(cfg), "fft", torch.device("cpu"))
-    handoff.load_full_state(model, state)
+    load_full_state(model, state)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     modeling.load_tokenizer(cfg.model.base).save_pretrained(str(out_dir))
 
 
-def export_adapter(chain: list[AdapterState], out_dir: str | Path, base_model_name_or_path: str) -> Path:
-    """Write ONE standard PEFT adapter dir (= handoff.concat_adapters(chain)) for ``PeftModel.from_pretrained``.
-
-    Used for every mode with adapters. For merge mode this is the exact sum of the chain, without
-    the original's 4-bit re-quantization rounding, so it can differ slightly from the in-run model.
-    """
-    state = handoff.concat_adapters(chain)
-    config = handoff.frozen_shape(state).to_peft(base_model_name_or_path=base_model_name_or_path,
-                                                 inference_mode=True)
-
-    def write(tmp: Path) -> None:
-        config.save_pretrained(str(tmp))
-        handoff.save_tensors(state.tensors, tmp / "adapter_model.safetensors")
-
-    return handoff.atomic_dir(out_dir, write)
-
-
-def _peft_config(config: dict, base_model_name_or_path: str):
+def peft_config(config: dict, base_model_name_or_path: str):
     return dataclasses.replace(LoraShape.from_state(config), dropout=0.0).to_peft(
         base_model_name_or_path=base_model_name_or_path, inference_mode=True)
 
@@ -67,14 +50,14 @@ class SavedChain:
         self.dirs = [Path(d) for d in chain_dirs]
         if not self.dirs:
             raise ValueError("an export needs at least one node adapter")
-        self.configs = [json.loads((d / handoff.STATE_FILE).read_text())["config"] for d in self.dirs]
+        self.configs = [json.loads((d / STATE_FILE).read_text())["config"] for d in self.dirs]
         self.targets = sorted(self.configs[0]["target_modules"])
         if any(sorted(c["target_modules"]) != self.targets for c in self.configs[1:]):
             raise ValueError(f"adapters in {', '.join(map(str, self.dirs))} target different modules")
         self.scalings = [LoraShape.from_state(c).scaling for c in self.configs]
         self.rank = sum(c["r"] for c in self.configs)
         self._stack = ExitStack()
-        self.files = [self._stack.enter_context(safe_open(str(d / handoff.TENSOR_FILE), framework="pt"))
+        self.files = [self._stack.enter_context(safe_open(str(d / TENSOR_FILE), framework="pt"))
                       for d in self.dirs]
         keys = sorted(self.files[0].keys())
         if any(sorted(f.keys()) != keys for f in self.files[1:]):
@@ -102,7 +85,7 @@ class SavedChain:
 
     def module(self, prefix: str):
         """(A [R x in] stacked, B [out x R] with each node's scaling folded in): delta = B @ A."""
-        return handoff.concat_module([f.get_tensor(prefix + ".lora_A.weight") for f in self.files],
+        return concat_module([f.get_tensor(prefix + ".lora_A.weight") for f in self.files],
                                      [f.get_tensor(prefix + ".lora_B.weight") for f in self.files], self.scalings)
 
 
@@ -131,8 +114,8 @@ def export_saved_chain(chain_dirs: list[Path], out_dir: str | Path, base_model_n
                 tensor = a if kind.startswith("A") else b
                 return tensor if dtype is None else tensor.to(dtype)
 
-            _peft_config(handoff.concat_config(chain.configs), base_model_name_or_path).save_pretrained(str(tmp))
+            peft_config(concat_config(chain.configs), base_model_name_or_path).save_pretrained(str(tmp))
             tensorfile.write_safetensors(tmp / "adapter_model.safetensors", entries, tensor_for,
                                          metadata={"format": "pt"})
 
-    return handoff.atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)

@@ -1,4 +1,5 @@
-"""What a leaf's final/<code>/ holds, by the config's export.mode (one entry point: `export_language`).
+"""How the export modes write final/<code>/ (`ExportKit`); which mode a run uses and what each means for
+the model card and for loading is `hql_ray.settings.exports` (`export_language` joins the two).
 
 - adapter: the exact chain of node adapters as ONE PEFT adapter of rank sum(r_i), fp32 (`export.export_saved_chain`).
 - adapter-bf16: the same adapter with its tensors stored in bf16 (half the bytes; PEFT loads it).
@@ -15,39 +16,47 @@ and the compact error hold the base model once in fp32 (4.9 GB for mT5-large) pl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import torch
+
 from hql_ray.outputs import export
-from hql_ray.training import handoff, tensorfile
+from hql_ray.training import modeling, tensorfile
 from hql_ray.settings.config import Config
+from hql_ray.settings.exports import exporter_for
+from hql_ray.settings.records import ExportInfo
+from hql_ray.training.adapter_files import atomic_dir, load_adapter_state
 
 PROBE_SHAPE = (4, 32, 16)  # the compact error's fixed batch: 4 sequences, 32 source / 16 target tokens
 PROBE_SEED = 0
 
 
-def export_language(cfg: Config, chain_dirs: list[Path], out_dir: Path, base_ref: str) -> dict:
-    """Write final/<code>/ (``out_dir``) from the saved node adapters ``chain_dirs`` (root first) in the
-    mode cfg.export.mode (an fft run: its whole model, whatever the mode). ``base_ref``: what the base
-    is loaded from (`export.base_model_reference(cfg)`). Returns plain info for the manifest and card:
-    {"mode", "bytes"} and, for compact, "rank", "logit_max_abs_error", "logit_rel_error"."""
-    import torch
+def export_language(cfg: Config, chain_dirs: list[Path], out_dir: Path, base_ref: str) -> ExportInfo:
+    """Write final/<code>/ (``out_dir``) from the saved node adapters ``chain_dirs`` (root first) in the run's
+    export mode (`exporter_for`). ``base_ref``: what the base is loaded from (`export.base_model_reference`)."""
+    info = exporter_for(cfg).write(ExportKit(cfg, base_ref), chain_dirs, out_dir)
+    return dataclasses.replace(info, bytes=dir_bytes(out_dir))
 
-    mode = "full" if cfg.model.mode == "fft" else cfg.export.mode
-    info: dict = {"mode": mode}
-    if mode == "full":
-        export.export_full_model(cfg, handoff.load_adapter_state(chain_dirs[-1]), out_dir)
-    elif mode in ("adapter", "adapter-bf16"):
-        export.export_saved_chain(chain_dirs, out_dir, base_ref,
-                                  dtype=torch.bfloat16 if mode == "adapter-bf16" else None)
-    elif mode == "merged":
-        export_merged(chain_dirs, out_dir, base_ref, cfg.model.base)
-    elif mode == "compact":
-        info.update(export_compact(chain_dirs, out_dir, base_ref, cfg.model.lora.r))
-    else:
-        raise ValueError(f"unknown export mode {mode!r}")
-    info["bytes"] = dir_bytes(out_dir)
-    return info
+
+class ExportKit:
+    """The writers the export modes use (`hql_ray.settings.exports`)."""
+
+    def __init__(self, cfg: Config, base_ref: str):
+        self.cfg, self.base_ref = cfg, base_ref
+
+    def adapter(self, chain_dirs: list[Path], out_dir: Path, dtype: str | None = None) -> None:
+        export.export_saved_chain(chain_dirs, out_dir, self.base_ref, dtype=getattr(torch, dtype) if dtype else None)
+
+    def merged(self, chain_dirs: list[Path], out_dir: Path) -> None:
+        export_merged(chain_dirs, out_dir, self.base_ref, self.cfg.model.base)
+
+    def compact(self, chain_dirs: list[Path], out_dir: Path) -> dict:
+        return export_compact(chain_dirs, out_dir, self.base_ref, self.cfg.model.lora.r)
+
+    def full(self, state_dir: Path, out_dir: Path) -> None:
+        export.export_full_model(self.cfg, load_adapter_state(state_dir), out_dir)
 
 
 def dir_bytes(path: Path) -> int:
@@ -66,8 +75,6 @@ def add_chain(model, chain: export.SavedChain, compact=None) -> None:
     """W += sum_i s_i B_i A_i for every module of the chain, in place, one module at a time. With
     ``compact`` (an open safetensors file of a scaling-1 adapter), W += B'A' - (the chain's delta):
     a model holding the chain's deltas becomes the model holding the compact adapter's."""
-    import torch
-
     with torch.no_grad():
         for prefix in chain.prefixes:
             a, b = chain.module(prefix)
@@ -84,7 +91,6 @@ def add_chain(model, chain: export.SavedChain, compact=None) -> None:
 
 
 def _full_precision_base(base_ref: str):
-    import torch
     from transformers import AutoModelForSeq2SeqLM
 
     return AutoModelForSeq2SeqLM.from_pretrained(base_ref, dtype=torch.float32).eval()
@@ -92,10 +98,6 @@ def _full_precision_base(base_ref: str):
 
 def export_merged(chain_dirs: list[Path], out_dir: Path, base_ref: str, tokenizer_ref: str) -> Path:
     """The base (fp32) + the chain's deltas, saved in bf16 with the tokenizer of ``tokenizer_ref``."""
-    import torch
-
-    from hql_ray.training import modeling
-
     model = _full_precision_base(base_ref)
     with export.SavedChain(chain_dirs) as chain:
         add_chain(model, chain)
@@ -105,7 +107,7 @@ def export_merged(chain_dirs: list[Path], out_dir: Path, base_ref: str, tokenize
         model.save_pretrained(str(tmp), max_shard_size="1GB")  # each shard's bytes copied once while saved
         modeling.load_tokenizer(tokenizer_ref).save_pretrained(str(tmp))
 
-    return handoff.atomic_dir(out_dir, write)
+    return atomic_dir(out_dir, write)
 
 
 # ----------------------------------------------------------------------------- compact
@@ -114,8 +116,6 @@ def compact_module(a, b, rank: int):
     B' A' ~ B A: QR of B and of A^T, SVD of the R x R core, the singular values split evenly (sqrt on
     each side). Fewer singular values than ``rank`` (a small module): zero rows / columns pad it. Computed
     in the factors' precision (fp32 for saved adapters: the result is stored in fp32 anyway)."""
-    import torch
-
     dtype = torch.promote_types(a.dtype, torch.float32)
     qb, rb = torch.linalg.qr(b.to(dtype))
     qa, ra = torch.linalg.qr(a.to(dtype).T)
@@ -153,20 +153,18 @@ def export_compact(chain_dirs: list[Path], out_dir: Path, base_ref: str, rank: i
 
             config = {"r": k, "lora_alpha": k, "use_rslora": False, "lora_dropout": 0.0,
                       "target_modules": chain.targets}
-            export._peft_config(config, base_ref).save_pretrained(str(tmp))
+            export.peft_config(config, base_ref).save_pretrained(str(tmp))
             tensorfile.write_safetensors(tmp / "adapter_model.safetensors", entries, tensor_for,
                                          metadata={"format": "pt"})
             current.clear()
             result.update(rank=k, **logit_error(chain, tmp / "adapter_model.safetensors", base_ref))
 
-    handoff.atomic_dir(out_dir, write)
+    atomic_dir(out_dir, write)
     return result
 
 
 def probe_inputs(vocab_size: int):
     """The fixed batch the compact error is measured on: seeded random token ids (PROBE_SHAPE)."""
-    import torch
-
     n, src, tgt = PROBE_SHAPE
     gen = torch.Generator().manual_seed(PROBE_SEED)
     high = min(vocab_size, 32000)
@@ -177,7 +175,6 @@ def logit_error(chain: export.SavedChain, compact_file: Path, base_ref: str) -> 
     """Logits of the base (fp32) with the exact chain's deltas vs with the compact adapter's, on
     `probe_inputs`: the max absolute difference and the relative error ||L_c - L_e||_F / ||L_e||_F.
     One model in memory: the compact one is the exact one plus (B'A' - the chain's delta) per module."""
-    import torch
     from safetensors import safe_open
 
     model = _full_precision_base(base_ref)

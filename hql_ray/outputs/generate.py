@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from hql_ray.outputs import model_card
+from hql_ray.settings.exports import exporter_named
 from hql_ray.data.amr import AMRSyntaxError, linearize, parse_tree, read_text_lines
 from hql_ray.data.dataset import make_pair
 from hql_ray.settings.errors import InputError
@@ -128,18 +129,11 @@ class Generator:
     def __init__(self, run_dir: str | Path, lang: str, device: str | None = None):
         import torch
 
-        from hql_ray.settings.config import Config
-
         manifest = read_manifest(run_dir)
         self.run_dir = manifest.path.parent
         tree, self.tree_note = run_tree(manifest)
         self.language = resolve_language(tree.languages, lang, self.run_dir)
-        try:
-            self.cfg = Config.from_dict(manifest.data.get("config") or {}, source=str(manifest.path))
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 - an old or edited manifest
-            raise InputError(f"the run's config cannot be read: {err}", path=manifest.path) from None
+        self.cfg = manifest.config
         self.direction = self.cfg.data.direction
         self.options = self.cfg.data.linearize
         self.max_source_length = self.cfg.data.max_source_length
@@ -149,6 +143,9 @@ class Generator:
             status = manifest.nodes[leaf.id].status if leaf.id in manifest.nodes else None
             raise InputError(f"no exported model for {self.language.code}: its leaf node {leaf.id} is {status}",
                              path=self.model_dir)
+        leaf = manifest.nodes.get(tree.leaf_for(self.language.code).id)
+        export = leaf.exports.get(self.language.code) if leaf is not None else None
+        self.exporter = exporter_named(export.mode) if export is not None else None  # None: an older run
         # The prompt the model card states (runs from before model cards: the one training used, rebuilt).
         self.prompt = model_card.card_fields(self.model_dir).get("prompt")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -167,7 +164,10 @@ class Generator:
 
     @property
     def whole_model(self) -> bool:
-        """final/<code>/ is a whole model (fft, or export mode merged), not a PEFT adapter over the base."""
+        """final/<code>/ is a whole model (fft, or export mode merged), not a PEFT adapter over the base: as its
+        export mode says (`hql_ray.settings.exports`), or for a run older than that record, as its files say."""
+        if self.exporter is not None:
+            return self.exporter.whole_model
         return self.cfg.model.mode == "fft" or (
             (self.model_dir / "config.json").is_file() and not (self.model_dir / "adapter_config.json").is_file())
 

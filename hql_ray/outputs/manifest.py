@@ -13,14 +13,18 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
+from hql_ray.settings.config import Config
 from hql_ray.settings.errors import InputError
-from hql_ray.scoring.metrics import scores_by_test_set
+from hql_ray.settings.records import ExportInfo, HistoryPoint, JsonRecord, NodeMetrics, NodeResources, TrialRecord
 from hql_ray.settings.tree import Language, LanguageTree, TreeNode, load_tree
 
 STATUSES = ("pending", "running", "done", "failed", "skipped")  # skipped: tree.skip (-sv), not trained
+RUN_STARTING = "starting"  # the run's status until its first node is launched (then running, done, ...)
 # 1: before the format key (2026-11-29); 2: adds `format`; 3: a node's metrics["languages"] is
 # {code: {test set: scores}} (before: {code: scores} on the union of the test splits, "bleu" = BLEU 13a).
 FORMAT = 3
@@ -45,47 +49,55 @@ def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+PREVIOUS = "manifest.prev.json"  # the record before its last update: what to restore a damaged manifest from
+
+
 @dataclass
-class NodeRecord:
+class NodeRecord(JsonRecord):
     """One node of the run record: where it sits in the tree, what happened to it, what it produced."""
 
-    id: str
-    name: str
-    level: str
-    depth: int
-    parent: str | None
-    children: list[str]
-    languages: list[str]  # codes
-    status: str = "pending"  # pending | running | done | failed | skipped
+    KEEP_NONE: ClassVar[tuple[str, ...]] = ("parent", "started_at", "finished_at", "resources", "adapter",
+                                            "checksum", "metrics", "history", "trials", "error")
+    id: str = ""
+    name: str = ""
+    level: str = ""
+    depth: int = 0
+    parent: str | None = None
+    children: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)  # codes
+    status: str = "pending"  # one of STATUSES
     started_at: float | None = None
     finished_at: float | None = None
-    resources: dict | None = None  # workers, gpu, gpu_ids, hosts
+    resources: NodeResources | None = None
     attempts: int = 0  # worker-group starts over every launch of the node
     adapter: str | None = None  # its own adapter, relative to the run folder (what --resume reuses)
     checksum: str | None = None
     received_checksums: list[str] = field(default_factory=list)
     handed_from: list[str] = field(default_factory=list)  # whose adapters it started from
-    metrics: dict | None = None
-    history: list[dict] | None = None
-    trials: list[dict] | None = None  # a searched node (hql_ray.orchestration.tune)
+    metrics: NodeMetrics | None = None
+    history: list[HistoryPoint] | None = None
+    trials: list[TrialRecord] | None = None  # a searched node (hql_ray.orchestration.tune)
     exported: list[str] = field(default_factory=list)  # languages written under final/
-    exports: dict = field(default_factory=dict)  # code -> export.mode, bytes on disk, compact's logit error
+    exports: dict[str, ExportInfo] = field(default_factory=dict)  # code -> what final/<code>/ holds
     error: str | None = None
     extra: dict = field(default_factory=dict)  # keys this version does not know, written back as they were
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeRecord":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        record = cls(**{k: v for k, v in data.items() if k in known})
+    def from_json(cls, data: dict) -> "NodeRecord":
+        record = super().from_json({k: v for k, v in data.items() if k != "extra"})
+        known = {f.name for f in dataclasses.fields(cls)}
         record.extra = {k: v for k, v in data.items() if k not in known}
         for name in ("received_checksums", "handed_from", "exported"):  # null in some older manifests
             if getattr(record, name) is None:
                 setattr(record, name, [])
+        if record.exports is None:
+            record.exports = {}
         return record
 
-    def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return {**out, **self.extra}
+    def to_json(self) -> dict:
+        out = super().to_json()
+        extra = out.pop("extra", {})
+        return {**out, **extra}
 
 
 class Manifest:
@@ -94,20 +106,21 @@ class Manifest:
     def __init__(self, path: Path, data: dict):
         self.path = Path(path)
         self.data = {k: v for k, v in data.items() if k != "nodes"}
-        self.nodes: dict[str, NodeRecord] = {k: NodeRecord.from_dict(v) for k, v in data["nodes"].items()}
+        self.nodes: dict[str, NodeRecord] = {k: NodeRecord.from_json(v) for k, v in data["nodes"].items()}
 
     # ---- creation / loading -------------------------------------------------------------------
     @classmethod
     def create(cls, path: Path, tree: LanguageTree, config: dict, run_name: str) -> "Manifest":
         nodes = {node.id: NodeRecord(node.id, node.name, node.level, node.depth, node.parent, list(node.children),
-                                     [lang.code for lang in node.languages]).to_dict()
+                                     [lang.code for lang in node.languages]).to_json()
                  for node in tree.nodes.values()}
         data = {
             "format": FORMAT,
             "run": run_name,
             "created_at": time.time(),
             "updated_at": time.time(),
-            "status": "running",
+            "status": RUN_STARTING,
+            "run_id": uuid.uuid4().hex[:12],  # names the run's Ray Train runs, so that --resume finds their checkpoints
             # The tree's own shape (LanguageTree.to_dict) but its nodes, which live in "nodes" below.
             "tree": {k: v for k, v in tree.to_dict().items() if k != "nodes"},
             "config": config,
@@ -126,22 +139,39 @@ class Manifest:
         return int(self.data.get("format", 1))
 
     def upgrade(self, tree: LanguageTree) -> None:
-        """A resumed run of an older format gets this format's fields (its nodes are already the tree's);
-        its scores become {code: {"union": scores}} (hql_ray.scoring.metrics.scores_by_test_set)."""
+        """A resumed run of an older format gets this format's fields (its nodes are already the tree's;
+        an older run's scores were read as {code: {"union": scores}} by `NodeMetrics.from_json`)."""
         if self.format < FORMAT:
             self.data["format"] = FORMAT
             self.data["tree"] = {k: v for k, v in tree.to_dict().items() if k != "nodes"}
-            for record in self.nodes.values():
-                languages = (record.metrics or {}).get("languages")
-                if isinstance(languages, dict):
-                    record.metrics["languages"] = {code: scores_by_test_set(v) for code, v in languages.items()}
-            self.save()
+        self.data.setdefault("run_id", uuid.uuid4().hex[:12])
+        self.save()
+
+    @property
+    def config(self) -> Config:
+        """The run's config as the manifest records it (InputError if this version cannot read it)."""
+        try:
+            return Config.from_dict(self.data.get("config") or {}, source=str(self.path))
+        except InputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - an old or edited manifest
+            raise InputError(f"the run's config cannot be read: {err}", path=self.path) from None
+
+    @property
+    def run_id(self) -> str:
+        return str(self.data.get("run_id") or "")
+
+    @property
+    def statuses(self) -> dict[str, str]:
+        return {node_id: record.status for node_id, record in self.nodes.items()}
 
     def to_dict(self) -> dict:
-        return {**self.data, "nodes": {k: v.to_dict() for k, v in self.nodes.items()}}
+        return {**self.data, "nodes": {k: v.to_json() for k, v in self.nodes.items()}}
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()
+        if self.path.exists():  # the previous record kept beside it (a disk that fails mid-write loses one update)
+            os.replace(self.path, self.path.with_name(PREVIOUS))
         atomic_write_json(self.path, self.to_dict())
 
     # ---- updates --------------------------------------------------------------------------------
@@ -168,12 +198,15 @@ def read_manifest(run_dir: str | Path) -> Manifest:
     mpath = path if path.name == "manifest.json" and path.is_file() else path / "manifest.json"
     if not path.exists():
         raise InputError("run folder does not exist", path=path)
+    previous = mpath.with_name(PREVIOUS)
+    restore = (f"; the record before its last update is {previous}: copy it over {mpath.name} to continue the run "
+               "(the node that update recorded is then trained again)") if previous.is_file() else ""
     if not mpath.is_file():
-        raise InputError("no manifest.json here: not a hql-ray run folder", path=path)
+        raise InputError(f"no manifest.json here: not a hql-ray run folder{restore}", path=path)
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise InputError(f"manifest is not valid JSON: {err.msg}", path=mpath, line=err.lineno) from None
+        raise InputError(f"manifest is not valid JSON: {err.msg}{restore}", path=mpath, line=err.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), dict):
         raise InputError("manifest has no 'nodes' table: not a hql-ray run record", path=mpath)
     if int(data.get("format", 1)) > FORMAT:
@@ -220,7 +253,7 @@ def run_tree(manifest: Manifest) -> tuple[LanguageTree, str | None]:
     if manifest.format >= 2:
         return LanguageTree.from_dict({"path": info.get("path", ""), "levels": info.get("levels") or [],
                                        "languages": info.get("languages") or [],
-                                       "nodes": [e.to_dict() for e in manifest.nodes.values()]}), None
+                                       "nodes": [e.to_json() for e in manifest.nodes.values()]}), None
     file = info.get("file")
     try:
         tree = load_tree(file, info.get("levels"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from hql_ray.outputs.manifest import NodeRecord  # noqa: E402
+from hql_ray.outputs.results import PathRow, ScoreRow  # noqa: E402
 
 DPI = 110
 EPS = 1e-6
@@ -87,21 +91,21 @@ def _maybe_log(ax, values: list[float]) -> None:
 NAMES = {"chrf++": "chrF++", "spbleu": "spBLEU", "bleu_13a": "BLEU (13a)", "lid": "LID", "smatch": "smatch F1"}
 
 
-def _score_metrics(rows: list[dict]) -> list[str]:
+def _score_metrics(rows: list[ScoreRow]) -> list[str]:
     """chrF++ and a BLEU (spBLEU where any run has it, else BLEU 13a), LID where there is any; smatch F1
     alone for parsing runs."""
-    has = {m for m in NAMES if any(r.get(m) is not None for r in rows)}
+    has = {m for m in NAMES if any(r.scores.get(m) is not None for r in rows)}
     if "smatch" in has and "chrf++" not in has:
         return ["smatch"]
     out = ["chrf++", "spbleu" if "spbleu" in has else "bleu_13a"]
     return out + (["lid"] if "lid" in has else [])
 
 
-def scores_plot(rows: list[dict], run_labels: list[str], path: Path, test_set: str | None = None) -> str:
+def scores_plot(rows: list[ScoreRow], run_labels: list[str], path: Path, test_set: str | None = None) -> str:
     """Per language, one bar per run (missing: no bar), a panel per metric, for one test set."""
-    codes = list(dict.fromkeys(r["code"] for r in rows))
+    codes = list(dict.fromkeys(r.code for r in rows))
     metrics = _score_metrics(rows)
-    by = {(r["code"], r["run"]): r for r in rows}
+    by = {(r.code, r.run): r for r in rows}
     n_runs = max(len(run_labels), 1)
     width = 0.8 / n_runs
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2),
@@ -115,9 +119,9 @@ def scores_plot(rows: list[dict], run_labels: list[str], path: Path, test_set: s
             xs, ys = [], []
             for i, code in enumerate(codes):
                 r = by.get((code, label))
-                if r is not None and r.get(metric) is not None:
+                if r is not None and r.scores.get(metric) is not None:
                     xs.append(i - 0.4 + width * (j + 0.5))
-                    ys.append(r[metric])
+                    ys.append(r.scores[metric])
             any_value |= bool(ys)
             ax.bar(xs, ys, width=width * 0.95, label=label, color=cmap(j % 10))
         ax.set_ylabel(title)
@@ -132,48 +136,47 @@ def scores_plot(rows: list[dict], run_labels: list[str], path: Path, test_set: s
 
 
 # ---- loss curves --------------------------------------------------------------------------------
-def loss_plot(nodes: dict[str, dict], levels: list[str], title: str, path: Path) -> str:
+def loss_plot(nodes: dict[str, NodeRecord], levels: list[str], title: str, path: Path) -> str:
     """Train and validation loss of every node against steps counted from the root.
 
     A child's curve starts where its parent's ended (offset = the steps of its ancestors), so the
     plot reads as the tree: branches fork at each parent's last step. Leaves are labelled at the end.
     """
-    colours = level_colours(levels or sorted({n.get("level", "?") for n in nodes.values()}))
-    last_step = {nid: max((h.get("step", 0) for h in (n.get("history") or [])), default=0) for nid, n in nodes.items()}
+    colours = level_colours(levels or sorted({n.level or "?" for n in nodes.values()}))
+    last_step = {nid: max((h.step for h in (n.history or [])), default=0) for nid, n in nodes.items()}
 
     def offset(nid: str) -> float:
-        total, parent = 0.0, nodes[nid].get("parent")
+        total, parent = 0.0, nodes[nid].parent
         while parent is not None and parent in nodes:
             total += last_step[parent]
-            parent = nodes[parent].get("parent")
+            parent = nodes[parent].parent
         return total
 
     def points(nid: str, key: str) -> list[tuple[float, float]]:
         off = offset(nid)
-        return [(h["step"] + off, h[key]) for h in nodes[nid].get("history") or []
-                if isinstance(h.get(key), (int, float)) and isinstance(h.get("step"), (int, float))]
+        return [(h.step + off, getattr(h, key)) for h in nodes[nid].history or [] if getattr(h, key) is not None]
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
     drawn = 0
     labels: dict[int, list] = {0: [], 1: []}
     values: dict[int, list[float]] = {0: [], 1: []}
     for nid, node in nodes.items():
-        if not node.get("history"):
+        if not node.history:
             continue
-        colour = colours.get(node.get("level"), "black")
+        colour = colours.get(node.level, "black")
         for k, (ax, key) in enumerate(zip(axes, ("train_loss", "val_loss"))):
             pts = points(nid, key)
             if not pts:
                 continue
             values[k] += [y for _, y in pts]
-            parent = node.get("parent")
+            parent = node.parent
             before = points(parent, key) if parent in nodes else []
             if before:  # a dotted link from where the parent ended: the tree reads left to right
                 ax.plot([before[-1][0], pts[0][0]], [before[-1][1], pts[0][1]], ":", color=colour, linewidth=0.9)
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "-o", color=colour, markersize=2.5, linewidth=1.2)
-            if not node.get("children"):
-                labels[k].append((xs[-1], ys[-1], node.get("name", nid), colour))
+            if not node.children:
+                labels[k].append((xs[-1], ys[-1], node.name or nid, colour))
         drawn += 1
     for k, ax in enumerate(axes):
         _maybe_log(ax, values[k])
@@ -197,7 +200,21 @@ def _fits(intervals: list[tuple[float, float]], start: float, end: float) -> boo
     return all(end <= s + EPS or start >= e - EPS for s, e in intervals)
 
 
-def timeline_lanes(nodes: dict[str, dict], slots: int | None = None, now: float | None = None) -> tuple[list[str], list[dict]]:
+@dataclass
+class Bar:
+    """A node's span on one lane of the timeline."""
+
+    node: str
+    lane: int
+    start: float
+    end: float
+    status: str
+    level: str
+    name: str
+
+
+def timeline_lanes(nodes: dict[str, NodeRecord], slots: int | None = None,
+                   now: float | None = None) -> tuple[list[str], list[Bar]]:
     """(lane labels, bars): one lane per GPU id the manifest records, else greedy worker lanes.
 
     Nodes with `resources.gpu_ids` go on those GPUs' lanes; the others (CPU runs, nodes that failed
@@ -205,9 +222,9 @@ def timeline_lanes(nodes: dict[str, dict], slots: int | None = None, now: float 
     worker, opening new lanes when none is free. Running nodes end at `now`; pending ones are not drawn.
     """
     now = time.time() if now is None else now
-    timed = [(nid, n) for nid, n in nodes.items() if isinstance(n.get("started_at"), (int, float))]
-    timed.sort(key=lambda item: item[1]["started_at"])
-    gpu_ids = sorted({str(g) for _, n in timed for g in ((n.get("resources") or {}).get("gpu_ids") or [])},
+    timed = [(nid, n) for nid, n in nodes.items() if n.started_at is not None]
+    timed.sort(key=lambda item: item[1].started_at)
+    gpu_ids = sorted({str(g) for _, n in timed for g in (n.resources.gpu_ids if n.resources else [])},
                      key=lambda g: (len(g), g))
     labels = [f"GPU {g}" for g in gpu_ids]
     busy: list[list[tuple[float, float]]] = [[] for _ in labels]
@@ -217,19 +234,18 @@ def timeline_lanes(nodes: dict[str, dict], slots: int | None = None, now: float 
     bars = []
     rest = []
     for nid, n in timed:
-        start = float(n["started_at"])
-        end = float(n["finished_at"]) if isinstance(n.get("finished_at"), (int, float)) else now
-        mine = [str(g) for g in ((n.get("resources") or {}).get("gpu_ids") or [])]
+        start = float(n.started_at)
+        end = float(n.finished_at) if n.finished_at is not None else now
+        mine = [str(g) for g in (n.resources.gpu_ids if n.resources else [])]
         if mine:
             for g in mine:
                 lane = gpu_ids.index(g)
                 busy[lane].append((start, end))
-                bars.append({"node": nid, "lane": lane, "start": start, "end": end, "status": n.get("status"),
-                             "level": n.get("level"), "name": n.get("name", nid)})
+                bars.append(Bar(nid, lane, start, end, n.status, n.level, n.name or nid))
         else:
             rest.append((nid, n, start, end))
     for nid, n, start, end in rest:
-        want = max(1, int((n.get("resources") or {}).get("workers") or 1))
+        want = max(1, (n.resources.workers if n.resources else 0) or 1)
         free = [i for i, ivs in enumerate(busy) if _fits(ivs, start, end)][:want]
         while len(free) < want:
             labels.append(f"{'slot' if gpu_ids else 'worker'} {len(labels) + 1}")
@@ -237,33 +253,32 @@ def timeline_lanes(nodes: dict[str, dict], slots: int | None = None, now: float 
             free.append(len(busy) - 1)
         for lane in free:
             busy[lane].append((start, end))
-            bars.append({"node": nid, "lane": lane, "start": start, "end": end, "status": n.get("status"),
-                         "level": n.get("level"), "name": n.get("name", nid)})
+            bars.append(Bar(nid, lane, start, end, n.status, n.level, n.name or nid))
     return labels, bars
 
 
-def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: Path,
+def timeline_plot(nodes: dict[str, NodeRecord], levels: list[str], title: str, path: Path,
                   slots: int | None = None, now: float | None = None) -> str:
     """Gantt chart: a row per GPU/worker lane, a bar per node, coloured by level, labelled by node."""
     labels, bars = timeline_lanes(nodes, slots, now)
-    colours = level_colours(levels or sorted({b["level"] or "?" for b in bars}))
+    colours = level_colours(levels or sorted({b.level or "?" for b in bars}))
     lane_h = 1.1 if len(labels) <= 4 else 0.6 if len(labels) <= 12 else 0.35
     fig, ax = plt.subplots(figsize=(13, max(2.5, lane_h * len(labels) + 1.5)))
     if not bars:
         _empty(ax, "no node has started")
         return _save(fig, path)
-    t0 = min(b["start"] for b in bars)
-    span = max(b["end"] for b in bars) - t0 or 1.0
+    t0 = min(b.start for b in bars)
+    span = max(b.end for b in bars) - t0 or 1.0
     for b in bars:
-        left, width = b["start"] - t0, max(b["end"] - b["start"], span * 0.002)
-        failed, running = b["status"] == "failed", b["status"] == "running"
-        bar = ax.barh(b["lane"], width, left=left, height=0.8, color=colours.get(b["level"], "grey"),
+        left, width = b.start - t0, max(b.end - b.start, span * 0.002)
+        failed, running = b.status == "failed", b.status == "running"
+        bar = ax.barh(b.lane, width, left=left, height=0.8, color=colours.get(b.level, "grey"),
                       edgecolor="red" if failed else "black", linewidth=1.5 if failed else 0.5,
                       hatch="//" if (failed or running) else None, alpha=0.9)[0]
-        text = b["name"] + (" (failed)" if failed else " (running)" if running else "")
+        text = b.name + (" (failed)" if failed else " (running)" if running else "")
         if width > span * 0.008:
             wide = width > span * max(0.1, 0.009 * len(text))
-            label = ax.text(left + width / 2, b["lane"], text, ha="center", va="center", rotation=0 if wide else 90,
+            label = ax.text(left + width / 2, b.lane, text, ha="center", va="center", rotation=0 if wide else 90,
                             fontsize=6.5 if wide or len(labels) <= 12 else 5)
             label.set_clip_path(bar)  # never spill over a neighbour: cut at the bar's edges
     ax.set_yticks(range(len(labels)))
@@ -278,29 +293,29 @@ def timeline_plot(nodes: dict[str, dict], levels: list[str], title: str, path: P
 
 
 # ---- root to leaf -------------------------------------------------------------------------------
-def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> str:
+def path_plot(paths: list[PathRow], levels: list[str], title: str, path: Path) -> str:
     """For each language (of one test set), chrF++ and spBLEU (BLEU 13a where there is no spBLEU) at each
     depth of its root-to-leaf path (one line each)."""
-    steps = [s for p in paths for s in p["path"]]
-    parsing = any(s.get("smatch") is not None for s in steps) and all(s["chrf++"] is None for s in steps)
-    bleu = "spbleu" if any(s.get("spbleu") is not None for s in steps) else "bleu_13a"
+    steps = [s.scores for p in paths for s in p.path]
+    parsing = any(s["smatch"] is not None for s in steps) and all(s["chrf++"] is None for s in steps)
+    bleu = "spbleu" if any(s["spbleu"] is not None for s in steps) else "bleu_13a"
     keys = ("smatch",) if parsing else ("chrf++", bleu)
     names = NAMES
     fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 5.5), sharex=True, squeeze=False)
     axes = axes[0]
     cmap = plt.get_cmap("tab20")
-    depth = max((len(p["path"]) for p in paths), default=0)
+    depth = max((len(p.path) for p in paths), default=0)
     any_value = False
     ends: dict[str, list] = {k: [] for k in keys}
     for i, p in enumerate(paths):
         for ax, key in zip(axes, keys):
-            pts = [(s["depth"], s[key]) for s in p["path"] if s[key] is not None]
+            pts = [(s.depth, s.scores[key]) for s in p.path if s.scores[key] is not None]
             if not pts:
                 continue
             any_value = True
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p["code"])
-            ends[key].append((xs[-1], ys[-1], p["code"].split("_")[0], cmap(i % 20)))
+            ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p.code)
+            ends[key].append((xs[-1], ys[-1], p.code.split("_")[0], cmap(i % 20)))
     for ax, key in zip(axes, keys):
         ax.set_title(f"{names[key]} along each language's root-to-leaf path")
         ax.set_xticks(range(depth))
@@ -320,13 +335,13 @@ def path_plot(paths: list[dict], levels: list[str], title: str, path: Path) -> s
 
 
 # ---- all of them --------------------------------------------------------------------------------
-def draw_all(runs, rows: list[dict], plot_dir: Path, paths: list[dict] | None = None) -> dict[str, str]:
+def draw_all(runs, rows: list[ScoreRow], plot_dir: Path, paths: list[PathRow] | None = None) -> dict[str, str]:
     """Every plot of a report: {title: path}. Per-run plots get the run's label in their file name.
     `paths` is the one run's root-to-leaf scores (results.path_scores), when there is one run."""
     plot_dir = Path(plot_dir)
     out = {}
-    for test_set in dict.fromkeys(r["test_set"] for r in rows):
-        mine = [r for r in rows if r["test_set"] == test_set]
+    for test_set in dict.fromkeys(r.test_set for r in rows):
+        mine = [r for r in rows if r.test_set == test_set]
         out[f"Scores per language ({test_set or 'no test set'})"] = scores_plot(
             mine, [r.label for r in runs], plot_dir / f"scores_{safe_name(test_set or 'none')}.png", test_set)
     single = len(runs) == 1
@@ -335,16 +350,16 @@ def draw_all(runs, rows: list[dict], plot_dir: Path, paths: list[dict] | None = 
         levels = list(run.tree.levels)
         slots = (run.manifest.data.get("slots") or {}).get("total")
         now = run.manifest.data.get("finished_at") or run.manifest.data.get("updated_at")
-        nodes = {k: v.to_dict() for k, v in run.nodes.items()}  # plots take plain data
+        nodes = run.nodes
         out[f"Loss curves ({run.label})"] = loss_plot(nodes, levels, f"Loss per node: {run.label}",
                                                       plot_dir / f"loss_curves{suffix}.png")
         out[f"Timeline ({run.label})"] = timeline_plot(nodes, levels, f"Nodes on their slots: {run.label}",
                                                        plot_dir / f"timeline{suffix}.png", slots=slots, now=now)
     if single and paths and len(runs[0].tree.levels) > 1:
         run = runs[0]
-        for test_set in dict.fromkeys(p["test_set"] for p in paths):
+        for test_set in dict.fromkeys(p.test_set for p in paths):
             name = test_set or "none"
             out[f"Root to leaf ({name})"] = path_plot(
-                [p for p in paths if p["test_set"] == test_set], list(run.tree.levels),
+                [p for p in paths if p.test_set == test_set], list(run.tree.levels),
                 f"Scores from root to leaf: {run.label}, test set {name}", plot_dir / f"root_to_leaf_{safe_name(name)}.png")
     return out

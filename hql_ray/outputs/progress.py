@@ -1,6 +1,6 @@
 """Progress of a run in the terminal: a live tree view on a TTY, plain lines in logs and CI.
 
-Both reporters take the driver's events (`event(kind, info)`) and poll the run's board actor in a
+Both reporters take the driver's events (`event(event)`, one record per kind) and poll the run's board actor in a
 background thread for each running node's step, epoch and losses. Nothing here may stop a run: every
 event, poll and redraw is guarded, a slow board is waited on with a timeout off the training thread,
 and a broken display falls back to plain lines.
@@ -12,82 +12,11 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from hql_ray.settings.records import RunEvent
-
-STATES = ("pending", "running", "done", "failed", "skipped")
-
-# The driver's export of a leaf's languages (final/<code>/): events besides `RunEvent`'s, sent through the
-# same `on_event` (`export_started` / `export_done` below).
-EXPORT_STARTED = "export_started"  # node, code, index, count
-EXPORT_DONE = "export_done"  # node, code, index, count, seconds
-TASK_PHASES = {"tokenize": "prepare", "generate": "evaluate", "score": "evaluate"}  # a task's phase
-
-
-def task_text(task: dict | None) -> str:
-    """A long step of a node in words, from the "task" of its progress update (`dataset.StepProgress`) or of
-    an export event: "tokenizing deu_Latn train (3/12)", "generating flores deu_Latn 64/1012 (language 3/12)",
-    "scoring flores deu_Latn (language 3/12)", "exporting deu_Latn (1/2)". "" for nothing known."""
-    if not isinstance(task, dict):
-        return ""
-    what, code = task.get("what"), task.get("code", "?")
-    of = f"{task.get('index')}/{task.get('count')}" if task.get("count") else ""
-    if what == "tokenize":
-        verb = "loading" if task.get("cached") else "tokenizing"
-        return f"{verb} {code} {task.get('split', '')}".rstrip() + (f" ({of}{', cached' if task.get('cached') else ''})" if of else "")
-    if what == "generate":
-        done = f" {task.get('done')}/{task.get('total')}" if task.get("total") is not None else ""
-        return f"generating {task.get('test_set', '')} {code}{done}" + (f" (language {of})" if of else "")
-    if what == "score":
-        return f"scoring {task.get('test_set', '')} {code}" + (f" (language {of})" if of else "")
-    if what == "export":
-        return f"exporting {code}" + (f" ({of})" if of else "")
-    return str(what or "")
-
-
-def export_started(on_event, node_id: str, code: str, index: int = 1, count: int = 1) -> None:
-    """Tell the reporters (the driver's `on_event`) that final/<code>/ of leaf `node_id` is being written."""
-    _safe_event(on_event, EXPORT_STARTED, {"node": node_id, "code": code, "index": index, "count": count})
-
-
-def export_done(on_event, node_id: str, code: str, index: int = 1, count: int = 1,
-                seconds: float | None = None) -> None:
-    _safe_event(on_event, EXPORT_DONE, {"node": node_id, "code": code, "index": index, "count": count,
-                                        "seconds": seconds})
-
-
-@contextmanager
-def exporting(on_event, node_id: str, code: str, index: int = 1, count: int = 1):
-    """`with progress.exporting(self.on_event, node_id, code, i, len(codes)):` around one language's export:
-    started, then done (only when the export did not raise; a failure is the node's NODE_FAILED)."""
-    t0 = time.time()
-    export_started(on_event, node_id, code, index, count)
-    yield
-    export_done(on_event, node_id, code, index, count, round(time.time() - t0, 2))
-
-
-def _safe_event(on_event, kind: str, info: dict) -> None:
-    try:
-        if on_event is not None:
-            on_event(kind, info)
-    except Exception:  # noqa: BLE001 - the display never stops an export
-        pass
-
-
-def chrf_means(languages: dict) -> list[str]:
-    """A node's chrF++ per test set, the mean over its languages: ["chrF++ flores 31.2 (mean of 4)", ...]
-    (an older run's single score per language: "chrF++ 31.2 (mean of 4)")."""
-    from hql_ray.scoring.metrics import LEGACY_TEST_SET, scores_by_test_set
-
-    per_set: dict[str, list[float]] = {}
-    for entry in languages.values():
-        for test_set, scores in scores_by_test_set(entry).items():
-            if isinstance(scores.get("chrf++"), (int, float)):
-                per_set.setdefault(test_set, []).append(scores["chrf++"])
-    return [f"chrF++{'' if name == LEGACY_TEST_SET else ' ' + name} {sum(v) / len(v):.1f} (mean of {len(v)})"
-            for name, v in per_set.items()]
+from hql_ray.outputs.manifest import STATUSES
+from hql_ray.settings.records import (Event, ExportDone, ExportStarted, NodeDone, NodeFailed, NodeSkipped, NodeStarted,
+                                      NodeWaiting, Progress, RunFinished, RunStarted, Task)
 
 
 @dataclass
@@ -107,9 +36,10 @@ class NodeView:
     loss: float | None = None
     val_loss: float | None = None
     phase: str | None = None
-    task: dict | None = None  # the long step it is in besides training (task_text)
+    task: Task | None = None  # the long step it is in besides training
     exporting: bool = False  # the driver writes its final/<code>/: the workers' progress is over
     error: str | None = None
+    resumed_from: int | None = None  # the step its checkpoint let it continue from
     waiting: str | None = None  # why its run waits for resources (cleared by the next progress)
     waiting_at: float = 0.0
 
@@ -152,73 +82,66 @@ class RunView:
             self.nodes[node_id] = NodeView(node_id, node_id.split(".", 1)[-1])
         return self.nodes[node_id]
 
-    def apply_event(self, kind: str, info: dict) -> None:
+    def apply_event(self, event: Event) -> None:
         now = time.time()
         with self.lock:
-            if kind == RunEvent.RUN_STARTED:
-                self.run_dir = str(info.get("run_dir", ""))
-                self.slots = info.get("slots")
-                self.gpu = bool(info.get("gpu"))
-                self.total = int(info.get("nodes") or len(self.nodes))
-            elif kind == RunEvent.SKIPPED:
-                self.node(info["node"]).status = "skipped"
-            elif kind == RunEvent.NODE_STARTED:
-                n = self.node(info["node"])
-                n.status, n.started, n.finished, n.error = "running", now, None, None
-                n.workers = info.get("workers")
-                n.step = n.epoch = n.loss = n.val_loss = n.phase = n.task = None
+            if isinstance(event, RunStarted):
+                self.run_dir, self.slots, self.gpu = event.run_dir, event.slots, event.gpu
+                self.total = event.nodes or len(self.nodes)
+            elif isinstance(event, NodeSkipped):
+                self.node(event.node).status = "skipped"
+            elif isinstance(event, NodeStarted):
+                n = self.node(event.node)
+                n.status, n.started, n.finished, n.error, n.workers = "running", now, None, None, event.workers
+                n.step = n.epoch = n.loss = n.val_loss = n.phase = n.task = n.resumed_from = None
                 n.exporting = False
-            elif kind == RunEvent.NODE_DONE:
-                n = self.node(info["node"])
-                n.status, n.finished = "done", now
-                m = info.get("metrics") or {}
-                if m.get("val_loss") is not None:
-                    n.val_loss = m["val_loss"]
-                if m.get("train_loss") is not None:
-                    n.loss = m["train_loss"]
-                if m.get("steps") is not None:
-                    n.step = n.total_steps = m["steps"]
-                n.epoch = self.epochs
-                n.phase = n.waiting = n.task = None
-                n.exporting = False
-            elif kind == EXPORT_STARTED:
-                n = self.node(info["node"])
+            elif isinstance(event, NodeDone):
+                self._done(self.node(event.node), event.metrics, now)
+            elif isinstance(event, ExportStarted):
+                n = self.node(event.node)
                 n.exporting, n.phase = True, "export"
-                n.task = {"what": "export", "code": info.get("code"), "index": info.get("index"),
-                          "count": info.get("count")}
-            elif kind == RunEvent.NODE_WAITING:
-                n = self.node(info["node"])
-                n.waiting, n.waiting_at = str(info.get("message", "")), now
-            elif kind == RunEvent.NODE_FAILED:
-                n = self.node(info["node"])
-                n.status, n.finished, n.error = "failed", now, str(info.get("error", ""))
-                n.waiting = None
-            elif kind == RunEvent.RUN_FINISHED:
+                n.task = Task("export", event.code, event.index, event.count)
+            elif isinstance(event, NodeWaiting):
+                n = self.node(event.node)
+                n.waiting, n.waiting_at = event.message, now
+            elif isinstance(event, NodeFailed):
+                n = self.node(event.node)
+                n.status, n.finished, n.error, n.waiting = "failed", now, event.error, None
+            elif isinstance(event, RunFinished):
                 self.finished = now
-                for node_id in info.get("not_done") or []:
-                    n = self.node(node_id)
-                    if n.status == "pending":
-                        n.phase = "not run"  # below a failed node, or the run was stopped
+                for node_id in event.not_done:
+                    if self.node(node_id).status == "pending":
+                        self.node(node_id).phase = "not run"  # below a failed node, or the run was stopped
 
-    def apply_snapshot(self, snapshot: dict) -> None:
+    def _done(self, n: "NodeView", m, now: float) -> None:
+        n.status, n.finished = "done", now
+        if m.val_loss is not None:
+            n.val_loss = m.val_loss
+        if m.train_loss is not None:
+            n.loss = m.train_loss
+        if m.steps is not None:
+            n.step = n.total_steps = m.steps
+        n.epoch = self.epochs
+        n.phase = n.waiting = n.task = None
+        n.exporting = False
+
+    def apply_snapshot(self, snapshot: dict[str, Progress]) -> None:
         """Board progress of running nodes (finished ones keep their final numbers)."""
         with self.lock:
             for node_id, p in (snapshot or {}).items():
                 n = self.node(node_id)
-                if n.status != "running" or n.exporting or not isinstance(p, dict):
+                if n.status != "running" or n.exporting or not isinstance(p, Progress):
                     continue
-                if n.waiting and (p.get("time") or 0) > n.waiting_at:
+                if n.waiting and (p.time or 0) > n.waiting_at:
                     n.waiting = None  # it trains again
-                for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase"):
-                    if p.get(key) is not None:
-                        setattr(n, key, p[key])
-                # The board keeps a node's last task: it is current only in the phase it belongs to.
-                task = p.get("task")
-                n.task = task if isinstance(task, dict) and TASK_PHASES.get(task.get("what")) == n.phase else None
+                for key in ("step", "total_steps", "epoch", "loss", "val_loss", "phase", "resumed_from"):
+                    if getattr(p, key) is not None:
+                        setattr(n, key, getattr(p, key))
+                n.task = p.current_task  # the board keeps a node's last task: current only in its own phase
 
     def counts(self) -> dict[str, int]:
         with self.lock:
-            out = {s: 0 for s in STATES}
+            out = {s: 0 for s in STATUSES}
             for n in self.nodes.values():
                 out[n.status] = out.get(n.status, 0) + 1
             return out
@@ -338,13 +261,12 @@ class _Guarded:
     def _after_poll(self) -> None:
         pass
 
-    def event(self, kind: str, info: dict) -> None:
+    def event(self, event: Event) -> None:
         try:
-            info = info or {}
-            self.view.apply_event(kind, info)
-            if kind == RunEvent.RUN_STARTED:
-                self.poller.start(info.get("board"))
-            self._show(kind, info)
+            self.view.apply_event(event)
+            if isinstance(event, RunStarted):
+                self.poller.start(event.board)
+            self._show(event)
         except Exception as err:  # noqa: BLE001 - a display bug must not kill a run
             self._reporter_error(err)
 
@@ -356,7 +278,7 @@ class _Guarded:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _show(self, kind: str, info: dict) -> None:
+    def _show(self, event: Event) -> None:
         raise NotImplementedError
 
     def __enter__(self):
@@ -389,6 +311,7 @@ class PlainReporter(_Guarded):
         self._last_task = 0.0
         self._last_steps: dict[str, object] = {}
         self._last_tasks: dict[str, str] = {}
+        self._resumes: dict[str, int] = {}
 
     def _print(self, text: str) -> None:
         elapsed = time.time() - self.t0
@@ -396,6 +319,8 @@ class PlainReporter(_Guarded):
 
     def _after_poll(self) -> None:
         now = time.time()
+        for line in self.resume_lines():
+            self._print(line)
         if self.task_every and now - self._last_task >= self.task_every:
             lines = self.task_lines()
             if lines:
@@ -408,13 +333,24 @@ class PlainReporter(_Guarded):
         for line in self.progress_lines():
             self._print(line)
 
+    def resume_lines(self) -> list[str]:
+        """`node: resumed at step 8,500 of 46,500`, once per resume (its checkpoint: an earlier attempt or launch)."""
+        lines = []
+        with self.view.lock:
+            for n in self.view.nodes.values():
+                if n.status == "running" and n.resumed_from is not None and self._resumes.get(n.id) != n.resumed_from:
+                    self._resumes[n.id] = n.resumed_from
+                    of = f" of {n.total_steps:,}" if n.total_steps else ""
+                    lines.append(f"{n.id}: resumed at step {n.resumed_from:,}{of} from its checkpoint")
+        return lines
+
     def task_lines(self, only_changed: bool = True) -> list[str]:
         """`node: tokenizing deu_Latn train (3/12)` / `node: generating flores deu_Latn 64/1012 (language 1/4)`
         for running nodes in a long step other than training, whose text moved since the last line."""
         lines = []
         with self.view.lock:
             for n in self.view.nodes.values():
-                text = task_text(n.task) if n.status == "running" else ""
+                text = n.task.text() if n.status == "running" and n.task else ""
                 if not text or (only_changed and self._last_tasks.get(n.id) == text):
                     continue
                 self._last_tasks[n.id] = text
@@ -444,39 +380,41 @@ class PlainReporter(_Guarded):
                 lines.append(f"  {n.id}: {', '.join(parts)}")
         return lines
 
-    def _show(self, kind: str, info: dict) -> None:
-        if kind == RunEvent.RUN_STARTED:
-            self.total = info["nodes"]
-            what = "GPU" if info["gpu"] else "CPU"
-            self._print(f"run {info['run_dir']}: {info['nodes']} nodes on {info['slots']} {what} slot(s)")
-        elif kind == RunEvent.SKIPPED:
+    def _show(self, event: Event) -> None:
+        line = self._line(event)
+        if line:
+            self._print(line)
+
+    def _line(self, event: Event) -> str | None:
+        if isinstance(event, RunStarted):
+            self.total = event.nodes
+            return f"run {event.run_dir}: {event.nodes} nodes on {event.slots} {'GPU' if event.gpu else 'CPU'} slot(s)"
+        if isinstance(event, NodeSkipped):
             self.done += 1
-            self._print(f"{info['node']}: already done (resume), skipped")
-        elif kind == RunEvent.NODE_STARTED:
-            warm = ", a warm worker" if info.get("executor") == "warm" else ""
-            self._print(f"{info['node']}: started on {info['workers']} worker(s){warm}")
-        elif kind == RunEvent.NODE_DONE:
+            return f"{event.node}: already done (resume), skipped"
+        if isinstance(event, NodeStarted):
+            warm = ", a warm worker" if event.executor == "warm" else ""
+            return f"{event.node}: started on {event.workers} worker(s){warm}"
+        if isinstance(event, NodeDone):
             self.done += 1
-            m = info.get("metrics") or {}
-            parts = []
-            if m.get("val_loss") is not None and m.get("initial_val_loss") is not None:
-                parts.append(f"val_loss {m['initial_val_loss']:.3f} -> {m['val_loss']:.3f}")
-            elif m.get("val_loss") is not None:
-                parts.append(f"val_loss {m['val_loss']:.3f}")
-            parts += chrf_means(m.get("languages") or {})
-            self._print(f"{info['node']}: done ({self.done}/{self.total}) {'; '.join(parts)}")
-        elif kind == EXPORT_STARTED:
-            self._print(f"{info['node']}: {task_text({'what': 'export', **info})}")
-        elif kind == EXPORT_DONE:
-            took = f" in {info['seconds']:.1f} s" if isinstance(info.get("seconds"), (int, float)) else ""
-            self._print(f"{info['node']}: exported {info.get('code')} ({info.get('index')}/{info.get('count')}){took}")
-        elif kind == RunEvent.NODE_WAITING:
-            self._print(f"{info['node']}: WAITING for resources: {info['message']}")
-        elif kind == RunEvent.NODE_FAILED:
-            self._print(f"{info['node']}: FAILED: {info['error']}")
-        elif kind == RunEvent.RUN_FINISHED:
-            status = "finished" if not info["not_done"] else f"stopped with {len(info['not_done'])} node(s) not done"
-            self._print(f"run {status}")
+            m, parts = event.metrics, []
+            if m.val_loss is not None and m.initial_val_loss is not None:
+                parts.append(f"val_loss {m.initial_val_loss:.3f} -> {m.val_loss:.3f}")
+            elif m.val_loss is not None:
+                parts.append(f"val_loss {m.val_loss:.3f}")
+            return f"{event.node}: done ({self.done}/{self.total}) {'; '.join(parts + m.chrf_means())}"
+        if isinstance(event, ExportStarted):
+            return f"{event.node}: {Task('export', event.code, event.index, event.count).text()}"
+        if isinstance(event, ExportDone):
+            took = f" in {event.seconds:.1f} s" if event.seconds is not None else ""
+            return f"{event.node}: exported {event.code} ({event.index}/{event.count}){took}"
+        if isinstance(event, NodeWaiting):
+            return f"{event.node}: WAITING for resources: {event.message}"
+        if isinstance(event, NodeFailed):
+            return f"{event.node}: FAILED: {event.error}"
+        if isinstance(event, RunFinished):
+            return "run " + ("finished" if not event.not_done else f"stopped with {len(event.not_done)} node(s) not done")
+        return None
 
 
 STYLES = {"waiting": "bold yellow", "pending": "dim", "not run": "dim red", "running": "yellow", "evaluating": "cyan",
@@ -538,8 +476,8 @@ class LiveReporter(_Guarded):
                         parts.append(Text(f"✖ {n.id}: {n.error}", style="red"))
                     elif n.status == "running" and n.waiting:
                         parts.append(Text(f"⏳ {n.waiting}", style="yellow"))
-                    elif n.status == "running" and task_text(n.task):
-                        parts.append(Text(f"▸ {n.id}: {task_text(n.task)}", style="cyan"))
+                    elif n.status == "running" and n.task is not None:
+                        parts.append(Text(f"▸ {n.id}: {n.task.text()}", style="cyan"))
                 if view.poll_errors and view.last_poll_error and view.finished is None:
                     parts.append(Text(f"(live numbers delayed: board poll failed {view.poll_errors}x: "
                                       f"{view.last_poll_error})", style="dim"))
@@ -569,13 +507,12 @@ class LiveReporter(_Guarded):
             self._reporter_error(err)
         return False
 
-    def _show(self, kind: str, info: dict) -> None:
-        if kind == RunEvent.NODE_FAILED:
-            self.console.print(f"[bold red]✖ {info['node']} failed:[/] {info.get('error', '')}", highlight=False)
-        elif kind == RunEvent.RUN_FINISHED:
-            not_done = info.get("not_done") or []
-            if not_done:
-                self.console.print(f"[red]run stopped with {len(not_done)} node(s) not done[/]", highlight=False)
+    def _show(self, event: Event) -> None:
+        if isinstance(event, NodeFailed):
+            self.console.print(f"[bold red]✖ {event.node} failed:[/] {event.error}", highlight=False)
+        elif isinstance(event, RunFinished):
+            if event.not_done:
+                self.console.print(f"[red]run stopped with {len(event.not_done)} node(s) not done[/]", highlight=False)
             else:
                 self.console.print(f"[green]run finished in {fmt_time(time.time() - self.view.t0)}[/]", highlight=False)
         if self.live is not None:

@@ -12,12 +12,15 @@ import socket
 from itertools import islice
 from pathlib import Path
 
-from hql_ray.settings.errors import InputError
-from hql_ray.scoring.evaluation import TEXT_FILES
+from dataclasses import dataclass, field
+
 from hql_ray.outputs.manifest import RunRecord, atomic_write_text, read_manifest, run_tree
-from hql_ray.scoring.metrics import METRIC_NAMES, is_legacy, scores_by_test_set
-from hql_ray.outputs.results import (LEGACY_NOTE, not_computed_notes, num_or_none, path_csv, path_markdown, path_scores,
-                             path_second_metric, score_rows, scores_csv, scores_markdown, signature_notes)
+from hql_ray.outputs.results import (LEGACY_NOTE, ScoreRow, not_computed_notes, num_or_none, path_csv, path_markdown,
+                                     path_scores, path_second_metric, score_rows, scores_csv, scores_markdown,
+                                     signature_notes)
+from hql_ray.scoring.evaluation import TEXT_FILES
+from hql_ray.settings.errors import InputError
+from hql_ray.settings.records import LEGACY_TEST_SET, METRIC_NAMES, Sample, TestSetScores
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
@@ -41,11 +44,11 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
     for st, ids in others.items():
         record.notes.append(f"{len(ids)} node(s) {st}: {', '.join(ids)}")
     for node_id, entry in manifest.nodes.items():
-        error = (entry.metrics or {}).get("evaluation_error")
+        error = entry.metrics.evaluation_error if entry.metrics else None
         if error:
             record.notes.append(f"node {node_id}: evaluation failed (its adapter was kept): {str(error)[:200]}")
-    if any(is_legacy(scores) for entry in manifest.nodes.values()
-           for scores in ((entry.metrics or {}).get("languages") or {}).values()):
+    if any(LEGACY_TEST_SET in sets for entry in manifest.nodes.values() if entry.metrics
+           for sets in entry.metrics.languages.values()):
         record.notes.append(LEGACY_NOTE)
     return record
 
@@ -67,30 +70,42 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
     return runs
 
 
-def run_summary(run: RunRecord) -> dict:
+@dataclass
+class RunSummary:
+    run: str
+    path: str
+    status: str | None
+    done: int
+    nodes: int
+    wall_s: float | None
+    train_s: float
+    slots: int | None
+    gpu: bool | None
+    base: str | None
+    mode: str | None
+
+
+def run_summary(run: RunRecord) -> RunSummary:
     nodes = list(run.nodes.values())
     starts = [n.started_at for n in nodes if num_or_none(n.started_at) is not None]
     ends = [n.finished_at for n in nodes if num_or_none(n.finished_at) is not None]
     slots = run.manifest.data.get("slots") or {}
-    return {
-        "run": run.label, "path": str(run.path), "status": run.manifest.data.get("status"),
-        "done": sum(1 for n in nodes if n.status == "done"), "nodes": len(nodes),
-        "wall_s": (max(ends) - min(starts)) if starts and ends else None,
-        "train_s": sum(num_or_none((n.metrics or {}).get("train_seconds")) or 0.0 for n in nodes),
-        "slots": slots.get("total"), "gpu": slots.get("gpu"),
-        "base": ((run.manifest.data.get("config") or {}).get("model") or {}).get("base"),
-        "mode": ((run.manifest.data.get("config") or {}).get("model") or {}).get("mode"),
-    }
+    model = (run.manifest.data.get("config") or {}).get("model") or {}
+    return RunSummary(run.label, str(run.path), run.manifest.data.get("status"),
+                      sum(1 for n in nodes if n.status == "done"), len(nodes),
+                      (max(ends) - min(starts)) if starts and ends else None,
+                      sum((n.metrics.train_seconds or 0.0) for n in nodes if n.metrics),
+                      slots.get("total"), slots.get("gpu"), model.get("base"), model.get("mode"))
 
 
 def summary_markdown(runs: list[RunRecord]) -> str:
     lines = ["| run | status | nodes done | wall time | node train time | slots | model |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run_summary(run)
-        slots = "-" if s["slots"] is None else f"{s['slots']} {'GPU' if s['gpu'] else 'CPU'}"
-        wall = "-" if s["wall_s"] is None else f"{s['wall_s']:.0f} s"
-        lines.append(f"| {s['run']} | {s['status']} | {s['done']}/{s['nodes']} | {wall} | {s['train_s']:.0f} s | "
-                     f"{slots} | {s['base']} ({s['mode']}) |")
+        slots = "-" if s.slots is None else f"{s.slots} {'GPU' if s.gpu else 'CPU'}"
+        wall = "-" if s.wall_s is None else f"{s.wall_s:.0f} s"
+        lines.append(f"| {s.run} | {s.status} | {s.done}/{s.nodes} | {wall} | {s.train_s:.0f} s | "
+                     f"{slots} | {s.base} ({s.mode}) |")
     return "\n".join(lines)
 
 
@@ -100,27 +115,34 @@ def _first_lines(path: Path, n: int) -> list[str]:
         return [line.rstrip("\n") for line in islice(f, n)]
 
 
-def read_examples(run: RunRecord, node_id: str, code: str, test_set: str, n: int) -> dict:
+@dataclass
+class Examples:
+    """A node's first test examples of a language and test set: where they come from, and why not the files."""
+
+    examples: list[Sample] = field(default_factory=list)
+    where: str = "manifest"  # the texts' folder (relative to the run), or "manifest" (its few samples)
+    note: str | None = None
+
+
+def read_examples(run: RunRecord, node_id: str, code: str, test_set: str, n: int) -> Examples:
     """The first `n` (source, hypothesis, reference) of a node's language and test set, from the line-aligned
-    files evaluation wrote (evaluation/<node>/<code>/<test set>/, as the score record's "texts" names them).
-    {"examples": [{"source", "hypothesis", "reference"}], "where": folder or "manifest", "note": str | None}:
-    without the files (another host's disk, an older run), the few samples the manifest keeps."""
-    entry = ((run.nodes[node_id].metrics or {}).get("languages") or {}).get(code)
-    record = scores_by_test_set(entry).get(test_set) or {}
-    texts = record.get("texts") if isinstance(record.get("texts"), dict) else {}
-    folder = run.path / (texts.get("dir") or f"evaluation/{node_id}/{code}/{test_set}")
+    files evaluation wrote (evaluation/<node>/<code>/<test set>/, as the scores' `texts` names them); without
+    the files (another host's disk, an older run), the few samples the manifest keeps."""
+    metrics = run.nodes[node_id].metrics
+    record = ((metrics.languages if metrics else {}).get(code) or {}).get(test_set) or TestSetScores()
+    texts = record.texts
+    folder = run.path / ((texts.dir if texts else None) or f"evaluation/{node_id}/{code}/{test_set}")
     files = {key: folder / name for key, name in TEXT_FILES.items()}
     if all(f.is_file() for f in files.values()):
         columns = {key: _first_lines(f, n) for key, f in files.items()}
-        rows = [{"source": s, "hypothesis": h, "reference": r}
-                for s, h, r in zip(columns["sources"], columns["hypotheses"], columns["references"])]
-        return {"examples": rows, "where": str(folder.relative_to(run.path)), "note": None}
-    samples = [x for x in record.get("samples") or [] if isinstance(x, dict)][:n]
-    why = texts.get("error") or "its text files are not in the run folder"
-    if texts.get("host") and texts["host"] != socket.gethostname():
-        why = f"its text files were written on {texts['host']}"
-    note = f"{why}; " + (f"the {len(samples)} sample(s) the manifest keeps" if samples else "no samples kept")
-    return {"examples": samples, "where": "manifest", "note": note}
+        rows = [Sample(s, h, r) for s, h, r in zip(columns["sources"], columns["hypotheses"], columns["references"])]
+        return Examples(rows, str(folder.relative_to(run.path)))
+    samples = record.samples[:n]
+    why = (texts.error if texts else None) or "its text files are not in the run folder"
+    if texts and texts.host and texts.host != socket.gethostname():
+        why = f"its text files were written on {texts.host}"
+    return Examples(samples, "manifest",
+                    f"{why}; " + (f"the {len(samples)} sample(s) the manifest keeps" if samples else "no samples kept"))
 
 
 def _one_line(text, limit: int = 400) -> str:
@@ -128,27 +150,27 @@ def _one_line(text, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def examples_markdown(runs: list[RunRecord], rows: list[dict], n: int) -> str:
+def examples_markdown(runs: list[RunRecord], rows: list[ScoreRow], n: int) -> str:
     """`n` examples per language and test set at the leaves (each run's language leaf), as the report's section."""
     by_label = {run.label: run for run in runs}
     parts = ["## Examples", "",
              f"The first {n} test example(s) per language and test set, at the language's leaf node: the model "
              "input (source), the greedy output scored (hypothesis) and the reference.", ""]
     for row in rows:
-        run = by_label.get(row["run"])
-        if run is None or row["test_set"] is None or row["node"] not in run.nodes:
+        run = by_label.get(row.run)
+        if run is None or row.test_set is None or row.node not in run.nodes:
             continue
-        got = read_examples(run, row["node"], row["code"], row["test_set"], n)
-        label = f"{row['run']}: " if len(runs) > 1 else ""
-        parts += [f"### {label}{row['code']} ({row['language']}), {row['test_set']}, node {row['node']}", ""]
-        if got["note"]:
-            parts += [f"({got['note']})", ""]
-        elif got["where"]:
-            parts += [f"From `{got['where']}/`.", ""]
-        for i, ex in enumerate(got["examples"], 1):
-            parts += [f"{i}. source: {_one_line(ex.get('source'))}",
-                      f"   hypothesis: {_one_line(ex.get('hypothesis'))}",
-                      f"   reference: {_one_line(ex.get('reference'))}"]
+        got = read_examples(run, row.node, row.code, row.test_set, n)
+        label = f"{row.run}: " if len(runs) > 1 else ""
+        parts += [f"### {label}{row.code} ({row.language}), {row.test_set}, node {row.node}", ""]
+        if got.note:
+            parts += [f"({got.note})", ""]
+        elif got.where:
+            parts += [f"From `{got.where}/`.", ""]
+        for i, ex in enumerate(got.examples, 1):
+            parts += [f"{i}. source: {_one_line(ex.source)}",
+                      f"   hypothesis: {_one_line(ex.hypothesis)}",
+                      f"   reference: {_one_line(ex.reference)}"]
         parts.append("")
     return "\n".join(parts)
 
@@ -163,7 +185,7 @@ def default_out_dir(run_dirs: list[str | Path]) -> Path:
     return Path(run_dirs[0]) if len(run_dirs) == 1 else Path("report")
 
 
-def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str], out_dir: Path,
+def build_markdown(runs: list[RunRecord], rows: list[ScoreRow], plots: dict[str, str], out_dir: Path,
                    examples: int = 0) -> str:
     title = f"Report: run {runs[0].label}" if len(runs) == 1 else "Report: " + ", ".join(r.label for r in runs)
     parts = [f"# {title}", "", summary_markdown(runs), "",
@@ -176,7 +198,7 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
         parts += ["Bold: the best score for that language and test set among the runs. The CSV's `best` column "
                   "marks the run with the best chrF++ (ties: spBLEU, BLEU 13a).", ""]
     paths = path_scores(runs[0]) if len(runs) == 1 else []
-    if paths and max(len(p["path"]) for p in paths) == 1:
+    if paths and max(len(p.path) for p in paths) == 1:
         parts += ["One level: every language's root is its leaf (no root-to-leaf path to show).", ""]
     elif paths:
         second = METRIC_NAMES[path_second_metric(paths)]
@@ -184,7 +206,7 @@ def build_markdown(runs: list[RunRecord], rows: list[dict], plots: dict[str, str
                   "test set at each node on its path (`-`: the node has no scores for it, e.g. eval.at_nodes=leaves, "
                   "or it did not finish).", "",
                   path_markdown(paths, runs[0].tree.levels), ""]
-    label = (lambda r: f"{r['run']} ") if len(runs) > 1 else (lambda r: "")
+    label = (lambda r: f"{r.run} ") if len(runs) > 1 else (lambda r: "")
     not_computed = not_computed_notes(rows, label)
     if not_computed:
         parts += ["## Not computed", "", *not_computed, ""]

@@ -14,11 +14,14 @@ import csv
 import io
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hql_ray.settings.errors import InputError
 from hql_ray.outputs.manifest import Manifest, RunRecord, atomic_write_text
-from hql_ray.scoring.metrics import LEGACY_TEST_SET, METRIC_NAMES, TEST_SETS, is_legacy, merge_lid_baseline, scores_by_test_set
+from hql_ray.data.corpus import order_key_of_test_set as test_set_key  # flores, ldc2020t07, amr3, others
+from hql_ray.scoring.metrics import merge_lid_baseline
+from hql_ray.settings.errors import InputError
+from hql_ray.settings.records import LEGACY_TEST_SET, METRIC_NAMES, NodeMetrics, TestSetScores
 from hql_ray.settings.tree import LanguageTree
 
 log = logging.getLogger(__name__)
@@ -26,14 +29,13 @@ log = logging.getLogger(__name__)
 METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "lid_diff", "smatch")  # smatch = F1, for text2amr runs
 BEST_METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "smatch")  # higher is better (LID diff: no "best")
 WINNER_ORDER = ("chrf++", "spbleu", "bleu_13a", "smatch")  # the best run of a (language, test set)
-TEST_SET_ORDER = (*TEST_SETS, LEGACY_TEST_SET)
 LEGACY_NOTE = (f"test set '{LEGACY_TEST_SET}': scores from an older hql-ray, one per language on the union of "
                "every corpus's test split (amr3 + flores), not the paper's test sets; its BLEU is BLEU (13a)")
 NOT_COMPUTED = "not computed"
-COLUMNS = ["code", "language", "test_set", "node", "n_test", *METRICS, "reference_lid", "val_loss",
-           "initial_val_loss", "not_computed", "signatures"]
-CSV_COLUMNS = ["run", "code", "language", "test_set", "node", "node_status", *METRICS, "n_test", "val_loss",
-               "best", "best_metrics", "not_computed"]
+CSV_COLUMNS = ["code", "language", "test_set", "node", "n_test", *METRICS, "reference_lid", "val_loss",
+               "initial_val_loss", "not_computed", "signatures"]
+REPORT_COLUMNS = ["run", "code", "language", "test_set", "node", "node_status", *METRICS, "n_test", "val_loss",
+                  "best", "best_metrics", "not_computed"]
 
 
 def num_or_none(value) -> float | None:
@@ -42,41 +44,62 @@ def num_or_none(value) -> float | None:
     return None
 
 
-def test_set_key(name) -> tuple:
-    return (TEST_SET_ORDER.index(name) if name in TEST_SET_ORDER else len(TEST_SET_ORDER), str(name))
-
-
-def node_scores(metrics: dict | None, code: str) -> dict[str, dict]:
-    """{test set: scores} of one language at one node (an older run's scores as test set "union")."""
-    sets = scores_by_test_set(((metrics or {}).get("languages") or {}).get(code))
+def node_scores(metrics: NodeMetrics | None, code: str) -> dict[str, TestSetScores]:
+    """{test set: scores} of one language at one node, test sets in their order."""
+    sets = (metrics.languages if metrics else {}).get(code) or {}
     return {name: sets[name] for name in sorted(sets, key=test_set_key)}
 
 
-def score_fields(scores: dict) -> dict:
-    """The metrics of one (node, language, test set) as numbers or None, with the reasons for the Nones."""
-    out = {m: num_or_none(scores.get("f1" if m == "smatch" else m)) for m in METRICS}
-    reasons = dict(scores.get("not_computed") or {})
-    out["not_computed"] = {m: why for m, why in reasons.items() if m in METRICS and out[m] is None}
-    out["n_test"] = scores.get("n")
-    return out
+@dataclass
+class ScoreRow:
+    """One language's scores on one test set at one node (its leaf's, in the tables), in one run."""
+
+    code: str
+    language: str
+    test_set: str | None  # None: the node has no scores for the language
+    node: str
+    n_test: int | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)  # METRICS -> value
+    not_computed: dict[str, str] = field(default_factory=dict)  # metric -> why
+    signatures: dict[str, str] = field(default_factory=dict)
+    reference_lid: float | None = None
+    val_loss: float | None = None
+    initial_val_loss: float | None = None
+    run: str = ""  # (report) the run's label
+    node_status: str = ""
+    best: bool = False  # (report) the run with the best chrF++ for this language and test set
+    best_metrics: list[str] = field(default_factory=list)  # (report) the metrics where this run is best
+
+    def cell(self, metric: str, digits: int = 2) -> str:
+        value = self.scores.get(metric)
+        if value is not None:
+            return f"{value:.{digits}f}"
+        return NOT_COMPUTED if metric in self.not_computed else "-"
 
 
-def language_rows(manifest: Manifest, tree: LanguageTree) -> list[dict]:
+def scored_row(code: str, language: str, node: str, test_set: str | None, s: TestSetScores | None) -> ScoreRow:
+    """A row from one (node, language, test set)'s scores, with the reasons for the metrics not computed."""
+    s = s or TestSetScores()
+    values = {m: s.value(m) for m in METRICS}
+    reasons = {("smatch" if m == "f1" else m): why for m, why in s.not_computed.items()}
+    return ScoreRow(code, language, test_set, node, s.n if test_set is not None else None, values,
+                    {m: why for m, why in reasons.items() if m in METRICS and values[m] is None},
+                    dict(s.signatures), num_or_none(s.reference_lid))
+
+
+def language_rows(manifest: Manifest, tree: LanguageTree) -> list[ScoreRow]:
     """One row per language and test set: the scores of the language's leaf node (a language whose leaf
     has no scores still gets one row, test set None)."""
     rows = []
     for lang in tree.languages:
         leaf = tree.leaf_for(lang.code)
-        metrics = manifest.nodes[leaf.id].metrics or {}
+        metrics = manifest.nodes[leaf.id].metrics
         ancestors = tree.ancestors(leaf.id)
-        root_metrics = manifest.nodes[ancestors[0].id if ancestors else leaf.id].metrics or {}
-        base = {"code": lang.code, "language": lang.name, "node": leaf.id, "val_loss": metrics.get("val_loss"),
-                "initial_val_loss": root_metrics.get("initial_val_loss")}
-        sets = node_scores(metrics, lang.code) or {None: {}}
-        for test_set, scores in sets.items():
-            rows.append({**base, "test_set": test_set, **score_fields(scores),
-                         "reference_lid": num_or_none(scores.get("reference_lid")),
-                         "signatures": dict(scores.get("signatures") or {})})
+        root = manifest.nodes[ancestors[0].id if ancestors else leaf.id].metrics
+        for test_set, scores in (node_scores(metrics, lang.code) or {None: None}).items():
+            row = scored_row(lang.code, lang.name, leaf.id, test_set, scores)
+            row.val_loss, row.initial_val_loss = metrics and metrics.val_loss, root and root.initial_val_loss
+            rows.append(row)
     return rows
 
 
@@ -87,43 +110,36 @@ def _fmt(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def cell(row: dict, metric: str, digits: int = 2) -> str:
-    value = row.get(metric)
-    if value is not None:
-        return f"{value:.{digits}f}"
-    return NOT_COMPUTED if metric in (row.get("not_computed") or {}) else "-"
-
-
-def present_metrics(rows: list[dict]) -> list[str]:
+def present_metrics(rows: list[ScoreRow]) -> list[str]:
     """The metrics some row has a score or a not-computed reason for, in METRICS order; a parsing run shows
     smatch only; nothing at all: the text metrics."""
-    found = {m for r in rows for m in METRICS if r.get(m) is not None or m in (r.get("not_computed") or {})}
+    found = {m for r in rows for m in METRICS if r.scores.get(m) is not None or m in r.not_computed}
     if found - {"smatch"}:
         found |= {"bleu_13a", "chrf++"}
     return [m for m in METRICS if m in found] or ["spbleu", "bleu_13a", "chrf++"]
 
 
-def not_computed_notes(rows: list[dict], label=lambda r: "") -> list[str]:
+def not_computed_notes(rows: list[ScoreRow], label=lambda r: "") -> list[str]:
     """'- spBLEU: not computed: <why> (flores: deu_Latn, ...)', one line per metric and reason."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[ScoreRow]] = {}
     for r in rows:
-        for metric, why in (r.get("not_computed") or {}).items():
+        for metric, why in r.not_computed.items():
             groups.setdefault((metric, why), []).append(r)
     lines = []
     for (metric, why), group in groups.items():
         where: dict[str, list[str]] = {}
         for r in group:
-            where.setdefault(f"{label(r)}{r['test_set']}", []).append(r["code"])
+            where.setdefault(f"{label(r)}{r.test_set}", []).append(r.code)
         said = "; ".join(f"{k}: {', '.join(dict.fromkeys(v))}" for k, v in where.items())
         text = why if why.startswith(NOT_COMPUTED) else f"{NOT_COMPUTED}: {why}"
         lines.append(f"- {METRIC_NAMES[metric]}: {text} ({said})")
     return lines
 
 
-def signature_notes(rows: list[dict]) -> list[str]:
+def signature_notes(rows: list[ScoreRow]) -> list[str]:
     seen: dict[str, list[str]] = {}
     for r in rows:
-        for metric, sig in (r.get("signatures") or {}).items():
+        for metric, sig in r.signatures.items():
             if sig and sig not in seen.setdefault(metric, []):
                 seen[metric].append(sig)
     return [f"- {METRIC_NAMES.get(m, m)}: `{s}`" for m in METRICS if m in seen for s in seen[m]]
@@ -133,15 +149,19 @@ def _joined(mapping: dict, sep: str) -> str:
     return "; ".join(f"{k}{sep}{v}" for k, v in mapping.items())
 
 
+def _not_computed_cell(r: ScoreRow) -> str:
+    return _joined({m: f"{NOT_COMPUTED}: {w}" for m, w in r.not_computed.items()}, ": ")
+
+
 # ---- results.md|csv of one run -------------------------------------------------------------------------
-def to_markdown(rows: list[dict], title: str) -> str:
+def to_markdown(rows: list[ScoreRow], title: str) -> str:
     metrics = present_metrics(rows)
     head = ["code", "language", "test set", "node", "n", *(METRIC_NAMES[m] for m in metrics), "val_loss",
             "initial_val_loss"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["code"], r["language"], r["test_set"] or "-", r["node"], _fmt(r["n_test"]),
-                 *(cell(r, m) for m in metrics), _fmt(r["val_loss"]), _fmt(r["initial_val_loss"])]
+        cells = [r.code, r.language, r.test_set or "-", r.node, _fmt(r.n_test), *(r.cell(m) for m in metrics),
+                 _fmt(r.val_loss), _fmt(r.initial_val_loss)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Scores of each language on each test set at its leaf node: spBLEU (sacreBLEU, flores200 "
               "SentencePiece; the original's `bleu`), BLEU (13a) (the original's `old_bleu`), chrF++, LID (mean "
@@ -149,7 +169,7 @@ def to_markdown(rows: list[dict], title: str) -> str:
               "references'). References are the test sets' raw sentences (the original decoded them from the "
               "mT5-tokenized labels). val_loss: best validation loss at the leaf; initial_val_loss: the untrained "
               "model's on the root's data."]
-    if any(r["test_set"] == LEGACY_TEST_SET for r in rows):
+    if any(r.test_set == LEGACY_TEST_SET for r in rows):
         lines += ["", f"Note: {LEGACY_NOTE}."]
     notes = not_computed_notes(rows)
     if notes:
@@ -160,36 +180,37 @@ def to_markdown(rows: list[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[ScoreRow]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
     for r in rows:
-        writer.writerow({**r, "test_set": r["test_set"] or "",
-                         "not_computed": _joined({m: f"{NOT_COMPUTED}: {w}" for m, w in r["not_computed"].items()}, ": "),
-                         "signatures": _joined(r["signatures"], "=")})
+        writer.writerow([r.code, r.language, r.test_set or "", r.node, _csv(r.n_test),
+                         *(_csv(r.scores.get(m)) for m in METRICS), _csv(r.reference_lid), _csv(r.val_loss),
+                         _csv(r.initial_val_loss), _not_computed_cell(r), _joined(r.signatures, "=")])
     return buf.getvalue()
+
+
+def _csv(value) -> str:
+    return "" if value is None else str(value)
 
 
 def lid_baseline_values(manifest: Manifest) -> dict[str, dict[str, float]]:
     """The references' LID the workers computed ({test set: {code: value}}), for the eval.lid_baseline file."""
     out: dict[str, dict[str, float]] = {}
     for entry in manifest.nodes.values():
-        for code, scores in ((entry.metrics or {}).get("languages") or {}).items():
-            if is_legacy(scores):
-                continue
-            for test_set, s in scores_by_test_set(scores).items():
-                value = num_or_none(s.get("reference_lid"))
-                if value is not None and s.get("reference_lid_source") == "computed":
+        for code, sets in (entry.metrics.languages if entry.metrics else {}).items():
+            for test_set, s in sets.items():
+                value = num_or_none(s.reference_lid)
+                if value is not None and s.reference_lid_source == "computed" and test_set != LEGACY_TEST_SET:
                     out.setdefault(test_set, {}).setdefault(code, value)
     return out
 
 
-def update_lid_baseline(manifest: Manifest) -> str | None:
-    """Write the references' LID the workers computed into eval.lid_baseline (the original's -ge JSON), so
-    that later runs read them; only the driver writes it (at the end of the run). Returns a note, or None."""
-    ev = (manifest.data.get("config") or {}).get("eval") or {}
-    path, values = ev.get("lid_baseline"), lid_baseline_values(manifest)
+def update_lid_baseline(manifest: Manifest, path: str | None) -> str | None:
+    """Write the references' LID the workers computed into eval.lid_baseline `path` (the original's -ge JSON),
+    so that later runs read them; only the driver writes it (at the end of the run). Returns a note, or None."""
+    values = lid_baseline_values(manifest)
     if not path or not values:
         return None
     try:
@@ -200,10 +221,10 @@ def update_lid_baseline(manifest: Manifest) -> str | None:
     return None
 
 
-def write_results(manifest: Manifest, tree: LanguageTree, run_dir: Path) -> list[dict]:
+def write_results(manifest: Manifest, tree: LanguageTree, run_dir: Path) -> list[ScoreRow]:
     rows = language_rows(manifest, tree)
     markdown = to_markdown(rows, f"Results of run {manifest.data['run']}")
-    note = update_lid_baseline(manifest)
+    note = update_lid_baseline(manifest, manifest.config.eval.lid_baseline)
     if note:
         markdown += f"\n{note}\n"
     atomic_write_text(Path(run_dir) / "results.md", markdown)
@@ -212,71 +233,64 @@ def write_results(manifest: Manifest, tree: LanguageTree, run_dir: Path) -> list
 
 
 # ---- tables across runs (hql-ray report) -----------------------------------------------------------
-def _mark_best(group: list[dict]) -> None:
-    for g in group:
-        g["_best"] = []
+def _mark_best(group: list[ScoreRow]) -> None:
     for m in BEST_METRICS:
-        values = [g[m] for g in group if g[m] is not None]
+        values = [g.scores[m] for g in group if g.scores[m] is not None]
         top = max(values) if values else None
         for g in group:
-            if top is not None and g[m] == top:
-                g["_best"].append(m)
-    ranked = [g for g in group if g["chrf++"] is not None or g["smatch"] is not None]
-    winner = max(ranked, key=lambda g: tuple(-1.0 if g[m] is None else g[m] for m in WINNER_ORDER), default=None)
+            if top is not None and g.scores[m] == top:
+                g.best_metrics.append(m)
+    ranked = [g for g in group if g.scores["chrf++"] is not None or g.scores["smatch"] is not None]
+    winner = max(ranked, key=lambda g: tuple(-1.0 if g.scores[m] is None else g.scores[m] for m in WINNER_ORDER),
+                 default=None)
     for g in group:
-        g["best"] = g is winner
-        g["best_metrics"] = ";".join(g.pop("_best"))
+        g.best = g is winner
 
 
-def score_rows(runs: list[RunRecord]) -> list[dict]:
+def score_rows(runs: list[RunRecord]) -> list[ScoreRow]:
     """One row per (language, test set, run): the leaf's scores, with `best` marks across runs.
 
     `best_metrics` lists the metrics where this run has the highest score for that language and test set
     (among runs that have one); `best` is the run with the best chrF++ (ties: spBLEU, BLEU 13a; parsing
-    runs: smatch). Languages in the order of the first run that has them, test sets in TEST_SET_ORDER.
+    runs: smatch). Languages in the order of the first run that has them, test sets in `test_set_key` order.
     """
     codes: dict[str, str] = {}
     for run in runs:
         for lang in run.tree.languages:
             codes.setdefault(lang.code, lang.name)
-    per_run = {run.label: [r for r in language_rows(run.manifest, run.tree)] for run in runs}
+    per_run = {run.label: language_rows(run.manifest, run.tree) for run in runs}
+    for run in runs:
+        for r in per_run[run.label]:
+            r.run, r.node_status = run.label, run.nodes[r.node].status
     rows = []
     for code, name in codes.items():
-        sets = sorted({r["test_set"] for rs in per_run.values() for r in rs if r["code"] == code},
-                      key=lambda s: test_set_key(s) if s is not None else (len(TEST_SET_ORDER) + 1, ""))
+        sets = sorted({r.test_set for rs in per_run.values() for r in rs if r.code == code}, key=test_set_key)
         for test_set in sets:
-            group = []
-            for run in runs:
-                r = next((x for x in per_run[run.label] if x["code"] == code and x["test_set"] == test_set), None)
-                if r is None:
-                    continue
-                group.append({"run": run.label, "code": code, "language": name, "test_set": test_set,
-                              "node": r["node"], "node_status": run.nodes[r["node"]].status,
-                              **{m: r[m] for m in METRICS}, "n_test": r["n_test"],
-                              "val_loss": num_or_none(r["val_loss"]), "not_computed": r["not_computed"],
-                              "signatures": r["signatures"]})
+            group = [r for run in runs for r in per_run[run.label] if r.code == code and r.test_set == test_set]
+            for r in group:
+                r.language = name
             _mark_best(group)
             rows.extend(group)
     return rows
 
 
-def means(rows: list[dict], runs: list[RunRecord], metrics: list[str]) -> dict[tuple[str, str], dict]:
+def means(rows: list[ScoreRow], runs: list[RunRecord], metrics: list[str]) -> dict[tuple[str, str], dict]:
     """Mean over languages per (run, test set) and metric; None when a language lacks the score, or a
     language of the run has no scores at all (its leaf failed or did not evaluate: a mean would mislead)."""
     out: dict[tuple[str, str], dict] = {}
     for run in runs:
-        unscored = any(r["run"] == run.label and r["test_set"] is None for r in rows)
-        for test_set in dict.fromkeys(r["test_set"] for r in rows if r["run"] == run.label):
-            mine = [r for r in rows if r["run"] == run.label and r["test_set"] == test_set]
+        unscored = any(r.run == run.label and r.test_set is None for r in rows)
+        for test_set in dict.fromkeys(r.test_set for r in rows if r.run == run.label):
+            mine = [r for r in rows if r.run == run.label and r.test_set == test_set]
             out[(run.label, test_set)] = {}
             for m in metrics:
-                values = [r[m] for r in mine]
+                values = [r.scores[m] for r in mine]
                 ok = mine and not unscored and all(v is not None for v in values)
                 out[(run.label, test_set)][m] = sum(values) / len(values) if ok else None
     return out
 
 
-def scores_markdown(rows: list[dict], runs: list[RunRecord]) -> str:
+def scores_markdown(rows: list[ScoreRow], runs: list[RunRecord]) -> str:
     """Wide table: a row per language and test set, for each run its metrics; the best value in bold; a mean
     row per test set."""
     metrics = present_metrics(rows)
@@ -287,21 +301,21 @@ def scores_markdown(rows: list[dict], runs: list[RunRecord]) -> str:
     if not multi:
         head += ["node", "n_test"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    keys = list(dict.fromkeys((r["code"], r["test_set"]) for r in rows))
+    keys = list(dict.fromkeys((r.code, r.test_set) for r in rows))
     for code, test_set in keys:
-        mine = {r["run"]: r for r in rows if r["code"] == code and r["test_set"] == test_set}
+        mine = {r.run: r for r in rows if r.code == code and r.test_set == test_set}
         first = next(iter(mine.values()))
-        cells = [code, first["language"], test_set or "-"]
+        cells = [code, first.language, test_set or "-"]
         for run in runs:
             r = mine.get(run.label)
             for m in metrics:
-                text = cell(r, m) if r else "-"
-                if multi and r and r[m] is not None and m in r["best_metrics"].split(";"):
+                text = r.cell(m) if r else "-"
+                if multi and r and r.scores[m] is not None and m in r.best_metrics:
                     text = f"**{text}**"
                 cells.append(text)
         if not multi:
-            cells += [first["node"] + ("" if first["node_status"] == "done" else f" ({first['node_status']})"),
-                      str(first["n_test"] if first["n_test"] is not None else "-")]
+            cells += [first.node + ("" if first.node_status == "done" else f" ({first.node_status})"),
+                      str(first.n_test if first.n_test is not None else "-")]
         lines.append("| " + " | ".join(cells) + " |")
     avg = means(rows, runs, metrics)
     for test_set in dict.fromkeys(t for _, t in keys):
@@ -316,64 +330,81 @@ def scores_markdown(rows: list[dict], runs: list[RunRecord]) -> str:
     return "\n".join(lines)
 
 
-def scores_csv(rows: list[dict]) -> str:
+def scores_csv(rows: list[ScoreRow]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
     for r in rows:
-        writer.writerow({**r, "test_set": r["test_set"] or "", "best": int(bool(r["best"])),
-                         **{m: "" if r[m] is None else f"{r[m]:.4f}" for m in (*METRICS, "val_loss")},
-                         "n_test": "" if r["n_test"] is None else r["n_test"],
-                         "not_computed": _joined({m: f"{NOT_COMPUTED}: {w}" for m, w in r["not_computed"].items()}, ": ")})
+        writer.writerow([r.run, r.code, r.language, r.test_set or "", r.node, r.node_status,
+                         *("" if r.scores[m] is None else f"{r.scores[m]:.4f}" for m in METRICS), _csv(r.n_test),
+                         "" if r.val_loss is None else f"{r.val_loss:.4f}", int(r.best), ";".join(r.best_metrics),
+                         _not_computed_cell(r)])
     return buf.getvalue()
 
 
 # ---- root to leaf ----------------------------------------------------------------------------------------
-def path_scores(run: RunRecord) -> list[dict]:
+@dataclass
+class PathStep:
+    """A language's scores on one test set at one node of its root-to-leaf path."""
+
+    node: str
+    name: str
+    level: str
+    depth: int
+    status: str | None
+    scores: dict[str, float | None]
+
+
+@dataclass
+class PathRow:
+    code: str
+    language: str
+    test_set: str | None
+    path: list[PathStep]
+
+
+def path_scores(run: RunRecord) -> list[PathRow]:
     """For each language and test set, its scores at every node of its root-to-leaf path (None: not scored
     there). Inner nodes have scores only when the run evaluated every node (eval.at_nodes=all)."""
     out = []
     for lang in run.tree.languages:
         leaf = run.tree.leaf_for(lang.code)
         chain = [*run.tree.ancestors(leaf.id), leaf]
-        at = {node.id: node_scores((run.nodes.get(node.id) and run.nodes[node.id].metrics), lang.code)
+        at = {node.id: node_scores(run.nodes[node.id].metrics if node.id in run.nodes else None, lang.code)
               for node in chain}
-        sets = sorted({s for scores in at.values() for s in scores}, key=test_set_key) or [None]
-        for test_set in sets:
-            steps = []
-            for node in chain:
-                entry = run.nodes.get(node.id)
-                fields = score_fields(at[node.id].get(test_set) or {})
-                steps.append({"node": node.id, "name": node.name, "level": node.level, "depth": node.depth,
-                              "status": entry and entry.status, **{m: fields[m] for m in METRICS}})
-            out.append({"code": lang.code, "language": lang.name, "test_set": test_set, "path": steps})
+        for test_set in sorted({s for scores in at.values() for s in scores}, key=test_set_key) or [None]:
+            steps = [PathStep(node.id, node.name, node.level, node.depth,
+                              run.nodes[node.id].status if node.id in run.nodes else None,
+                              scored_row(lang.code, lang.name, node.id, test_set, at[node.id].get(test_set)).scores)
+                     for node in chain]
+            out.append(PathRow(lang.code, lang.name, test_set, steps))
     return out
 
 
-def path_second_metric(paths: list[dict]) -> str:
+def path_second_metric(paths: list[PathRow]) -> str:
     """The BLEU shown next to chrF++ on the path: spBLEU where the run has it, else BLEU (13a)."""
-    return "spbleu" if any(s["spbleu"] is not None for p in paths for s in p["path"]) else "bleu_13a"
+    return "spbleu" if any(s.scores["spbleu"] is not None for p in paths for s in p.path) else "bleu_13a"
 
 
-def path_markdown(paths: list[dict], levels: list[str]) -> str:
+def path_markdown(paths: list[PathRow], levels: list[str]) -> str:
     """Languages and test sets x levels; each cell `chrF++ / spBLEU (node name)` (BLEU 13a where the run has
     no spBLEU; smatch F1 for parsing runs) at that depth of the language's path."""
-    depth = max((len(p["path"]) for p in paths), default=0)
+    depth = max((len(p.path) for p in paths), default=0)
     second = path_second_metric(paths)
     heads = [levels[i] if i < len(levels) else f"depth {i}" for i in range(depth)]
     lines = ["| code | language | test set | " + " | ".join(heads) + " |", "|" + "---|" * (3 + depth)]
     for p in paths:
         cells = []
         for i in range(depth):
-            if i >= len(p["path"]):
+            if i >= len(p.path):
                 cells.append("")
                 continue
-            s = p["path"][i]
+            s = p.path[i].scores
             if s["smatch"] is not None and s["chrf++"] is None:  # a parsing run
-                cells.append(f"{_fmt_score(s['smatch'], 1)} ({s['name']})")
+                cells.append(f"{_fmt_score(s['smatch'], 1)} ({p.path[i].name})")
             else:
-                cells.append(f"{_fmt_score(s['chrf++'], 1)} / {_fmt_score(s[second], 1)} ({s['name']})")
-        lines.append(f"| {p['code']} | {p['language']} | {p['test_set'] or '-'} | " + " | ".join(cells) + " |")
+                cells.append(f"{_fmt_score(s['chrf++'], 1)} / {_fmt_score(s[second], 1)} ({p.path[i].name})")
+        lines.append(f"| {p.code} | {p.language} | {p.test_set or '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -381,12 +412,12 @@ def _fmt_score(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def path_csv(paths: list[dict]) -> str:
+def path_csv(paths: list[PathRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["code", "language", "test_set", "depth", "level", "node", "status", *METRICS])
     for p in paths:
-        for s in p["path"]:
-            writer.writerow([p["code"], p["language"], p["test_set"] or "", s["depth"], s["level"], s["node"],
-                             s["status"], *("" if s[m] is None else f"{s[m]:.4f}" for m in METRICS)])
+        for s in p.path:
+            writer.writerow([p.code, p.language, p.test_set or "", s.depth, s.level, s.node, s.status,
+                             *("" if s.scores[m] is None else f"{s.scores[m]:.4f}" for m in METRICS)])
     return buf.getvalue()

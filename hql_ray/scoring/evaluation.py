@@ -1,8 +1,9 @@
 """Greedy generation and scoring of a node's languages on their test sets (no Ray here).
 
 Each test set is scored apart, as the original did: FLORES test for every language, LDC2020T07 for
-the languages that have it, amr3 test only when eval.test_sets lists it. A node's scores are
-{code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
+the languages that have it, amr3 test only when eval.test_sets lists it, any other corpus's test split
+when it does (or when it is a training corpus and eval.test_sets is left to the data). A node's scores
+are {code: {test set: scores}} (`evaluate_node`); the metrics are hql_ray.scoring.metrics'. Kept free of Ray and of
 training state so that it can be tested with a tiny random model on CPU and reused from the CLI.
 
 References are the test set's raw sentences. The original decoded them from the tokenized labels
@@ -11,6 +12,7 @@ References are the test set's raw sentences. The original decoded them from the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,10 +24,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from hql_ray.data import corpus
 from hql_ray.data import dataset as ds_lib
 from hql_ray.settings.config import DIRECTIONS, Config
 from hql_ray.settings.errors import InputError
-from hql_ray.scoring.metrics import ORIGINAL_NAMES, TEXT_METRICS, read_lid_baseline, smatch_scores, text_scores
+from hql_ray.scoring.metrics import (ORIGINAL_NAMES, effective_lid_model, read_lid_baseline, smatch_scores,
+                                    text_scores)
+from hql_ray.settings.records import TEXT_METRICS, Languages, Sample, Task, TestSetScores, TextsRef
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +111,25 @@ def generate(model, tokenizer, sources: Sequence[str], *, batch_size: int = 32,
     return GenerationResult(outputs=[o if o is not None else "" for o in outputs], clipped=clipped)
 
 
-def _finite(value):
-    """NaN/inf are not JSON; a metric that produced one is reported as None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+@dataclass
+class GeneratedTexts:
+    """A test set's texts, line-aligned: what was generated from what, against what."""
+
+    sources: list[str]
+    hypotheses: list[str]
+    references: list[str]
 
 
 def evaluate_language(model, tokenizer, examples_sources: Sequence[str], references: Sequence[str], *,
                       direction: str = "amr2text", code: str | None = None, spbleu_model: str | None = None,
                       lid_model: str | None = None, reference_lid: float | None = None,
-                      keep_texts: bool = False, **gen_kwargs) -> dict:
-    """Generate for one test set of one language and score it against its references, as a plain dict.
+                      **gen_kwargs) -> tuple[TestSetScores, GeneratedTexts]:
+    """Generate for one test set of one language and score it against its references.
 
     amr2text: spBLEU, BLEU (13a), chrF++, LID and LID diff (hql_ray.scoring.metrics.text_scores; ``code`` names
     the language for LID, ``reference_lid`` the references' LID from the baseline file, None = computed
-    here); text2amr: corpus smatch. ``keep_texts`` adds "texts": the sources, hypotheses and references.
-    ``gen_kwargs`` go to :func:`generate` (batch_size, max_new_tokens, max_source_length, device).
+    here); text2amr: corpus smatch. ``gen_kwargs`` go to :func:`generate` (batch_size, max_new_tokens,
+    max_source_length, device). Returns the scores and the texts they were computed on.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}: expected one of {', '.join(DIRECTIONS)}")
@@ -136,31 +143,27 @@ def evaluate_language(model, tokenizer, examples_sources: Sequence[str], referen
     if direction == "amr2text":
         scores = text_scores(result.outputs, references, code=code, spbleu_model=spbleu_model,
                              lid_model=lid_model, reference_lid=reference_lid)
-        record = {"n": len(sources), **scores}
     else:
         scores = smatch_scores(result.outputs, references)
-        record = {"n": len(sources), **{k: v for k, v in scores.items() if k != "n"}}
-    record = {k: _finite(v) for k, v in record.items()}
-    record["clipped"] = sum(result.clipped)
-    record["samples"] = [
-        {"source": s, "hypothesis": h, "reference": r}
-        for s, h, r in list(zip(sources, result.outputs, references))[:N_SAMPLES]
-    ]
-    if keep_texts:
-        record["texts"] = {"sources": sources, "hypotheses": result.outputs, "references": references}
-    return record
+    record = TestSetScores.from_json({**scores, "n": len(sources)})
+    record = dataclasses.replace(record, **{f.name: None for f in dataclasses.fields(record)
+                                            if isinstance(getattr(record, f.name), float)
+                                            and not math.isfinite(getattr(record, f.name))})
+    record.clipped = sum(result.clipped)
+    record.samples = [Sample(s, h, r) for s, h, r in list(zip(sources, result.outputs, references))[:N_SAMPLES]]
+    return record, GeneratedTexts(sources, result.outputs, references)
 
 
-def not_scored(reason: str, n: int = 0, direction: str = "amr2text") -> dict:
-    """The record of a test set that could not be scored: every metric "not computed" with the reason."""
+def not_scored(reason: str, n: int = 0, direction: str = "amr2text") -> TestSetScores:
+    """The scores of a test set that could not be scored: every metric "not computed" with the reason."""
     names = TEXT_METRICS if direction == "amr2text" else ("smatch",)
-    return {"n": n, **{m: None for m in names}, "not_computed": {m: reason for m in names}, "error": reason}
+    return TestSetScores(n=n, not_computed={m: reason for m in names}, error=reason)
 
 
 def _baseline(cfg: Config) -> dict[str, dict[str, float]]:
     """The references' LID from eval.lid_baseline as this worker sees the file ({} if absent or unreadable
     here: then the worker computes them, and the driver writes them to the file at the end of the run)."""
-    if not cfg.eval.lid_baseline or not cfg.eval.lid_model or cfg.data.direction != "amr2text":
+    if not cfg.eval.lid_baseline or cfg.data.direction != "amr2text" or not effective_lid_model(cfg.eval.lid_model):
         return {}
     try:
         return read_lid_baseline(cfg.eval.lid_baseline)
@@ -170,48 +173,50 @@ def _baseline(cfg: Config) -> dict[str, dict[str, float]]:
 
 
 def evaluate_test_set(model, tokenizer, cfg: Config, code: str, test_set: str, sources: Sequence[str],
-                      references: Sequence[str], baseline: dict, device, keep_texts: bool = False,
-                      on_batch: Callable[[int, int], None] | None = None) -> dict:
-    """One language's one test set, scored; a failure is recorded (the trained node is not lost to it).
-    ``on_batch(done, total)``: generation progress (`generate`)."""
+                      references: Sequence[str], baseline: dict, device,
+                      on_batch: Callable[[int, int], None] | None = None
+                      ) -> tuple[TestSetScores, GeneratedTexts | None]:
+    """One language's one test set, scored, and its texts; a failure is recorded in the scores (the trained
+    node is not lost to it). ``on_batch(done, total)``: generation progress (`generate`)."""
     if not sources:
-        return not_scored("the test set has no examples", direction=cfg.data.direction)
+        return not_scored("the test set has no examples", direction=cfg.data.direction), None
     reference_lid = (baseline.get(test_set) or {}).get(code)
     try:
-        record = evaluate_language(
+        record, texts = evaluate_language(
             model, tokenizer, sources, references, direction=cfg.data.direction, code=code,
             spbleu_model=cfg.eval.spbleu_model, lid_model=cfg.eval.lid_model, reference_lid=reference_lid,
-            keep_texts=keep_texts, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
             max_source_length=cfg.data.max_source_length, device=device, on_batch=on_batch)
     except Exception as exc:  # noqa: BLE001 - an out-of-memory or a bad gold graph: say so, keep the node
         log.exception("evaluation of %s on %s failed", code, test_set)
-        return not_scored(f"evaluation failed: {type(exc).__name__}: {exc}", len(sources), cfg.data.direction)
-    if record.get("reference_lid") is not None:
-        record["reference_lid_source"] = "eval.lid_baseline" if reference_lid is not None else "computed"
-    return record
+        return not_scored(f"evaluation failed: {type(exc).__name__}: {exc}", len(sources), cfg.data.direction), None
+    if record.reference_lid is not None:
+        record.reference_lid_source = "eval.lid_baseline" if reference_lid is not None else "computed"
+    return record, texts
 
 
 def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, device,
                   node_id: str | None = None,
-                  progress: Callable[[dict], None] | ds_lib.StepProgress | None = None) -> dict:
+                  progress: Callable[[Task], None] | ds_lib.StepProgress | None = None) -> Languages:
     """Generate on each test set of each language and score it: {code: {test set: scores}}.
 
-    Test sets in eval.test_sets order; a language without a test set (LDC2020T07 has four languages)
-    simply lacks that key. With ``node_id``, the texts are also written under the run folder
-    (`write_node_texts`) and each record names them under "texts". ``progress`` (e.g. `ctx.progress`)
-    hears the generation of each test set batch by batch, then its scoring: phase "evaluate", task
-    "generate" / "score" (`hql_ray.outputs.progress.task_text`).
+    Test sets in eval.test_sets order (None: the data's, `corpus.test_sets_of`); a language without a test
+    set (LDC2020T07 has four languages) simply lacks that key. With ``node_id``, the texts are also written
+    under the run folder (`write_node_texts`) and each record names them under `texts`. ``progress`` (e.g.
+    `ctx.progress`) hears the generation of each test set batch by batch, then its scoring (a `Task`, phase
+    "evaluate").
     """
     model.eval()
     baseline = _baseline(cfg)
     steps = ds_lib.as_step_progress(progress)
     if steps.node_id is None:
         steps.node_id = node_id
-    results: dict[str, dict] = {}
+    results: Languages = {}
+    test_sets = corpus.test_sets_of(cfg.data.dir, cfg.data.corpora, cfg.eval.test_sets)
     for index, (code, name) in enumerate(languages, 1):
-        per_set: dict[str, dict] = {}
-        where = {"code": code, "index": index, "count": len(languages)}
-        for test_set in cfg.eval.test_sets:
+        per_set: dict[str, TestSetScores] = {}
+        texts: dict[str, GeneratedTexts] = {}
+        for test_set in test_sets:
             try:
                 test = ds_lib.test_set_dataset(settings, code, name, test_set, tokenizer, cache)
             except Exception as exc:  # noqa: BLE001 - a bad test file costs its scores, not the other sets'
@@ -223,23 +228,18 @@ def evaluate_node(model, tokenizer, cfg: Config, settings, languages, cache, dev
                 continue
 
             def on_batch(done: int, total: int, test_set=test_set) -> None:
-                steps("evaluate", what="generate", test_set=test_set, done=done, total=total, **where)
+                steps(Task("generate", code, index, len(languages), test_set=test_set, done=done, total=total))
                 if done == total:
-                    steps("evaluate", what="score", test_set=test_set, **where)
+                    steps(Task("score", code, index, len(languages), test_set=test_set))
 
             if len(test):
                 on_batch(0, len(test))
-            per_set[test_set] = evaluate_test_set(model, tokenizer, cfg, code, test_set, test["source"],
-                                                  test["target"], baseline, device, keep_texts=node_id is not None,
-                                                  on_batch=on_batch)
+            per_set[test_set], generated = evaluate_test_set(model, tokenizer, cfg, code, test_set, test["source"],
+                                                             test["target"], baseline, device, on_batch=on_batch)
+            if generated is not None:
+                texts[test_set] = generated
         if node_id is not None:
-            try:
-                write_node_texts(cfg.run_dir, texts_folder(cfg, node_id), code, per_set)
-            except OSError as exc:  # a read-only or missing run folder must not cost the trained node
-                log.warning("evaluation texts of %s/%s not written: %s", node_id, code, exc)
-                for record in per_set.values():
-                    if isinstance(record.pop("texts", None), dict):
-                        record["texts"] = {"error": f"not written: {type(exc).__name__}: {exc}"}
+            write_node_texts(cfg.run_dir, texts_folder(cfg, node_id), code, per_set, texts)
         results[code] = per_set
     return results
 
@@ -262,29 +262,34 @@ def texts_folder(cfg: Config, node_id: str) -> str:
     return folder
 
 
-def write_node_texts(run_dir: str | Path, folder: str, code: str, per_set: dict[str, dict]) -> None:
+def write_node_texts(run_dir: str | Path, folder: str, code: str, per_set: dict[str, TestSetScores],
+                     texts: dict[str, GeneratedTexts]) -> None:
     """A node's texts for one language, under ``folder`` of the run folder (`texts_folder`): line-aligned
     files <code>/<test set>/{source,hypothesis,reference}.txt (one example per line, newlines inside a text
     become spaces) and the original's per-node JSON <code>.json ({test set: {"old_bleu", "bleu", "chrf++",
     "lid", "lid_diff", "predictions", "references"}}, its names: "bleu" is spBLEU, "old_bleu" BLEU 13a).
-    Takes the "texts" out of each record and leaves there the folder they went to (relative to the run)."""
+    Each test set's scores then name where its texts went (`TextsRef`, relative to the run folder); a folder
+    that cannot be written costs the files, never the trained node."""
     root = Path(run_dir) / folder
     original = {}
-    for test_set, record in per_set.items():
-        texts = record.pop("texts", None)
-        if texts is None:
-            continue
-        folder = root / code / test_set
-        folder.mkdir(parents=True, exist_ok=True)
-        for key, name in TEXT_FILES.items():
-            _write_text(folder / name, "".join(_one_line(t) + "\n" for t in texts[key]))
-        record["texts"] = {"dir": str(folder.relative_to(run_dir)), "host": socket.gethostname()}
-        if "f1" in record:  # text2amr: the original had no such evaluation JSON
-            continue
-        entry = {ORIGINAL_NAMES[m]: record.get(m) for m in ("bleu_13a", "spbleu", "chrf++", "lid", "lid_diff")}
-        original[test_set] = {**entry, "predictions": texts["hypotheses"], "references": texts["references"]}
-    if original:
-        _write_text(root / f"{code}.json", json.dumps(original, indent=4, ensure_ascii=False) + "\n")
+    try:
+        for test_set, generated in texts.items():
+            out = root / code / test_set
+            out.mkdir(parents=True, exist_ok=True)
+            for key, name in TEXT_FILES.items():
+                _write_text(out / name, "".join(_one_line(t) + "\n" for t in getattr(generated, key)))
+            per_set[test_set].texts = TextsRef(str(out.relative_to(run_dir)), socket.gethostname())
+            record = per_set[test_set]
+            if record.is_smatch:  # text2amr: the original had no such evaluation JSON
+                continue
+            entry = {ORIGINAL_NAMES[m]: record.value(m) for m in ("bleu_13a", "spbleu", "chrf++", "lid", "lid_diff")}
+            original[test_set] = {**entry, "predictions": generated.hypotheses, "references": generated.references}
+        if original:
+            _write_text(root / f"{code}.json", json.dumps(original, indent=4, ensure_ascii=False) + "\n")
+    except OSError as exc:  # a read-only or missing run folder must not cost the trained node
+        log.warning("evaluation texts of %s/%s not written: %s", folder, code, exc)
+        for test_set in texts:
+            per_set[test_set].texts = TextsRef(error=f"not written: {type(exc).__name__}: {exc}")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -1,12 +1,14 @@
 """Corpus-level metrics, named as the paper names them: spBLEU, BLEU (13a), chrF++, LID, LID diff, smatch.
 
 - spBLEU (key ``spbleu``; the original's ``bleu``): sacreBLEU BLEU on flores200 SentencePiece pieces,
-  from the model file ``eval.spbleu_model``, else sacreBLEU's own cache; never downloaded here.
+  from the model file ``eval.spbleu_model``, else sacreBLEU's own cache; never downloaded here
+  (`hql-ray fetch-eval-models` puts it in that cache, hql_ray.scoring.eval_models).
 - BLEU (13a) (key ``bleu_13a``; the original's ``old_bleu``): sacreBLEU with its default tokenizer.
 - chrF++ (key ``chrf++``): chrF with word bigrams (word_order=2).
 - LID (key ``lid``): the mean probability, x100, that a fastText language-ID model (GlotLID in the paper)
   gives the target language's label over the hypotheses, every label considered (the original's
-  ``compute_lid``). LID diff (``lid_diff``): the hypotheses' LID minus the references' LID; the references'
+  ``compute_lid``); the model is ``eval.lid_model``, else GlotLID when this machine's Hugging Face cache
+  has it (`hql-ray fetch-eval-models`). LID diff (``lid_diff``): the hypotheses' LID minus the references' LID; the references'
   LID per test set and language is cached in ``eval.lid_baseline`` (the original's ``-ge`` JSON).
 - smatch for text2amr runs.
 
@@ -38,20 +40,16 @@ from sacrebleu.tokenizers import tokenizer_spm
 from sacrebleu.tokenizers.tokenizer_base import BaseTokenizer
 
 from hql_ray.settings.errors import ConfigError, InputError
+from hql_ray.settings.records import TEXT_METRICS
 
-# Score keys of a text (amr2text) evaluation, in the paper's order, with their display names and the
-# names the original train.py wrote in its per-node evaluation JSON.
-TEXT_METRICS = ("spbleu", "bleu_13a", "chrf++", "lid", "lid_diff")
-METRIC_NAMES = {"spbleu": "spBLEU", "bleu_13a": "BLEU (13a)", "chrf++": "chrF++", "lid": "LID",
-                "lid_diff": "LID diff", "smatch": "smatch F1"}
+# The names the original train.py wrote in its per-node evaluation JSON, by our score keys.
 ORIGINAL_NAMES = {"spbleu": "bleu", "bleu_13a": "old_bleu", "chrf++": "chrf++", "lid": "lid", "lid_diff": "lid_diff"}
-TEST_SETS = ("flores", "ldc2020t07", "amr3")
-# Scores written by hql-ray before test sets were scored apart (manifest format <= 2): one score per
-# language on the union of every corpus's test split (amr3 + flores), its "bleu" being BLEU 13a.
-LEGACY_TEST_SET = "union"
 FLORES200_VOCAB = 256_000  # pieces of sacreBLEU's flores200 SentencePiece model
 _FASTTEXT_MAGIC = 793712314  # first int32 of a fastText .bin file
 HF_PREFIX = "hf://"
+GLOTLID = "hf://cis-lmu/glotlid/model.bin"  # the paper's LID model
+# How to get a metric a run could not compute (said with its reason).
+FETCH_HINT = "`hql-ray fetch-eval-models` downloads it; then `hql-ray evaluate RUN` scores a finished run again"
 
 
 class NotComputed(Exception):
@@ -115,7 +113,7 @@ def spbleu_model_file(configured: str | None) -> Path:
     if path.is_file():
         return path
     raise NotComputed(f"no flores200 SentencePiece model: eval.spbleu_model is not set and sacreBLEU's cache "
-                      f"has none ({path})")
+                      f"has none ({path}); {FETCH_HINT}")
 
 
 class _FileSPMTokenizer(BaseTokenizer):
@@ -145,6 +143,12 @@ class _FileSPMTokenizer(BaseTokenizer):
                 self._cache.clear()
             out = self._cache[line] = " ".join(self.sp.EncodeAsPieces(line))
         return out
+
+
+def spm_model_name(path: Path) -> str:
+    """Its name in signatures: flores200 for sacreBLEU's flores200 model, else spm-vocab<N>; NotComputed if it
+    does not load."""
+    return _FileSPMTokenizer(path).name
 
 
 _spm_lock = threading.Lock()
@@ -197,6 +201,28 @@ def lid_model_file(spec: str) -> Path:
     if not path.is_file():
         raise NotComputed(f"LID model {spec} does not exist here")
     return path
+
+
+def cached_hf_file(spec: str) -> Path | None:
+    """The file of an hf://owner/repo/file reference when this machine's Hugging Face cache has it (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, filename, revision = parse_hf_spec(spec)
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def effective_lid_model(configured: str | None) -> str | None:
+    """The LID model a run uses: eval.lid_model, else GlotLID from this machine's Hugging Face cache (put
+    there by `hql-ray fetch-eval-models`; never downloaded here), else None (LID not computed)."""
+    if configured:
+        return configured
+    found = cached_hf_file(GLOTLID)
+    return str(found) if found is not None else None
+
+
+NO_LID_MODEL = (f"no LID model: eval.lid_model is not set and GlotLID ({GLOTLID}) is not in this machine's "
+                f"Hugging Face cache; {FETCH_HINT}")
 
 
 _lid_lock = threading.Lock()
@@ -271,8 +297,9 @@ def text_scores(hyps: Sequence[str], refs: Sequence[str], *, code: str | None = 
         out["spbleu"], signatures["spbleu"] = s.score, s.signature
     except NotComputed as exc:
         not_computed["spbleu"] = exc.reason
-    if lid_model is None or code is None:
-        not_computed["lid"] = not_computed["lid_diff"] = "no LID model (eval.lid_model is not set)"
+    lid_model = effective_lid_model(lid_model) if code is not None else None
+    if lid_model is None:
+        not_computed["lid"] = not_computed["lid_diff"] = NO_LID_MODEL if code is not None else "no language code"
     else:
         try:
             model, labels = load_lid_model(lid_model)
@@ -339,7 +366,8 @@ def merge_lid_baseline(path: str | Path, values: dict[str, dict[str, float]]) ->
 
 
 # ---------------------------------------------------------------- preflight
-def _looks_like_fasttext(path: Path) -> bool:
+def looks_like_fasttext(path: Path) -> bool:
+    """Whether the file starts as a fastText .bin model does."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -370,15 +398,16 @@ def _check_spbleu_model(configured: str | None) -> list[str]:
 
 def _check_lid_model(spec: str | None) -> list[str]:
     if spec is None:
-        return ["LID and LID diff: not computed: no LID model (eval.lid_model is not set; the paper used "
-                "GlotLID, hf://cis-lmu/glotlid/model.bin)"]
+        if effective_lid_model(None) is not None:
+            return []  # GlotLID, from this machine's Hugging Face cache
+        return [f"LID and LID diff: not computed: {NO_LID_MODEL}"]
     if spec.startswith(HF_PREFIX):
         repo_id, filename, revision = parse_hf_spec(spec)
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(repo_id, filename, revision=revision)
         if isinstance(cached, str):
-            if not _looks_like_fasttext(Path(cached)):
+            if not looks_like_fasttext(Path(cached)):
                 raise ConfigError(f"eval.lid_model {spec}: the cached file {cached} is not a fastText model")
             return []
         return [f"LID: {spec} is not in this machine's Hugging Face cache: each evaluating worker downloads it "
@@ -386,7 +415,7 @@ def _check_lid_model(spec: str | None) -> list[str]:
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ConfigError(f"eval.lid_model: no such file: {spec}")
-    if not _looks_like_fasttext(path):
+    if not looks_like_fasttext(path):
         raise ConfigError(f"eval.lid_model: {spec} is not a fastText model (.bin)")
     return []
 
@@ -405,49 +434,12 @@ def check_eval_files(cfg) -> list[str]:
             baseline = read_lid_baseline(ev.lid_baseline)
         except InputError as exc:
             raise ConfigError(f"eval.lid_baseline: {exc.problem}", path=exc.path) from None
-        if ev.lid_model is None:
+        if effective_lid_model(ev.lid_model) is None:
             notes.append(f"eval.lid_baseline {ev.lid_baseline} is not used: no LID model")
         elif not baseline:
             notes.append(f"eval.lid_baseline {ev.lid_baseline} does not exist yet: the references' LID is "
                          "computed by the workers and written there at the end of the run")
     return notes
-
-
-# ---------------------------------------------------------------- the scores of a language, by test set
-_LEGACY_KEYS = {"n", "bleu", "chrf++", "spbleu", "f1", "precision", "recall", "signatures", "samples", "clipped"}
-
-
-def upgrade_legacy(entry: dict) -> dict:
-    """One score dict of an older hql-ray (one per language, on the union of the test splits; its
-    "bleu" was BLEU 13a) in today's keys. Metrics it did not compute say so."""
-    out = {k: v for k, v in entry.items() if k not in ("bleu", "signatures")}
-    if "f1" in entry:
-        return out
-    sigs = entry.get("signatures") or {}
-    out["bleu_13a"] = entry.get("bleu")
-    out["signatures"] = {k: v for k, v in {"bleu_13a": sigs.get("bleu"), "chrf++": sigs.get("chrf++"),
-                                           "spbleu": sigs.get("spbleu")}.items() if v}
-    why = "not recorded by the older hql-ray that made this run"
-    not_computed = {} if out.get("spbleu") is not None else {"spbleu": why}
-    not_computed.update({"lid": "older hql-ray (no LID then)", "lid_diff": "older hql-ray (no LID then)"})
-    out["not_computed"] = not_computed
-    for key in TEXT_METRICS:
-        out.setdefault(key, None)
-    return out
-
-
-def is_legacy(entry) -> bool:
-    return isinstance(entry, dict) and bool(_LEGACY_KEYS & set(entry))
-
-
-def scores_by_test_set(entry) -> dict[str, dict]:
-    """A language's entry of a node's metrics["languages"] as {test set: scores}. Today's entries are
-    that already; an older hql-ray's single score dict becomes {"union": ...} in today's keys."""
-    if not isinstance(entry, dict):
-        return {}
-    if is_legacy(entry):
-        return {LEGACY_TEST_SET: upgrade_legacy(entry)}
-    return {k: v for k, v in entry.items() if isinstance(v, dict)}
 
 
 # ---------------------------------------------------------------- smatch

@@ -1,8 +1,8 @@
 """One typed config for a run: YAML file + the original's flags + `key=value` overrides.
 
 Precedence (later wins): built-in defaults < `--config FILE` < flags < `section.key=value` overrides.
-Validated up front so that a typo fails before any model is loaded. Crosses Ray boundaries as a plain
-dict (`to_dict` / `from_dict`).
+Validated up front so that a typo fails before any model is loaded. Crosses Ray boundaries as itself (a
+dataclass pickles); `to_dict` / `from_dict` are for YAML and the manifest.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from typing import Any
 import yaml
 
 from hql_ray.settings.errors import ConfigError
+from hql_ray.settings.exports import EXPORT_MODES
+from hql_ray.settings.handoffs import HANDOFFS
+from hql_ray.settings.search_space import parse_tune
 
 MODES = ("qlora", "lora", "fft")
-HANDOFFS = ("stack", "merge", "continue")
 DIRECTIONS = ("amr2text", "text2amr")
 OPTIMIZERS = ("adafactor_foreach", "adafactor_hf")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 VALIDATION_MODES = ("first", "sample")
-TEST_SETS = ("flores", "ldc2020t07", "amr3")
-EXPORT_MODES = ("adapter", "adapter-bf16", "merged", "compact")
+# train.validation_loss: token = every label token of the validation set weighs the same; batch_mean = the
+# original HF Trainer's eval_loss, the mean of per-batch mean losses (each batch weighted by its examples).
+VALIDATION_LOSSES = ("token", "batch_mean")
 EXECUTORS = ("auto", "warm", "ray-train")
 # resources.policy: the classes of hql_ray.orchestration.scheduling.POLICIES (see docs/scheduling.md).
 SCHEDULING_POLICIES = ("critical-path", "largest-first")
@@ -160,6 +163,7 @@ class TrainSection:
     checkpoint_every: int = 0  # steps between checkpoints (for retry); 0 = at every validation. And at the end.
     checkpoints_kept: int = 2  # Ray Train keeps this many of a node's latest checkpoints (~2.3 GB each at r=256)
     max_steps: int | None = None  # cap on optimizer steps per node (smoke runs)
+    validation_loss: str = "token"  # token | batch_mean (the original Trainer's; VALIDATION_LOSSES)
     log_every: int = 10
     # Same update rule either way: adafactor_foreach (hql_ray.training.adafactor) stacks same-shaped tensors
     # into a few ops per step; adafactor_hf is transformers' per-tensor loop.
@@ -173,8 +177,10 @@ class TrainSection:
 class EvalSection:
     generate: bool = True  # generate on the test sets of every language under a node and score them
     # Test sets, each scored and reported apart: flores (every language), ldc2020t07 (deu, eng, ita, spa:
-    # AMR 2.0 test translated), amr3 (amr3's own test split, not scored by the original).
-    test_sets: list[str] = field(default_factory=lambda: ["flores", "ldc2020t07"])
+    # AMR 2.0 test translated), amr3 (amr3's own test split, not scored by the original), or any corpus
+    # folder's name (its test split). None = from the data (hql_ray.data.corpus.default_test_sets): the
+    # original's (flores, ldc2020t07) when flores is trained on, else the training corpora's test splits.
+    test_sets: list[str] | None = None
     # SentencePiece model for spBLEU (sacreBLEU's flores200 tokenizer); None = sacreBLEU's cache if present.
     spbleu_model: str | None = None
     lid_model: str | None = None  # fastText language-ID model (GlotLID in the paper); None = no LID
@@ -211,6 +217,9 @@ class ResourcesSection:
     # instead of hanging (0 = wait forever, e.g. for a slow autoscaler).
     wait_warning_s: float = 60.0
     wait_timeout_s: float = 1800.0
+    # On SIGTERM (Kubernetes, Slurm, `ray job stop`, a cloud's preemption notice: 30-120 s before the machine
+    # goes), every node in flight writes a checkpoint at its next log step; the driver waits this long for them.
+    stop_checkpoint_wait_s: float = 20.0
 
 
 @dataclass
@@ -277,8 +286,6 @@ class Config:
     def search_specs(self) -> dict:
         """The `tune:` section parsed once: {level or "default": LevelSpec, or None where not searched}."""
         if "_search_specs" not in self.__dict__:
-            from hql_ray.settings.search_space import parse_tune
-
             self.__dict__["_search_specs"] = parse_tune(self.tune)
         return self.__dict__["_search_specs"]
 
@@ -306,18 +313,18 @@ class Config:
 
     def validate(self) -> "Config":
         _choice("model.mode", self.model.mode, MODES)
-        _choice("model.handoff", self.model.handoff, HANDOFFS)
+        _choice("model.handoff", self.model.handoff, tuple(HANDOFFS))
         _choice("data.direction", self.data.direction, DIRECTIONS)
         _choice("eval.at_nodes", self.eval.at_nodes, ("all", "leaves"))
         _choice("model.quant_type", self.model.quant_type, ("nf4", "fp4"))
         _choice("train.optimizer", self.train.optimizer, OPTIMIZERS)
         _choice("model.compute_dtype", self.model.compute_dtype, COMPUTE_DTYPES)
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
-        _choice("export.mode", self.export.mode, EXPORT_MODES)
+        _choice("train.validation_loss", self.train.validation_loss, VALIDATION_LOSSES)
+        _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
         _choice("resources.executor", self.resources.executor, EXECUTORS)
         _choice("resources.policy", self.resources.policy, SCHEDULING_POLICIES)
-        for name in self.eval.test_sets:
-            _choice("eval.test_sets", name, TEST_SETS)
+        _check_test_set_names(self.eval.test_sets)
         for key, value in [
             ("train.batch_size", self.train.batch_size),
             ("model.lora.r", self.model.lora.r),
@@ -349,6 +356,8 @@ class Config:
             raise ConfigError("resources.wait_warning_s must be > 0 and resources.wait_timeout_s >= 0 "
                               f"(0 = wait forever), got {self.resources.wait_warning_s} and "
                               f"{self.resources.wait_timeout_s}")
+        if self.resources.stop_checkpoint_wait_s < 0:
+            raise ConfigError(f"resources.stop_checkpoint_wait_s must be >= 0, got {self.resources.stop_checkpoint_wait_s}")
         if self.resources.num_gpus is not None and self.resources.num_gpus < 0:
             raise ConfigError(f"resources.num_gpus must be >= 0, got {self.resources.num_gpus}")
         self.search_specs  # a bad tune: section fails here, with the key named
@@ -493,6 +502,19 @@ def _coerce(hint, value, source: str, key: str):
             raise ConfigError(f"{key} must be a string, got {value!r}", path=source)
         return str(value)
     return value
+
+
+def _check_test_set_names(names: list[str] | None) -> None:
+    """eval.test_sets names corpus folders (or ldc2020t07): plain folder names, each once."""
+    for name in names or []:
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            raise ConfigError(f"eval.test_sets: {name!r} is not a test set name (a corpus folder's name, e.g. "
+                              "flores, ldc2020t07, amr3)")
+    if names is not None and len(set(names)) != len(names):
+        raise ConfigError(f"eval.test_sets lists a test set twice: {', '.join(names)}")
+    if names is not None and not names:
+        raise ConfigError("eval.test_sets is empty: name a test set, leave it out (the data's), or set "
+                          "eval.generate=false")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

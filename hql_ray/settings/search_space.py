@@ -22,11 +22,12 @@ Each trial runs the node with model.lora.r / model.lora.alpha / train.learning_r
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 from hql_ray.settings.errors import ConfigError
+from hql_ray.settings.records import TrialChoice
 
 METRICS = ("val_loss",)  # what the node reports at every validation
 SPEC_KEYS = {"num_samples", "lora_r", "lora_alpha", "learning_rate", "metric", "mode", "scheduler",
@@ -192,14 +193,17 @@ def alpha_for(r: int, alpha) -> int:
     return r if alpha in (None, "r") else int(alpha)
 
 
-def trial_config(cfg_dict: dict, params: dict) -> dict:
-    """The run config with one trial's values in model.lora.r / model.lora.alpha / train.learning_rate."""
-    out = copy.deepcopy(cfg_dict)
+def trial_choice(params: dict) -> TrialChoice:
+    """A trial's values as Tune hands them (lora_r, lora_alpha "r" or a number, learning_rate)."""
     r = int(params["lora_r"])
-    out["model"]["lora"]["r"] = r
-    out["model"]["lora"]["alpha"] = alpha_for(r, params.get("lora_alpha", "r"))
-    out["train"]["learning_rate"] = float(params["learning_rate"])
-    return out
+    return TrialChoice(r, alpha_for(r, params.get("lora_alpha", "r")), float(params["learning_rate"]))
+
+
+def trial_config(cfg, choice: TrialChoice):
+    """The run config with one trial's values in model.lora.r / model.lora.alpha / train.learning_rate."""
+    lora = dataclasses.replace(cfg.model.lora, r=choice.lora_r, alpha=choice.lora_alpha)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=lora),
+                               train=dataclasses.replace(cfg.train, learning_rate=choice.learning_rate))
 
 
 def better(a: float, b: float | None, mode: str) -> bool:

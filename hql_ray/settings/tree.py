@@ -13,6 +13,7 @@ models). They load as they are, and so do our one-row files with level columns.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,7 +341,49 @@ def load_tree(path: str | Path, levels: Iterable[str] | str | None = None) -> La
     curriculum ambiguous: unknown levels, empty cells, a group under two parents, ...
     """
     path = Path(path)
-    table = _read_table(path)
+    return _build_tree(_read_table(path), levels, path)
+
+
+@dataclass(frozen=True)
+class TreeRow:
+    """One language of a tree file: its code, display name and its group at each level column."""
+
+    code: str
+    name: str
+    groups: tuple[str, ...]
+
+
+def tree_from_rows(levels: list[str], rows: list[TreeRow], source: str | Path,
+                   chosen: Iterable[str] | str | None = None) -> LanguageTree:
+    """The tree that ``write_tree_csv(levels, rows)`` would load as: the same checks, line numbers
+    counted as in that file (header on line 1). For trees made in memory (Newick, suggestions)."""
+    header = _check_header([CODE, *levels, LANGUAGE], Path(source))
+    table_rows = [(line, {CODE: row.code, **dict(zip(levels, row.groups)), LANGUAGE: row.name})
+                  for line, row in enumerate(rows, 2)]
+    _check_rows(table_rows, Path(source))
+    return _build_tree(_Table(header, table_rows), chosen, Path(source))
+
+
+def tree_csv(levels: list[str], rows: list[TreeRow]) -> str:
+    """A tree file's text: ``code``, the level columns, ``language``; one row per language."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([CODE, *levels, LANGUAGE])
+    writer.writerows([row.code, *row.groups, row.name] for row in rows)
+    return out.getvalue()
+
+
+def tree_rows(tree: LanguageTree) -> tuple[list[str], list[TreeRow]]:
+    """The level columns and rows of a loaded tree (its chosen levels; ``language`` is the name column)."""
+    levels = [level for level in tree.levels if level != LANGUAGE]
+    rows = []
+    for lang in tree.languages:
+        chain = [*tree.ancestors(tree.leaf_for(lang.code).id), tree.leaf_for(lang.code)]
+        rows.append(TreeRow(lang.code, lang.name, tuple(n.name for n in chain if n.level != LANGUAGE)))
+    return levels, rows
+
+
+def _build_tree(table: _Table, levels: Iterable[str] | str | None, path: Path) -> LanguageTree:
     chosen = _default_levels(table.header) if levels is None else parse_level_args(levels)
     _check_levels(chosen, table.header, path)
 

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from hql_ray.settings.records import Progress
+
 
 class NodeContext:
     rank: int = 0
@@ -32,11 +34,23 @@ class NodeContext:
         """Directory of the checkpoint to resume from, or None for a fresh start."""
         return None
 
+    def checkpoint_origin(self) -> str | None:
+        """Where the checkpoint `latest_checkpoint` gave comes from (its storage path), for messages."""
+        return None
+
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         """Called by every worker the same number of times; rank 0 passes the checkpoint dir."""
 
-    def progress(self, update: dict) -> None:
-        """Live progress (step, loss, ...) for the driver's tree view; cheap, best effort."""
+    def progress(self, update: Progress) -> None:
+        """Live progress (step, loss, a long step's task) for the driver's tree view; cheap, best effort."""
+
+    def checkpoint_requested(self) -> bool:
+        """Whether the run is stopping (SIGTERM) and the node should write a checkpoint now. Called by every
+        worker at the same steps (the answer is agreed across workers)."""
+        return False
+
+    def checkpoint_written(self, step: int) -> None:
+        """The checkpoint asked for by `checkpoint_requested` is written (at `step`)."""
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over workers (identity for one worker)."""
@@ -51,7 +65,7 @@ class LocalContext(NodeContext):
     def __init__(
         self,
         checkpoint_root: str | Path | None = None,
-        on_progress: Callable[[dict], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
         device: str | torch.device | None = None,
     ):
         self._root = Path(checkpoint_root) if checkpoint_root else None
@@ -84,6 +98,6 @@ class LocalContext(NodeContext):
             tmp.rename(latest)
             shutil.rmtree(old, ignore_errors=True)
 
-    def progress(self, update: dict) -> None:
+    def progress(self, update: Progress) -> None:
         if self._on_progress is not None:
             self._on_progress(update)

@@ -26,7 +26,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from hql_ray.data.batch_plan import BatchPlan
 from hql_ray.training import flops
+from hql_ray.training import modeling
+from hql_ray.training.tiny_pretrain import BPE_VOCAB
 from hql_ray.settings.config import Config, LoraShape
 
 GIB = 2**30
@@ -55,17 +58,13 @@ def base_model_config(base: str, models_dir=None, local_only: bool = True):
 
     from transformers import AutoConfig
 
-    from hql_ray.training import modeling
-
     if base == "tiny":
-        return modeling._tiny_config()
+        return modeling.tiny_config()
     if base == "tiny-pretrained":
         built = models_dir / modeling.TINY_PRETRAINED_DIR_NAME if models_dir is not None else None
         if built is not None and (built / "config.json").is_file():
             return AutoConfig.from_pretrained(str(built))
-        from hql_ray.training.tiny_pretrain import BPE_VOCAB
-
-        return modeling._tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
+        return modeling.tiny_config(vocab=BPE_VOCAB)  # (the vocabulary does not change the LoRA's shapes)
     if base == "google/mt5-large":
         return flops.mt5_config()
     return AutoConfig.from_pretrained(os.path.expanduser(base), local_files_only=local_only)
@@ -130,8 +129,9 @@ def _dtype(cfg: Config) -> torch.dtype:
     return torch.bfloat16 if cfg.model.compute_dtype == "auto" else getattr(torch, cfg.model.compute_dtype)
 
 
-def static_bytes(cfg: Config, ancestor_ranks: list[int]) -> dict[str, int]:
-    """Bytes that stay on the GPU through a step of a node below ancestors of these ranks (stack hand-off)."""
+def static_bytes(cfg: Config, frozen_ranks: list[int]) -> dict[str, int]:
+    """Bytes that stay on the GPU through a step of a node that holds frozen adapters of these ranks beside
+    its own (`HandOff.frozen_ranks`: its ancestors' in stack mode, none otherwise)."""
     lora = cfg.model.lora
     s = shapes(cfg.model.base, tuple(lora.target_modules))
     compute = torch.empty((), dtype=_dtype(cfg)).element_size()
@@ -140,7 +140,7 @@ def static_bytes(cfg: Config, ancestor_ranks: list[int]) -> dict[str, int]:
         base = int(s.quantized * 0.5 + s.quantized / BLOCK * scales) + s.fp32_kept * 4 + s.other * compute
     else:
         base = (s.quantized + s.other) * compute + s.fp32_kept * 4
-    frozen = sum(ancestor_ranks) * s.lora_per_rank * compute if cfg.model.handoff == "stack" else 0
+    frozen = sum(frozen_ranks) * s.lora_per_rank * compute
     trainable = lora.r * s.lora_per_rank * 4
     return {"base": base, "frozen_ancestors": frozen, "lora": trainable, "lora_grads": trainable,
             "optimizer": (s.lora_per_rank + 2 * lora.r * s.lora_modules) * 4}
@@ -173,7 +173,7 @@ class PeakStorage(TorchDispatchMode):
         return out
 
 
-def activation_bytes(cfg: Config, ancestor_ranks: list[int], batch: int, source_len: int, target_len: int,
+def activation_bytes(cfg: Config, frozen_ranks: list[int], batch: int, source_len: int, target_len: int,
                      checkpointing: bool = True) -> int:
     """Peak bytes created by one forward + backward of a batch of `batch` examples padded to these lengths
     (gradients of the trainable LoRA excluded: they are in `static_bytes`). Meta device: ~20-60 s on a CPU."""
@@ -183,8 +183,8 @@ def activation_bytes(cfg: Config, ancestor_ranks: list[int], batch: int, source_
     model = _meta_model(cfg.model.base, _dtype(cfg))
     with torch.device("meta"):
         peft_model = get_peft_model(model, lora.to_peft(), adapter_name="node")
-        if ancestor_ranks and cfg.model.handoff == "stack":
-            frozen = LoraShape(sum(ancestor_ranks), None, lora.use_rslora, lora.dropout, list(lora.target_modules))
+        if frozen_ranks:
+            frozen = LoraShape(sum(frozen_ranks), None, lora.use_rslora, lora.dropout, list(lora.target_modules))
             peft_model.add_adapter("ancestors", frozen.to_peft(inference_mode=True))
             peft_model.base_model.set_adapter(["ancestors", "node"])
             for name, param in peft_model.named_parameters():
@@ -210,14 +210,14 @@ def activation_bytes(cfg: Config, ancestor_ranks: list[int], batch: int, source_
     return max(tracker.peak - grads, 0)
 
 
-def node_memory(cfg: Config, ancestor_ranks: list[int], batch: int | None = None, source_len: int = 400,
+def node_memory(cfg: Config, frozen_ranks: list[int], batch: int | None = None, source_len: int = 400,
                 target_len: int = 120, checkpointing: bool | None = None, activations: bool = True) -> dict[str, int]:
     """Bytes by part and their "total" for one node's step on a GPU (the CUDA context not included)."""
-    parts = static_bytes(cfg, ancestor_ranks)
+    parts = static_bytes(cfg, frozen_ranks)
     if activations:
         gc = cfg.model.gradient_checkpointing
         gc = (True if gc is None else gc) if checkpointing is None else checkpointing
-        per_pass = cfg.train.micro_batch_size or cfg.train.batch_size
-        parts["activations"] = activation_bytes(cfg, ancestor_ranks, batch or per_pass, source_len, target_len, gc)
+        per_pass = BatchPlan.of(cfg.train, 1).per_pass
+        parts["activations"] = activation_bytes(cfg, frozen_ranks, batch or per_pass, source_len, target_len, gc)
     parts["total"] = sum(parts.values())
     return parts

@@ -17,17 +17,13 @@ import torch
 
 from hql_ray.settings.config import MODES, TARGET_MODULES, TINY_BASES
 from hql_ray.settings.errors import InputError
+from hql_ray.training import tiny_pretrain
 
 TINY = "tiny"
 TINY_DIR_NAME = "tiny-mt5-v1"  # bump the suffix whenever the tiny config or its seed changes
 # The demo's base: the tiny mT5 pre-trained on the sample's training split, with its own BPE (tiny_pretrain.py).
 TINY_PRETRAINED = "tiny-pretrained"
 TINY_PRETRAINED_DIR_NAME = "tiny-mt5-pretrained-v1"  # bump whenever its config, data, tokenizer or recipe changes
-
-
-def is_tiny(base_model: str) -> bool:
-    """A built-in tiny base (built under models_dir, no download): "tiny" or "tiny-pretrained"."""
-    return base_model in TINY_BASES
 
 
 def load_tokenizer(base_model: str):
@@ -37,15 +33,13 @@ def load_tokenizer(base_model: str):
 
         return ByT5Tokenizer()
     if base_model == TINY_PRETRAINED:
-        from hql_ray.training import tiny_pretrain
-
-        return tiny_pretrain.sample_tokenizer()
+            return tiny_pretrain.sample_tokenizer()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(base_model)
 
 
-def _tiny_config(vocab: int | None = None, **extra):
+def tiny_config(vocab: int | None = None, **extra):
     from transformers import ByT5Tokenizer, MT5Config
 
     vocab = vocab or len(ByT5Tokenizer())
@@ -97,6 +91,11 @@ def base_model_path(cfg) -> str:
     return resolve_base_model(cfg.model.base, cfg.models_dir)
 
 
+def tiny_base_built(cfg) -> bool:
+    """Whether the demo's pre-trained tiny base (a minute or two to build) is already in models_dir."""
+    return cfg.model.base != TINY_PRETRAINED or (cfg.models_dir / TINY_PRETRAINED_DIR_NAME).is_dir()
+
+
 def _build_tiny(cache_dir: Path) -> str:
     final = cache_dir / TINY_DIR_NAME
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
@@ -108,7 +107,7 @@ def _build_tiny(cache_dir: Path) -> str:
     try:
         with torch.random.fork_rng(devices=[]):  # do not disturb the caller's RNG stream
             torch.manual_seed(0)
-            model = MT5ForConditionalGeneration(_tiny_config())
+            model = MT5ForConditionalGeneration(tiny_config())
         save_on_any_rank(model, tmp)
         ByT5Tokenizer().save_pretrained(tmp)  # so load_tokenizer(<that dir>) works too
         try:
@@ -139,7 +138,6 @@ def save_on_any_rank(model, folder: Path) -> None:
 def _build_tiny_pretrained(cache_dir: Path) -> str:
     """The tiny mT5 (its BPE's vocabulary, no dropout) pre-trained on the sample's training split, once:
     under a file lock (one process builds, the others wait and load), published by an atomic rename."""
-    from hql_ray.training import tiny_pretrain
 
     final = cache_dir / TINY_PRETRAINED_DIR_NAME
     if (final / "config.json").exists() and (final / "model.safetensors").exists():
@@ -150,7 +148,7 @@ def _build_tiny_pretrained(cache_dir: Path) -> str:
         tokenizer = tiny_pretrain.sample_tokenizer()
         tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_PRETRAINED_DIR_NAME}.tmp-", dir=cache_dir))
         try:
-            tiny_pretrain.pretrain_into(tmp, _tiny_config(len(tokenizer), dropout_rate=0.0), tokenizer, save_on_any_rank)
+            tiny_pretrain.pretrain_into(tmp, tiny_config(len(tokenizer), dropout_rate=0.0), tokenizer, save_on_any_rank)
             os.rename(tmp, final)
         finally:
             if tmp.exists():

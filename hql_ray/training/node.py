@@ -25,12 +25,15 @@ from transformers.optimization import get_linear_schedule_with_warmup
 
 from hql_ray.training import adafactor
 from hql_ray.data import batching
+from hql_ray.data.batch_plan import BatchPlan, global_batch
 from hql_ray.data import dataset as ds_lib
 from hql_ray.scoring import evaluation
 from hql_ray.training import dropout, handoff, losses, modeling, tracking
 from hql_ray.settings.config import Config
+from hql_ray.settings.errors import HQLError
+from hql_ray.settings.handoffs import handoff_for
 from hql_ray.training.context import LocalContext, NodeContext
-from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
+from hql_ray.settings.records import AdapterState, HistoryPoint, NodeMetrics, NodeResult, NodeSpec, Progress
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,7 @@ def build_model(cfg: Config, parent_chain: list[AdapterState], device: torch.dev
         quant_type=cfg.model.quant_type,
         gradient_checkpointing=checkpointing,
     )
-    if cfg.model.mode == "fft":
-        if parent_chain:
-            handoff.load_full_state(model, parent_chain[-1])
-        return model
-    return handoff.attach_node_adapter(model, cfg.model.lora, cfg.model.handoff, parent_chain or [])
+    return handoff.attach_node_adapter(model, cfg.model.lora, handoff_for(cfg), parent_chain or [])
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -76,16 +75,10 @@ def node_seed(run_seed: int, node_id: str) -> int:
     return (run_seed * 1_000_003 + zlib.crc32(node_id.encode())) % 2**31
 
 
-def global_batch_size(cfg: Config, world_size: int) -> int:
-    """Examples per optimizer step: train.batch_size whatever the number of workers (the original's
-    batch 8 on one GPU), or batch_size per worker with train.batch_per_worker."""
-    return cfg.train.batch_size * (world_size if cfg.train.batch_per_worker else 1)
-
-
 def batches_for_epoch(lengths, cfg: Config, epoch: int, world_size: int) -> list[list[int]]:
     """The epoch's optimizer-step batches, the same on every worker (each trains its share of each)."""
     return batching.length_grouped_batches(
-        lengths, global_batch_size(cfg, world_size), seed=cfg.run.seed * 1000 + epoch,
+        lengths, global_batch(cfg.train, world_size), seed=cfg.run.seed * 1000 + epoch,
         group=cfg.train.group_by_length,
     )
 
@@ -96,7 +89,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 @torch.no_grad()
 def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> float:
-    """Token-weighted mean loss over the validation set, summed across workers."""
+    """The validation set's mean loss over length-sorted batches of eval.batch_size, summed across workers.
+
+    train.validation_loss "token": every label token weighs the same (each batch's mean token loss weighted by
+    its tokens). "batch_mean": the original HF Trainer's eval_loss, each batch's mean loss weighted by its
+    examples (with equal batches, the mean of the per-batch means)."""
     was_training = model.training
     model.eval()
     lengths = ds_lib.example_lengths(data)
@@ -107,8 +104,8 @@ def validation_loss(model, data, pad_id: int, cfg: Config, ctx: NodeContext) -> 
         rows = data.select(mine[start : start + cfg.eval.batch_size])
         batch = to_device(batching.collate(list(rows), pad_id), ctx.device)
         loss = model(**batch).loss.float()
-        n_tokens = int((batch["labels"] != -100).sum())
-        total += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64)
+        weight = len(rows) if cfg.train.validation_loss == "batch_mean" else int((batch["labels"] != -100).sum())
+        total += torch.tensor([loss.item() * weight, weight], dtype=torch.float64)
     ctx.all_reduce_sum(total)
     model.train(was_training)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
@@ -225,7 +222,7 @@ class TrainState:
     step: int = 0
     best_loss: float = math.inf
     best: dict | None = None  # the trainable tensors at the best validation
-    history: list[dict] = field(default_factory=list)
+    history: list[HistoryPoint] = field(default_factory=list)
     initial_loss: float | None = None
     resumed_step: int | None = None
     tracker: tracking.NodeTracker | None = None  # curves and scores to TensorBoard / W&B / MLflow (rank 0)
@@ -236,8 +233,8 @@ class TrainState:
         return self.tokenizer.pad_token_id
 
     def progress(self, **update) -> None:
-        self.ctx.progress({"node": self.node.id, "step": self.step, "total_steps": self.total_steps,
-                           "phase": "train", **update})
+        self.ctx.progress(Progress(node=self.node.id, phase="train", step=self.step, total_steps=self.total_steps,
+                                   **update))
 
 
 def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: NodeContext) -> TrainState:
@@ -252,10 +249,8 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     model.train()
     params = trainable(model)
     optimizer = make_optimizer(cfg, list(params.values()))
-    steps_per_epoch = len(batches_for_epoch(ds_lib.example_lengths(train_data), cfg, 0, ctx.world_size))
-    total_steps = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
+    plan = BatchPlan.of(cfg.train, len(train_data), ctx.world_size)
+    steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
     eval_every = cfg.train.eval_every or steps_per_epoch
     return TrainState(
         cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, params, optimizer,
@@ -270,13 +265,21 @@ def resume_or_start(st: TrainState) -> None:
     resumed_from = st.ctx.latest_checkpoint()
     if resumed_from is None:
         st.initial_loss = validation_loss(st.model, st.val_data, st.pad_id, st.cfg, st.ctx)
-        st.history.append({"step": 0, "val_loss": st.initial_loss})
+        st.history.append(HistoryPoint(0, val_loss=st.initial_loss))
         return
-    state, st.best = load_checkpoint(resumed_from, st.params, st.optimizer, st.scheduler)
-    st.step, st.best_loss, st.history = state["step"], state["best_loss"], state["history"]
+    try:
+        state, st.best = load_checkpoint(resumed_from, st.params, st.optimizer, st.scheduler)
+    except Exception as err:  # noqa: BLE001 - a damaged checkpoint: say where it is and what to do
+        where = st.ctx.checkpoint_origin() or resumed_from
+        raise HQLError(f"node {st.node.id}: its checkpoint {where} cannot be read ({type(err).__name__}: {err}); "
+                       f"delete that checkpoint folder (the node then starts from an older one, or from scratch) "
+                       f"and run again with --resume: finished nodes are kept") from err
+    st.step, st.best_loss = state["step"], state["best_loss"]
+    st.history = [HistoryPoint.from_json(point) for point in state["history"]]
     st.initial_loss = state["initial_val_loss"]
     st.resumed_step = st.step  # (history restored from the checkpoint starts at step 0)
     log.info("node %s resumes at step %d from %s", st.node.id, st.step, resumed_from)
+    st.progress(resumed_from=st.step)
 
 
 def batches_from_step(st: TrainState):
@@ -336,13 +339,13 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
     step, last = st.step, st.step == st.total_steps
     validate = step % st.eval_every == 0 or last
     if step % st.curve_every == 0 and not validate:
-        st.history.append({"step": step, "train_loss": since_point.take()})
+        st.history.append(HistoryPoint(step, train_loss=since_point.take()))
     if step % st.cfg.train.log_every == 0 or last:
         st.progress(epoch=step / st.steps_per_epoch, loss=since_validation.mean())
     val = None
     if validate:
         val = validation_loss(st.model, st.val_data, st.pad_id, st.cfg, st.ctx)
-        st.history.append({"step": step, "train_loss": since_point.take(), "val_loss": val})
+        st.history.append(HistoryPoint(step, train_loss=since_point.take(), val_loss=val))
         since_validation.take()
         if val < st.best_loss:
             st.best_loss, st.best = val, snapshot(st.params)
@@ -350,11 +353,15 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
     # Every validation is reported (with the checkpoint when one is due): Tune's ASHA ranks trials on these.
     # The last step always checkpoints: a worker lost during the evaluation that follows costs no training.
     extra = {} if val is None else {"val_loss": val}
-    if step % st.ckpt_every == 0 or last:
+    # The run is stopping (SIGTERM): a checkpoint now, asked at log steps (an agreed answer across workers).
+    stopping = step % st.cfg.train.log_every == 0 and not last and st.ctx.checkpoint_requested()
+    if step % st.ckpt_every == 0 or last or stopping:
         report_checkpoint(st, extra)
+        if stopping:
+            st.ctx.checkpoint_written(step)
     elif val is not None:
         st.ctx.report({"step": step, "best_val_loss": st.best_loss, **extra}, None)
-    if st.tracker is not None and st.history[-1]["step"] == step:
+    if st.tracker is not None and st.history[-1].step == step:
         st.tracker.point(st.history[-1], lr=st.scheduler.get_last_lr()[0])
 
 
@@ -363,55 +370,65 @@ def report_checkpoint(st: TrainState, extra: dict) -> None:
         path = None
         if st.ctx.is_main:
             path = Path(tmp)
-            state = {"step": st.step, "best_loss": st.best_loss, "history": st.history,
+            state = {"step": st.step, "best_loss": st.best_loss, "history": [h.to_json() for h in st.history],
                      "initial_val_loss": st.initial_loss}
             save_checkpoint(path, st.params, st.best, st.optimizer, st.scheduler, state)
         st.ctx.report({"step": st.step, "best_val_loss": st.best_loss, **extra}, path)
+
+
+def node_metrics(st: TrainState) -> NodeMetrics:
+    """What the node's training measured (its evaluation adds the scores)."""
+    history = st.history
+    return NodeMetrics(
+        initial_val_loss=st.initial_loss,
+        val_loss=st.best_loss if st.best is not None else history[-1].val_loss,
+        train_loss=next((h.train_loss for h in reversed(history) if h.train_loss is not None), None),
+        steps=st.total_steps,
+        examples=len(st.train_data),
+        validation_examples=len(st.val_data),
+        skipped_examples=ds_lib.skipped_count(st.train_data) + ds_lib.skipped_count(st.val_data),
+        # Examples cut at data.max_source_length / max_target_length (none without limits, the default).
+        clipped_examples=ds_lib.clipped_counts(st.train_data),
+        train_seconds=round(time.time() - st.started, 2),
+        world_size=st.ctx.world_size,
+        resumed_from_step=st.resumed_step,
+    )
+
+
+def evaluate(st: TrainState, metrics: NodeMetrics) -> None:
+    """Generate and score on the node's languages' test sets (rank 0), as eval.at_nodes says; a failure is
+    recorded in the metrics and never costs the trained adapter."""
+    cfg, ctx = st.cfg, st.ctx
+    if not (ctx.is_main and cfg.eval.generate and (cfg.eval.at_nodes == "all" or st.node.is_leaf)):
+        return
+    ctx.progress(Progress(node=st.node.id, phase="evaluate"))
+    try:
+        metrics.languages = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
+                                                     cfg.cache_dir, ctx.device, node_id=st.node.id,
+                                                     progress=ctx.progress)
+    except Exception as err:  # noqa: BLE001 - a failed evaluation must never discard the trained adapter
+        log.exception("node %s: evaluation failed; the trained adapter is kept", st.node.id)
+        metrics.evaluation_error = f"{type(err).__name__}: {err}"
 
 
 def finish(st: TrainState) -> NodeResult:
     """The best step restored, the node's metrics, its evaluation, its adapter."""
     if st.best is not None:
         restore(st.params, st.best)  # keep the best step by validation loss
-    history = st.history
-    metrics = {
-        "initial_val_loss": st.initial_loss,
-        "val_loss": st.best_loss if st.best is not None else history[-1].get("val_loss"),
-        "train_loss": next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None),
-        "steps": st.total_steps,
-        "examples": len(st.train_data),
-        "validation_examples": len(st.val_data),
-        "skipped_examples": ds_lib.skipped_count(st.train_data) + ds_lib.skipped_count(st.val_data),
-        # Examples cut at data.max_source_length / max_target_length (none without limits, the default).
-        "clipped_examples": ds_lib.clipped_counts(st.train_data),
-        "train_seconds": round(time.time() - st.started, 2),
-        "world_size": st.ctx.world_size,
-        "resumed_from_step": st.resumed_step,
-    }
-    cfg, ctx = st.cfg, st.ctx
-    if ctx.is_main and cfg.eval.generate and (cfg.eval.at_nodes == "all" or st.node.is_leaf):
-        ctx.progress({"node": st.node.id, "phase": "evaluate"})
-        try:
-            metrics["languages"] = evaluation.evaluate_node(st.model, st.tokenizer, cfg, st.settings, st.languages,
-                                                            cfg.cache_dir, ctx.device, node_id=st.node.id,
-                                                            progress=ctx.progress)
-        except Exception as err:  # noqa: BLE001 - a failed evaluation must never discard the trained adapter
-            log.exception("node %s: evaluation failed; the trained adapter is kept", st.node.id)
-            metrics["evaluation_error"] = f"{type(err).__name__}: {err}"
+    metrics = node_metrics(st)
+    evaluate(st, metrics)
     if st.tracker is not None:
         st.tracker.finish(metrics)
-    state = handoff.full_state(st.model) if cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
-    ctx.report({"done": True, "val_loss": metrics["val_loss"]}, None)
-    return NodeResult(state if ctx.is_main else None, metrics, history)
+    state = handoff.full_state(st.model) if st.cfg.model.mode == "fft" else handoff.node_adapter_state(st.model)
+    st.ctx.report({"done": True, "val_loss": metrics.val_loss}, None)
+    return NodeResult(state if st.ctx.is_main else None, metrics, st.history)
 
 
-def train_node(cfg_dict: dict, node: NodeSpec | dict, parent_chain: list[AdapterState] | None,
+def train_node(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState] | None,
                ctx: NodeContext | None = None) -> NodeResult:
     """Train one node from its ancestors' adapters (`parent_chain`); rank 0's result holds the node's own
     adapter. Runs the same in a test, a loop or a Ray Train worker (`ctx` is the only difference)."""
     ctx = ctx or LocalContext()
-    node = NodeSpec.coerce(node)
-    cfg = Config.from_dict(cfg_dict)
     seed = node_seed(cfg.run.seed, node.id)
     torch.manual_seed(seed)  # the node's fresh LoRA: the same on every worker
     started = time.time()

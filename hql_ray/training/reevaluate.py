@@ -15,15 +15,9 @@ from hql_ray.training import handoff, modeling
 from hql_ray.settings.config import Config
 from hql_ray.training.context import LocalContext, NodeContext
 from hql_ray.training.node import build_model
-from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
+from hql_ray.settings.records import AdapterState, NodeMetrics, NodeResult, NodeSpec, Progress
 
 log = logging.getLogger(__name__)
-
-
-def evaluation_parents(chain_ids: list[str], cfg: Config) -> list[str]:
-    """Of a node's start chain, the adapters its trained model sits on: its ancestors in stack and merge;
-    none in continue (the node's adapter already holds the parent's) and fft (a whole model)."""
-    return list(chain_ids) if cfg.model.handoff in ("stack", "merge") and cfg.model.mode != "fft" else []
 
 
 def load_trained(cfg: Config, parents: list[AdapterState], own: AdapterState, device):
@@ -33,30 +27,29 @@ def load_trained(cfg: Config, parents: list[AdapterState], own: AdapterState, de
         handoff.load_full_state(model, own)
     else:
         model = build_model(cfg, parents, device)
-        handoff._load_into(model, own, handoff.NODE)
+        handoff.load_into(model, own, handoff.NODE)
     model.eval()
     return model
 
 
-def evaluate_trained_node(cfg_dict: dict, node: NodeSpec | dict, chain: list[AdapterState],
+def evaluate_trained_node(cfg: Config, node: NodeSpec, chain: list[AdapterState],
                           ctx: NodeContext | None = None) -> NodeResult:
-    """`chain` = the evaluation parents' adapters, then the node's own (last). Rank 0 generates and scores;
-    the result's metrics hold "languages" or, if it fails again, "evaluation_error"."""
+    """`chain` = the evaluation parents' adapters (`HandOff.evaluation_parents`), then the node's own (last).
+    Rank 0 generates and scores; the result's metrics hold the languages' scores or, if it fails again,
+    the evaluation error."""
     ctx = ctx or LocalContext()
-    node = NodeSpec.coerce(node)
-    cfg = Config.from_dict(cfg_dict)
     if not chain:
         raise ValueError(f"node {node.id}: re-evaluation needs the node's saved adapter")
-    metrics: dict = {}
+    metrics = NodeMetrics()
     if ctx.is_main:
         model = load_trained(cfg, chain[:-1], chain[-1], ctx.device)
-        ctx.progress({"node": node.id, "phase": "evaluate"})
+        ctx.progress(Progress(node=node.id, phase="evaluate"))
         try:
-            metrics["languages"] = evaluation.evaluate_node(
+            metrics.languages = evaluation.evaluate_node(
                 model, modeling.load_tokenizer(cfg.model.base), cfg, ds_lib.DataSettings.from_config(cfg),
                 list(node.languages), cfg.cache_dir, ctx.device, node_id=node.id, progress=ctx.progress)
         except Exception as err:  # noqa: BLE001 - the node stays done; --resume can try again
             log.exception("node %s: evaluation failed again", node.id)
-            metrics["evaluation_error"] = f"{type(err).__name__}: {err}"
+            metrics.evaluation_error = f"{type(err).__name__}: {err}"
     ctx.report({"done": True}, None)
     return NodeResult(None, metrics, [])

@@ -12,16 +12,32 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 
 import torch
 
-from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
+from hql_ray.settings.config import Config, LoraShape
+from hql_ray.settings.records import AdapterState, NodeMetrics, NodeResult, NodeSpec, Progress
+from hql_ray.training.memory import base_model_config
 
 ADAPTERS = ("tiny", "real")
 
 
-def simulated_seconds(sim: dict, node: NodeSpec, world_size: int) -> float:
-    return float(sim["seconds_per_example"]) * node.examples * float(sim.get("epochs", 1.0)) / max(world_size, 1)
+@dataclass(frozen=True)
+class Simulation:
+    """`--simulate`: how long a stand-in node sleeps, and what adapter it returns (tiny or real-shaped)."""
+
+    seconds_per_example: float
+    epochs: float = 1.0
+    adapters: str = "tiny"  # tiny | real
+    examples: int = 31000  # training examples per language (the paper's cap)
+    examples_per_language: tuple[tuple[str, int], ...] = ()  # (code, examples) where they differ
+
+    def examples_of(self, code: str) -> int:
+        return dict(self.examples_per_language).get(code, self.examples)
+
+    def seconds(self, node: NodeSpec, world_size: int) -> float:
+        return self.seconds_per_example * node.examples * self.epochs / max(world_size, 1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -31,8 +47,6 @@ def lora_shapes(base: str, lora_state: tuple) -> dict[str, tuple[int, ...]]:
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForSeq2SeqLM
 
-    from hql_ray.settings.config import LoraShape
-    from hql_ray.training.memory import base_model_config
 
     lora = LoraShape.from_state(dict(lora_state))
     with torch.device("meta"):
@@ -42,13 +56,10 @@ def lora_shapes(base: str, lora_state: tuple) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model, state_dict=params).items()}
 
 
-def real_shaped_adapter(cfg: dict, seed: int) -> AdapterState:
+def real_shaped_adapter(cfg: Config, seed: int) -> AdapterState:
     """Random fp32 tensors with the node adapter's real shapes (1.17 GB at mT5-large r=256)."""
-    from hql_ray.settings.config import LoraShape
-
-    lora = LoraShape(**{k: v for k, v in cfg["model"]["lora"].items()})
-    state = lora.to_state()
-    shapes = lora_shapes(cfg["model"]["base"], tuple((k, tuple(v) if isinstance(v, list) else v)
+    state = cfg.model.lora.to_state()
+    shapes = lora_shapes(cfg.model.base, tuple((k, tuple(v) if isinstance(v, list) else v)
                                                     for k, v in sorted(state.items())))
     # A random value per tensor, filled: drawing 293M normals would take longer than the node.
     values = torch.randn(len(shapes), generator=torch.Generator().manual_seed(seed)) * 0.01
@@ -56,14 +67,15 @@ def real_shaped_adapter(cfg: dict, seed: int) -> AdapterState:
     return AdapterState(state, tensors)
 
 
-def simulated_node(sim: dict, node: NodeSpec, ctx, cfg: dict | None = None) -> NodeResult:
-    seconds = simulated_seconds(sim, node, ctx.world_size)
-    ctx.progress({"node": node.id, "phase": "train", "step": 0, "total_steps": 1})
+def simulated_node(sim: Simulation, node: NodeSpec, ctx, cfg: Config) -> NodeResult:
+    seconds = sim.seconds(node, ctx.world_size)
+    ctx.progress(Progress(node=node.id, phase="train", step=0, total_steps=1))
     time.sleep(seconds)
     ctx.report({"done": True}, None)
-    if sim.get("adapters", "tiny") == "real" and cfg is not None:
+    if sim.adapters == "real":
         adapter = real_shaped_adapter(cfg, seed=node.examples) if ctx.is_main else None
     else:
         adapter = AdapterState({"r": 1, "lora_alpha": 1, "use_rslora": False, "lora_dropout": 0.0,
                                 "target_modules": ["q"]}, {"simulated": torch.tensor([float(node.examples)])})
-    return NodeResult(adapter, {"simulated_seconds": seconds, "examples": node.examples, "world_size": ctx.world_size}, [])
+    metrics = NodeMetrics(simulated_seconds=seconds, examples=node.examples, world_size=ctx.world_size)
+    return NodeResult(adapter, metrics, [])

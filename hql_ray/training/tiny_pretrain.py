@@ -40,7 +40,7 @@ from hql_ray.settings.tree import load_tree
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO / "data" / "sample"  # the bundled sample (python -m hql_ray.data.sample data/sample)
+SAMPLE_DIR = REPO / "data" / "sample"  # the bundled sample (python data/make_sample.py data/sample)
 LANGUAGE_FILE = REPO / "language_files" / "12langs_pthql.csv"  # its languages' prompt names
 PRETRAIN_SPLIT = "train"  # never validation or test: the demo scores on those
 
@@ -92,7 +92,7 @@ def sample_tokenizer(data_dir: str = str(SAMPLE_DIR), vocab_size: int = BPE_VOCA
 
     if not Path(data_dir).is_dir():
         raise InputError("the tiny-pretrained tokenizer is learnt from the bundled sample corpus "
-                         "(python -m hql_ray.data.sample data/sample)", path=data_dir)
+                         "(python data/make_sample.py data/sample)", path=data_dir)
     lines = sorted(line for pair in pretraining_pairs(data_dir, sample_languages()) for line in pair)
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -172,7 +172,7 @@ def pretrain_into(folder: Path, config, tokenizer, save: Callable[[object, Path]
 
     if not Path(data_dir).is_dir():
         raise InputError("the tiny model's pre-training needs the bundled sample corpus "
-                         "(python -m hql_ray.data.sample data/sample)", path=data_dir)
+                         "(python data/make_sample.py data/sample)", path=data_dir)
     languages = languages if languages is not None else sample_languages()
     pairs = pretraining_pairs(data_dir, languages)
     started = time.time()

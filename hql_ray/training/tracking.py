@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hql_ray.settings.config import Config
-from hql_ray.settings.records import NodeSpec
+from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeSpec
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +269,16 @@ class NodeTracker:
             self._since_tokens += int(self._tokens[list(rows)].sum())
         self._since_seconds += seconds
 
-    def point(self, entry: dict, lr: float | None = None) -> None:
-        """A history point of the node ({"step", "train_loss"?, "val_loss"?}), with the step's learning rate."""
+    def point(self, point: HistoryPoint, lr: float | None = None) -> None:
+        """A history point of the node, with the step's learning rate."""
         if not self.active:
             return
-        self.step = step = int(entry["step"])
+        self.step = step = point.step
         values = {}
-        if entry.get("train_loss") is not None:
-            values["loss/train"] = float(entry["train_loss"])
-        if entry.get("val_loss") is not None:
-            values["loss/val"] = float(entry["val_loss"])
+        if point.train_loss is not None:
+            values["loss/train"] = float(point.train_loss)
+        if point.val_loss is not None:
+            values["loss/val"] = float(point.val_loss)
         if step > 0:
             if lr is not None:
                 values["train/lr"] = float(lr)
@@ -288,20 +288,20 @@ class NodeTracker:
         self._since_tokens, self._since_seconds = 0, 0.0
         self.tracked.each(lambda b: b.log(values, step, self.node.step_offset + step))
 
-    def finish(self, metrics: dict) -> None:
+    def finish(self, metrics: NodeMetrics) -> None:
         """The node's result: evaluation scores per language and test set, best validation loss."""
         if not self.active:
             return
         summary = {}
-        for code, sets in (metrics.get("languages") or {}).items():
-            for test_set, scores in (sets or {}).items():
-                for name, value in (scores or {}).items():
+        for code, sets in metrics.languages.items():
+            for test_set, scores in sets.items():
+                for name, value in scores.to_json().items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool):
                         summary[f"eval/{code}/{test_set}/{name}"] = float(value)
-        for key in ("val_loss", "initial_val_loss"):
-            if isinstance(metrics.get(key), (int, float)):
-                summary[f"best/{key}"] = float(metrics[key])
-        step = int(metrics.get("steps") or self.step)
+        for key, value in (("val_loss", metrics.val_loss), ("initial_val_loss", metrics.initial_val_loss)):
+            if value is not None:
+                summary[f"best/{key}"] = float(value)
+        step = metrics.steps or self.step
         self.tracked.each(lambda b: b.finish(summary, step, self.node.step_offset + step))
 
     def close(self, ok: bool = True) -> None:
@@ -312,14 +312,7 @@ class NodeTracker:
 # ---- driver side -----------------------------------------------------------------------------------
 def step_offset(ancestors: list[str], nodes: dict) -> int:
     """Steps trained before a node, counted from the root: the sum of its ancestors' steps (manifest records)."""
-    return sum(int(((nodes[a].metrics if a in nodes else None) or {}).get("steps") or 0) for a in ancestors)
-
-
-def with_step_offset(spec: NodeSpec, tree, manifest) -> NodeSpec:
-    """The node's spec, told where its steps start from the root (its ancestors' steps in the manifest)."""
-    import dataclasses
-
-    return dataclasses.replace(spec, step_offset=step_offset([a.id for a in tree.ancestors(spec.id)], manifest.nodes))
+    return sum((nodes[a].metrics.steps or 0) for a in ancestors if a in nodes and nodes[a].metrics is not None)
 
 
 def write_run_text(folder: Path, cfg: Config, tree) -> _Backend:

@@ -1,5 +1,0 @@
-import sys
-
-from hql_ray.data.sample.generator import main
-
-sys.exit(main())

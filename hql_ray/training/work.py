@@ -1,0 +1,58 @@
+"""What a node's run does on its workers, one class per kind: train it (`Train`), score a trained node
+again (`Reevaluate`, `--resume` after a failed evaluation), or stand in for training (`Simulate`,
+`--simulate`). A job carries one of these; the worker calls `run` with the adapters it starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from hql_ray.settings.config import Config
+from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
+from hql_ray.training import node as node_training
+from hql_ray.training import reevaluate
+from hql_ray.training.context import NodeContext
+from hql_ray.training.simulate import Simulation, simulated_node
+
+
+class NodeWork:
+    """A kind of work on a node. `chain`: the adapters it starts from, in the order the job lists them."""
+
+    kind: ClassVar[str] = ""
+    reads_adapters: ClassVar[bool] = True  # False: the chain's tensors are not needed (a simulation)
+
+    def run(self, cfg: Config, node: NodeSpec, chain: list[AdapterState], ctx: NodeContext) -> NodeResult:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Train(NodeWork):
+    """Train the node from its ancestors' adapters (`node.train_node`)."""
+
+    kind: ClassVar[str] = "train"
+
+    def run(self, cfg, node, chain, ctx):
+        return node_training.train_node(cfg, node, chain, ctx)
+
+
+@dataclass(frozen=True)
+class Reevaluate(NodeWork):
+    """Score a trained node again: the chain is its evaluation parents' adapters, then its own."""
+
+    kind: ClassVar[str] = "reevaluate"
+
+    def run(self, cfg, node, chain, ctx):
+        return reevaluate.evaluate_trained_node(cfg, node, chain, ctx)
+
+
+@dataclass(frozen=True)
+class Simulate(NodeWork):
+    """Sleep as long as the node would train (`simulate.Simulation`); a token or real-shaped adapter."""
+
+    kind: ClassVar[str] = "simulate"
+    reads_adapters: ClassVar[bool] = False
+    simulation: Simulation = Simulation(0.0)
+
+    def run(self, cfg, node, chain, ctx):
+        return simulated_node(self.simulation, node, ctx, cfg)
