@@ -10,12 +10,12 @@ import argparse
 import os
 import sys
 
-from hql_ray.commands import data, evaluate, fetch_eval_models, generate, parse, report, train, translate, tree
+from hql_ray.commands import data, evaluate, fetch_eval_models, generate, parse, push, report, train, translate, tree
 from hql_ray.settings.errors import HQLError
 
 # Order = order shown in --help. Every command module keeps torch and Ray out of its top-level
 # imports, so `hql-ray tree` or `hql-ray --help` starts in a fraction of a second.
-COMMANDS = [train, tree, data, report, evaluate, fetch_eval_models, generate, translate, parse]
+COMMANDS = [train, tree, data, report, evaluate, fetch_eval_models, generate, push, translate, parse]
 
 
 def version() -> str:

@@ -63,6 +63,27 @@ def four_language_tree(tmp_path_factory) -> Path:
     return path
 
 
+TWO_LANGUAGE_TREE = "code,level0,language\ndeu_Latn,Germanic,German\ntpi_Latn,Germanic,Tok_Pisin\n"
+
+
+@pytest.fixture(scope="session")
+def demo_like_run(ray_session, tmp_path_factory) -> Path:
+    """A finished run folder like the demo's, made by `hql-ray train` (the command, in this process): the bundled
+    sample, a Germanic root over German and Tok Pisin, the tiny base in 4-bit, a few steps a node, the leaves scored
+    on the sample's flores and amr3 test splits, exported with their model cards."""
+    from hql_ray.cli import main
+
+    root = tmp_path_factory.mktemp("demo_like")
+    tree = root / "tree.csv"
+    tree.write_text(TWO_LANGUAGE_TREE)
+    code = main(["train", "-bm", "tiny", "--data-dir", str(REPO / "data" / "sample"), "-lf", str(tree),
+                 "--levels", "level0", "language", "-sn", "demo_like", "-o", str(root / "runs"), "-ls", "4", "--plain",
+                 "train.max_steps=3", "eval.max_new_tokens=8", "data.max_test_per_language=4",
+                 "eval.test_sets=[flores, amr3]", "resources.max_failures=0", f"data.cache_dir={root / 'cache'}"])
+    assert code == 0
+    return root / "runs" / "demo_like"
+
+
 def tiny_overrides(output_dir, data_dir, tree_file, **extra) -> list[str]:
     """key=value overrides for a fast tiny-model run (a few optimizer steps per node)."""
     values = {

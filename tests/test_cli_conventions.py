@@ -38,7 +38,7 @@ def test_bare_hql_ray_lists_the_commands_and_trains_nothing(monkeypatch, capsys)
     monkeypatch.setattr(train_cmd, "run", lambda args: pytest.fail("bare hql-ray must not train"))
     assert main([]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "tree", "data", "report", "generate", "translate", "parse"):
+    for command in ("train", "tree", "data", "report", "generate", "push", "translate", "parse"):
         assert command in out
     assert "hql-ray train" in out  # where the demo went
 
@@ -175,7 +175,7 @@ def test_dry_run_and_real_start_agree_on_a_skip_that_cannot_be_honoured(tmp_path
     monkeypatch.setattr("hql_ray.orchestration.driver.init_ray", lambda *a, **k: pytest.fail("Ray started"))
     assert main(["train", *argv]) == 2
     assert problem.removeprefix("problem: ") in capsys.readouterr().err
-    assert not (tmp_path / "demo" / "manifest.json").exists()
+    assert not [p.name for p in (tmp_path / "demo").glob("*")]  # no manifest, config.yaml or train.log
     rc, out = _dry(argv[:4], capsys)  # the corrected command: no problem left
     assert rc == 0 and "0 problem(s)" in out
 
@@ -186,3 +186,126 @@ def test_a_start_that_failed_before_any_node_does_not_block_the_next(tmp_path, c
                     cfg.run_name)  # status "starting", every node pending: Ray never came up
     rc, out = _dry(["--config", "configs/demo.yaml", f"run.output_dir={tmp_path}", cache], capsys)
     assert rc == 0 and "problem: run folder" not in out
+
+
+# ---- one flag vocabulary (issue 26): today's spellings, and the older ones still accepted ------------------------
+def parsed(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["-o", "out"], "out"), (["--output", "out"], "out"), (["--output-dir", "out"], "out"),
+])
+def test_train_writes_where_output_says_in_every_spelling(argv, expected):
+    assert resolve_config(parsed("train", *argv)).run.output_dir == expected
+
+
+def test_levels_corpora_and_languages_read_the_same_in_every_spelling():
+    levels = [resolve_config(parsed("train", flag, *value)).tree.levels
+              for flag, value in (("-ln", ["level0", "language"]), ("--levels", ["level0,language"]),
+                                  ("--level-names", ['"level0",', '"language"']))]
+    assert levels == [["level0", "language"]] * 3
+    assert resolve_config(parsed("train", "--corpus", "amr3,flores")).data.corpora == ["amr3", "flores"]
+    assert resolve_config(parsed("train", "--corpus", "amr3", "flores")).data.corpora == ["amr3", "flores"]
+    from hql_ray.commands.flags import words
+
+    for command in ("translate", "parse"):
+        first = ["REL", "-o", "x"] if command == "translate" else ["FLORES", "--parser", "p", "-o", "x"]
+        assert words(parsed(command, *first, "--langs", "deu_Latn", "ita_Latn").langs) == \
+            words(parsed(command, *first, "--langs", "deu_Latn,ita_Latn").langs) == ["deu_Latn", "ita_Latn"]
+    assert parsed("report", "r", "--out", "d").output == parsed("report", "r", "-o", "d").output == "d"
+    assert parsed("data", "d", "-lf", "t", "--levels", "a,b").levels == ["a,b"]  # read by parse_level_args
+
+
+@pytest.mark.parametrize("argv, generate", [
+    (["--evaluate"], True), (["--no-evaluate"], False), (["--evaluate", "true"], True),
+    (["--evaluate", "false"], False), (["--evaluate=false"], False), (["--evaluate", "False"], False),
+    ([], True),
+])
+def test_evaluate_is_an_on_off_switch_and_the_old_true_false_still_works(argv, generate):
+    args = parsed("train", *argv, "train.learning_rate=1e-4")
+    assert args.overrides == ["train.learning_rate=1e-4"]  # an override after the switch stays an override
+    cfg = resolve_config(args)
+    assert cfg.eval.generate is generate and cfg.train.learning_rate == 1e-4
+
+
+def test_a_bad_switch_value_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parsed("train", "--evaluate", "maybe")
+    assert exit_.value.code == 2 and "--evaluate takes true or false" in capsys.readouterr().err
+
+
+def test_quiet_and_verbose_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        parsed("train", "-q", "-v")
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["train", "--print-config", "-q"]) == 0
+    assert capsys.readouterr().err == ""  # not even the "no config given" note
+
+
+def test_quiet_leaves_errors_on_the_terminal_and_everything_in_train_log(tmp_path, capsys):
+    """`reporting` (what train runs under): -q shows no progress and no warning, train.log gets both, and the
+    terminal's handler is given back as it was."""
+    import logging
+    import sys
+    from types import SimpleNamespace
+
+    from hql_ray.commands.train import reporting
+    from hql_ray.outputs.run_files import LOG_FILE, open_run_files
+    from hql_ray.settings.records import NodeStarted, RunFinished
+
+    cfg = make_config("configs/demo.yaml", overrides=[f"run.output_dir={tmp_path}"])
+    driver = SimpleNamespace(run_dir=cfg.run_dir, tree=load_tree(cfg.tree.file, cfg.tree.levels), on_event=None)
+    console = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(console)
+    log = logging.getLogger("hql_ray.test")
+    try:
+        with reporting(driver, cfg, parsed("train", "-q")):
+            log.warning("before the folder is opened")
+            assert console.level == logging.ERROR
+            open_run_files(cfg, cfg.run_dir)
+            driver.on_event(NodeStarted("level0.Indo_European", 2, "ray-train"))
+            log.warning("a warning while training")
+            log.error("an error")
+            driver.on_event(RunFinished([], []))
+        assert console.level == logging.NOTSET
+    finally:
+        root.removeHandler(console)
+    err = capsys.readouterr().err
+    assert "an error" in err and "warning" not in err and "started" not in err
+    text = (cfg.run_dir / LOG_FILE).read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("==== ") and "run demo started" in lines[0]
+    for expected in ("WARNING hql_ray.test: before the folder is opened", "level0.Indo_European: started on 2 worker(s)",
+                     "WARNING hql_ray.test: a warning while training", "ERROR hql_ray.test: an error", "run finished"):
+        assert sum(expected in line for line in lines) == 1, (expected, text)
+
+
+def test_ray_and_transformers_start_quietly_unless_verbose():
+    """In a fresh interpreter: init_ray without -v prints none of Ray's start-up lines (its INFO lines, the
+    token-auth notice), with -v it does; and train turns transformers' progress bars off without -v."""
+    code = ("import sys; from hql_ray.orchestration.cluster import init_ray; from hql_ray.settings.config import "
+            "make_config; init_ray(make_config(overrides=['resources.num_gpus=0']), verbose=sys.argv[1] == 'v'); "
+            "from hql_ray.commands.train import quiet_libraries; quiet_libraries(sys.argv[1] == 'v'); "
+            "from transformers.utils import logging; print('BAR', logging.is_progress_bar_enabled())")
+    outputs = {}
+    for verbose in ("q", "v"):
+        done = subprocess.run([sys.executable, "-c", code, verbose], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        outputs[verbose] = done.stdout + done.stderr
+    assert "Started a local Ray instance" not in outputs["q"] and "Token authentication" not in outputs["q"]
+    assert "BAR False" in outputs["q"] and "BAR True" in outputs["v"]
+    assert "Started a local Ray instance" in outputs["v"]
+
+
+def test_a_run_folder_keeps_its_resolved_config_and_its_log(demo_like_run):
+    from hql_ray.outputs.manifest import read_manifest
+
+    config = demo_like_run / "config.yaml"
+    assert make_config(config).to_dict() == read_manifest(demo_like_run).data["config"]  # --config reads it back
+    log = (demo_like_run / "train.log").read_text()
+    assert "hql-ray 0.1.0: run demo_like started (config: config.yaml)" in log.splitlines()[0]
+    for line in ("level0.Germanic: started on", "language.German: done (", "exported deu_Latn", "run finished"):
+        assert line in log

@@ -52,7 +52,8 @@ def test_local_ray_with_verbose_starts_the_dashboard_with_train_runs_and_shows_w
 @pytest.mark.parametrize("verbose", [False, True])
 def test_a_cluster_always_tracks_train_runs_and_logs_follow_verbose(verbose):
     kwargs, env = ray_settings(cfg_with("resources.address=auto"), verbose=verbose)
-    assert kwargs == {"address": "auto", "log_to_driver": verbose}
+    assert kwargs == {"address": "auto", "log_to_driver": verbose,
+                      "logging_level": logging.INFO if verbose else logging.WARNING}  # Ray's INFO lines: -v only
     assert env[STATE_TRACKING] == "1"
 
 

@@ -206,7 +206,7 @@ def test_model_card_names_the_export_mode(tmp_path):
     assert fields["export"]["logit_max_abs_error"] == 0.0123 and fields["export"]["rank"] == 4
     merged = _card(ExportInfo("merged", 10))
     assert "library_name: transformers" in merged and "PeftModel" not in merged.split("## Load it")[1]
-    assert "model = AutoModelForSeq2SeqLM.from_pretrained('final/deu_Latn')" in merged
+    assert "model = AutoModelForSeq2SeqLM.from_pretrained('final/deu_Latn', dtype=torch.float32)" in merged
     assert "tokenizer = AutoTokenizer.from_pretrained('tiny')" in merged and "4-bit base" in merged
     assert "library_name: peft" in _card(ExportInfo("adapter-bf16", 10))
 

@@ -64,6 +64,8 @@ def test_dry_run_with_real_shapes_exports_the_exact_stack(ray_session, small_cor
     card = model_card.card_fields(run_dir / "final" / "deu_Latn")
     assert card["prompt"] == "Translate to German: {amr}" and card["lora_rank"] == 12
     assert card["tree_path"] == ["level0.Indo_European", "level1.Germanic", "language.German"]
-    assert card["quantization"] == {"quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+    # the compute dtype the run used (CPU workers: float32), not the config's "auto"
+    assert card["quantization"] == {"quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
     text = (run_dir / "final" / "deu_Latn" / "README.md").read_text()
-    assert text.startswith("---\nlibrary_name: peft\n") and "PeftModel.from_pretrained(base, 'final/deu_Latn')" in text
+    assert text.startswith("---\n") and "\nlibrary_name: peft\n" in text.split("\n---\n")[0]
+    assert "PeftModel.from_pretrained(base, 'final/deu_Latn')" in text

@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hql_ray.commands import flags
+
 WORK = ".hql-ray/parse"
 MAX_LISTED = 10
 
@@ -34,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--parser", required=True, metavar="RUN_OR_MODEL",
                    help="a hql-ray run trained with --direction text2amr, or a seq2seq model folder / hub id")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="data folder to write the corpus into")
-    p.add_argument("--langs", help="languages to pair, comma-separated (default: every language in FLORES_DIR)")
+    flags.add_langs(p, "languages to pair (--langs deu_Latn ita_Latn, or deu_Latn,ita_Latn; default: every "
+                       "language in FLORES_DIR)")
     p.add_argument("--split-map", default=DEFAULT_SPLIT_MAP,
                    help=f"FLORES split -> our split ({DEFAULT_SPLIT_MAP})")
     p.add_argument("--validation-size", type=int, default=200, metavar="N",
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--validation-size must be >= 0, got {args.validation_size}")
     infer_cli.quiet_libraries()
     split_map = parse_amr.parse_split_map(args.split_map)
-    langs = list(parse_langs(args.langs)) if args.langs else None
+    langs = list(parse_langs(",".join(flags.words(args.langs)))) if args.langs else None
     files = parse_amr.find_flores_files(args.flores)
     texts, skipped = parse_amr.read_flores(files, langs, split_map, skip_bad=args.skip_bad)
     for problem in skipped:

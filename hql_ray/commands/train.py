@@ -5,6 +5,8 @@
         -lf language_files/12langs_pthql.csv -sn 12langs_pthql -tm qlora
     # the same run folder again, the root and Germanic not retrained (their adapters are read from it):
     hql-ray train ... -sn 12langs_pthql -sv Indo_European Germanic
+    # a tree that adds languages: only the new nodes train, the finished ones are reused as they are
+    hql-ray train ... -lf 13langs.csv -sn 13langs --grow runs/12langs_pthql
 
 The original's flags keep the original's meanings: -ts is the validation budget of a node (test_size),
 -sv lists node values not to train (skip_values), -ge is the LID-baseline JSON (global_evaluations).
@@ -15,14 +17,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from hql_ray.commands import flags
+from hql_ray.settings import bundled
 from hql_ray.settings.config import MODES, VALIDATION_MODES, make_config
 from hql_ray.settings.handoffs import HANDOFFS
 from hql_ray.settings.errors import ConfigError
 from hql_ray.settings.tree import parse_level_args
 
-DEMO_CONFIG = "configs/demo.yaml"
+DEMO_CONFIG = bundled.DEMO_CONFIG  # in the working directory, else the package's own copy
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]  # the original's -bs choices
 
 
@@ -51,15 +56,15 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. train.learning_rate=1e-4 model.lora.r=64")
     p.set_defaults(run=run)
+    flags.accept_switch_words(p, ["evaluate"])
 
 
 def add_original_flags(orig) -> None:
     """The original train.py's flags, with its meanings."""
     orig.add_argument("-bm", "--base-model", help="hub name, local dir, or 'tiny' (built-in random tiny mT5)")
     orig.add_argument("-tm", "--training-mode", choices=MODES, help="qlora (4-bit base + LoRA), lora, or fft")
-    orig.add_argument("-ln", "--level-names", nargs="+", metavar="LEVEL",
-                      help='tree columns forming the curriculum, e.g. -ln level0 level1 level2 language '
-                           '(the original\'s "level0", "level1", ... spelling works too)')
+    flags.add_levels(orig, 'tree columns forming the curriculum, e.g. -ln level0 level1 level2 language '
+                           '(the original\'s "level0", "level1", ... spelling works too)', "--level-names")
     orig.add_argument("-le", "--level-epochs", type=float, help="epochs per level")
     orig.add_argument("-lf", "--language-file", help="tree CSV (language_files/...)")
     orig.add_argument("-sn", "--save-name", help="run name: results go to OUTPUT_DIR/SAVE_NAME")
@@ -81,21 +86,22 @@ def add_original_flags(orig) -> None:
 def add_our_flags(ours) -> None:
     ours.add_argument("--data-dir", help="data folder: ours (CORPUS/CODE/CORPUS_CODE_SPLIT.tsv) or the "
                                          "original's (GoldAMR_SilverText/data/amr3/..., see data/README.md)")
-    ours.add_argument("--corpus", nargs="+", help="training corpora (default: the original's, amr3 and flores; "
-                                                  "in a folder without them, every corpus in it)")
+    ours.add_argument("--corpus", nargs="+", help="training corpora, e.g. --corpus amr3 flores (or amr3,flores; "
+                                                  "default: the original's, amr3 and flores; in a folder without "
+                                                  "them, every corpus in it)")
     ours.add_argument("--max-train-per-corpus", type=cap_value, metavar="N|null",
                       help="training examples per corpus and language, a seeded sample (default: 31000, "
                            "the paper's; null: all, as the original train.py)")
     ours.add_argument("--validation", choices=VALIDATION_MODES,
                       help="first: the original's first rows per corpus (see -ts; default); sample: a seeded "
                            "sample of data.max_validation_per_language per language")
-    ours.add_argument("--evaluate", choices=["true", "false"],
-                      help="generate on the test sets and score them after each node (default: true)")
+    flags.add_switch(ours, "evaluate", "generate on the test sets and score them after each node (default: on; "
+                                       "--evaluate true|false works too)")
     ours.add_argument("--test-sets", nargs="+", metavar="SET",
                       help="test sets scored apart: flores, ldc2020t07 (deu/eng/ita/spa), amr3, or any corpus "
                            "folder's name (its test split) (default: flores ldc2020t07, the original's, when "
                            "flores is trained on; else the training corpora's test splits)")
-    ours.add_argument("--output-dir", help="where runs are written (default: runs)")
+    flags.add_output(ours, "where runs are written (default: runs)", "--output-dir", metavar="DIR")
     ours.add_argument("--storage-path", help="Ray Train storage: local dir, NFS path or s3:// URI")
     ours.add_argument("--num-gpus", type=int, help="GPU slots to use (default: all the cluster has; 0 = CPU)")
     ours.add_argument("--address", help="Ray cluster to join ('auto' = the running one); default: start a local Ray")
@@ -103,6 +109,13 @@ def add_our_flags(ours) -> None:
                       + "; ".join(f"{name}: {mode.help}" for name, mode in HANDOFFS.items()) + " (default stack)")
     ours.add_argument("--direction", choices=["amr2text", "text2amr"], help="generation (default) or parsing")
     ours.add_argument("--resume", action="store_true", help="continue a run: finished nodes are kept, the rest retrained")
+    ours.add_argument("--grow", metavar="RUN",
+                      help="reuse the finished nodes of the run folder RUN as they are and train only what the tree "
+                           "adds (new languages, new families); RUN may be this run's folder (grown in place) or "
+                           "another (the new run folder gets links to RUN's files); see docs/trees.md")
+    ours.add_argument("--retrain", nargs="+", metavar="NODE",
+                      help="with --resume or --grow: train these finished nodes again (by value, id or language "
+                           "code, as -sv), and every node below them")
     ours.add_argument("--simulate", type=float, metavar="SEC_PER_EXAMPLE",
                       help="dry run of the schedule: nodes sleep SEC_PER_EXAMPLE x examples / workers, no model")
     ours.add_argument("--simulate-adapters", choices=["tiny", "real"], default="tiny",
@@ -110,7 +123,7 @@ def add_our_flags(ours) -> None:
                            "real LoRA shapes of model.base and model.lora (real: the driver, object store, "
                            "node adapters and exports move the bytes a real run moves)")
     ours.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
-    ours.add_argument("-v", "--verbose", action="store_true", help="show Ray and worker logs")
+    flags.add_verbosity(ours)
 
 
 NO_CAP = "null"  # --max-train-per-corpus null: every example (the flag's value until flags_to_dict)
@@ -139,16 +152,17 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         "skip_values": ("tree", "skip"),
         "global_evaluations": ("eval", "lid_baseline"),
         "data_dir": ("data", "dir"),
-        "corpus": ("data", "corpora"),
         "max_train_per_corpus": ("data", "max_train_per_corpus"),
         "validation": ("data", "validation"),
         "test_sets": ("eval", "test_sets"),
-        "output_dir": ("run", "output_dir"),
+        "output": ("run", "output_dir"),
         "storage_path": ("run", "storage_path"),
         "num_gpus": ("resources", "num_gpus"),
         "address": ("resources", "address"),
         "handoff": ("model", "handoff"),
         "direction": ("data", "direction"),
+        "grow": ("run", "grow"),
+        "retrain": ("tree", "retrain"),
     }
     out: dict = {}
     for attr, (section, key) in mapping.items():
@@ -156,42 +170,53 @@ def flags_to_dict(args: argparse.Namespace) -> dict:
         if value is not None:
             out.setdefault(section, {})[key] = value
     if getattr(args, "max_train_per_corpus", None) == NO_CAP:
-        out["data"]["max_train_per_corpus"] = None
-    if args.level_names:
-        out.setdefault("tree", {})["levels"] = parse_level_args(args.level_names)
+        out.setdefault("data", {})["max_train_per_corpus"] = None
+    if args.levels:
+        out.setdefault("tree", {})["levels"] = parse_level_args(args.levels)
+    if args.corpus:
+        out.setdefault("data", {})["corpora"] = flags.words(args.corpus)
     if args.lora_size is not None:
         out.setdefault("model", {}).setdefault("lora", {})["r"] = args.lora_size
     if args.evaluate is not None:
-        out.setdefault("eval", {})["generate"] = args.evaluate == "true"
+        out.setdefault("eval", {})["generate"] = args.evaluate
     if args.resume:
         out.setdefault("run", {})["resume"] = True
     return out
 
 
 def resolve_config(args: argparse.Namespace):
-    if args.skip_values:  # -sv takes any number of values: overrides typed after it land there
-        args.overrides = [v for v in args.skip_values if "=" in v] + list(args.overrides)
-        args.skip_values = [v for v in args.skip_values if "=" not in v]
-    flags = flags_to_dict(args)
-    config_file = args.config
-    if config_file is None and not flags and not args.overrides:
-        config_file = DEMO_CONFIG
+    for name in ("skip_values", "retrain"):  # -sv, --retrain take any number of values: overrides typed after
+        values = getattr(args, name, None)  # them land there
+        if values:
+            args.overrides = [v for v in values if "=" in v] + list(args.overrides)
+            setattr(args, name, [v for v in values if "=" not in v])
+    given = flags_to_dict(args)
+    config_file = bundled.locate(args.config)
+    if config_file is None and not given and not args.overrides:
+        config_file = bundled.locate(DEMO_CONFIG)
         if not Path(config_file).is_file():
-            raise ConfigError(f"no --config given and the demo config {DEMO_CONFIG} is not here; "
-                              "run from the hql-ray checkout or pass --config")
-        print(f"hql-ray train: no config given, using the demo's ({DEMO_CONFIG})", file=sys.stderr)
-    return make_config(config_file, flags, args.overrides)
+            raise ConfigError(f"no --config given and the demo config {DEMO_CONFIG} is neither here nor in the "
+                              "installed package; pass --config")
+        if not getattr(args, "quiet", False):
+            print(f"hql-ray train: no config given, using the demo's ({config_file})", file=sys.stderr)
+    cfg = make_config(config_file, given, args.overrides)
+    # The shipped tree files and sample, from any folder (a file of that name here wins).
+    cfg.tree.file, cfg.data.dir = bundled.locate(cfg.tree.file), bundled.locate(cfg.data.dir)
+    return cfg
 
 
-def config_yaml(cfg) -> str:
-    """The resolved config as YAML that `--config` reads back to the same config."""
-    import yaml
+def quiet_libraries(verbose: bool) -> None:
+    """Without -v, no transformers progress bar on the driver (the demo base's 'Writing model shards'); Ray's
+    start-up lines are `orchestration.cluster.init_ray`'s."""
+    if not verbose:
+        from transformers.utils import logging as hf_logging
 
-    header = "# the resolved config of `hql-ray train` (defaults < --config < flags < overrides); --config reads it\n"
-    return header + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+        hf_logging.disable_progress_bar()
 
 
 def run(args: argparse.Namespace) -> int:
+    from hql_ray.outputs.run_files import config_yaml
+
     cfg = resolve_config(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.print_config:
@@ -219,18 +244,16 @@ def train(cfg, args: argparse.Namespace) -> int:
 
     from hql_ray.orchestration import stop
     from hql_ray.orchestration.driver import Driver
-    from hql_ray.outputs.progress import make_reporter
     from hql_ray.training.simulate import Simulation
 
     stop.on_sigterm()
+    quiet_libraries(args.verbose)
     simulation = None
     if args.simulate is not None:
         simulation = Simulation(args.simulate, cfg.train.epochs, args.simulate_adapters)
     driver = Driver(cfg, simulation=simulation)
-    reporter = make_reporter(cfg, plain=args.plain, tree=driver.tree)
-    driver.on_event = reporter.event
     try:
-        with reporter:
+        with reporting(driver, cfg, args):
             manifest = driver.run()
     except stop.Stopped:
         print(f"hql-ray: stopped by SIGTERM; finished nodes are kept in {driver.run_dir}, and the nodes in flight "
@@ -245,3 +268,37 @@ def train(cfg, args: argparse.Namespace) -> int:
     if not simulation:
         print(f"done: {run_dir}/results.md, adapters in {run_dir}/final/")
     return 0
+
+
+@contextmanager
+def reporting(driver, cfg, args: argparse.Namespace):
+    """The driver's events to the terminal (the live tree, plain lines with --plain, nothing with -q) and, as
+    plain lines, to the run folder's train.log with the log records; -q leaves only errors on the terminal."""
+    from hql_ray.outputs.progress import PlainReporter, make_reporter
+    from hql_ray.outputs.run_files import RunLog
+
+    run_log = RunLog(driver.run_dir)
+    reporters = [PlainReporter(cfg, stream=run_log, tree=driver.tree, poll_interval=2.0)]
+    if not args.quiet:
+        reporters.append(make_reporter(cfg, plain=args.plain, tree=driver.tree))
+
+    def event(e) -> None:
+        for reporter in reporters:
+            reporter.event(e)
+
+    driver.on_event = event
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                and getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
+    levels = [h.level for h in consoles]
+    if args.quiet:
+        for handler in consoles:
+            handler.setLevel(logging.ERROR)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(run_log)
+            for reporter in reporters:
+                stack.enter_context(reporter)
+            yield
+    finally:
+        for handler, level in zip(consoles, levels):
+            handler.setLevel(level)

@@ -1,6 +1,6 @@
-"""`hql-ray translate AMR_RELEASE_DIR --langs deu_Latn,ltz_Latn -o data/`: the amr3 corpus, NLLB on Ray Data.
+"""`hql-ray translate AMR_RELEASE_DIR --langs deu_Latn ltz_Latn -o data/`: the amr3 corpus, NLLB on Ray Data.
 
-    hql-ray translate LDC2020T02/ --langs deu_Latn,ita_Latn,tpi_Latn -o data/ --address auto
+    hql-ray translate LDC2020T02/ --langs deu_Latn ita_Latn tpi_Latn -o data/ --address auto
     hql-ray translate tests/release --langs deu_Latn --model tiny -o /tmp/data       # laptop, no download
 
 Reads every graph of the release (data/amrs/split/{training,dev,test}/*.txt) and its `# ::snt`
@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from hql_ray.commands import flags
+
 DEFAULT_MODEL = "facebook/nllb-200-3.3B"
 WORK = ".hql-ray/translate"  # under -o: run.json, shards/, summary.json
 
@@ -30,8 +32,8 @@ def add_parser(sub) -> None:
         "forced target-language token) with a Ray Data actor pool, and write the amr3 corpus (our layout and "
         "the original's). Re-running the same command resumes: finished shards are kept.")
     p.add_argument("release", metavar="AMR_RELEASE_DIR", help="the release root (data/amrs/split/...) or its split folder")
-    p.add_argument("--langs", required=True, help="target FLORES codes, comma-separated (deu_Latn,ltz_Latn); "
-                   "CODE=TOKEN for a model whose language token differs (deu_Latn=__de__ for M2M100)")
+    flags.add_langs(p, "target FLORES codes (--langs deu_Latn ltz_Latn, or deu_Latn,ltz_Latn); CODE=TOKEN for a "
+                       "model whose language token differs (deu_Latn=__de__ for M2M100)", required=True)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="data folder to write the corpus into")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id or folder of an NLLB/M2M100 model, or 'tiny' (random, no download) ({DEFAULT_MODEL})")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     infer_cli.check_positive(args)
     infer_cli.quiet_libraries()
-    langs = translate.parse_langs(args.langs)
+    langs = translate.parse_langs(",".join(flags.words(args.langs)))
     targets = {code: tok for code, tok in langs.items() if code != translate.ENGLISH}
     splits, skipped = translate.read_release(args.release, skip_bad=args.skip_bad)
     for problem in skipped:

@@ -14,6 +14,8 @@ from hql_ray.orchestration.run_model import Slots, count_slots
 
 
 STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"  # Ray Train V2: runs recorded for the dashboard's Train view
+# Ray's notice that a local Ray turned token authentication on, at every start (a WARNING): shown with -v only.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def wants_verbose(verbose: bool | None = None) -> bool:
@@ -33,6 +35,7 @@ def ray_settings(cfg: Config, verbose: bool | None = None) -> tuple[dict, dict]:
       The trainer reads it when `fit()` builds the controller's callbacks, i.e. in this process.
     - A local Ray without -v has no dashboard to feed nor spot preemption to watch: the extra actor
       processes Ray Train would start for every node are spared.
+    - Ray's own INFO lines ("Started a local Ray instance", "Connecting to existing Ray cluster") only with -v.
     """
     verbose = wants_verbose(verbose)
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}  # faster turn-around between nodes
@@ -47,6 +50,7 @@ def ray_settings(cfg: Config, verbose: bool | None = None) -> tuple[dict, dict]:
             env["RAY_TRAIN_METRICS_ENABLED"] = "0"
         kwargs = {"address": "local", "num_gpus": cfg.resources.num_gpus, "include_dashboard": verbose,
                   "log_to_driver": verbose}
+    kwargs["logging_level"] = logging.INFO if verbose else logging.WARNING
     return kwargs, env
 
 
@@ -59,6 +63,8 @@ def init_ray(cfg: Config, verbose: bool | None = None) -> bool:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return False
+    logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.NOTSET if kwargs["logging_level"] <= logging.INFO
+                                                  else logging.ERROR)
     context = ray.init(**kwargs)
     url = getattr(context, "dashboard_url", None)
     if url:

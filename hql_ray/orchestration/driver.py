@@ -94,6 +94,7 @@ class Driver:
             self._warm = warm.WarmPool(here, threads=max(1, int(cfg.resources.cpus_per_worker)))
         run_start.restore_done(run, self.run_dir, self.skipped, cfg.eval.generate and not self.simulation,
                                self.on_event)
+        self.exports.restore(manifest, here, export=not self.simulation)  # kept nodes: their languages, exports
         run.refs.load_saved(here, self.run_dir, manifest, self.model.needed(manifest.statuses, run.failed, run.evaluate))
         manifest.set_run_status("running", slots={"total": slots.total, "gpu": slots.use_gpu, "cuda": slots.real_cuda})
         self.on_event(RunStarted(str(self.run_dir), slots.total, slots.use_gpu, len(self.tree.nodes), board))
@@ -150,7 +151,7 @@ class Driver:
                            tracking.step_offset(ancestors, run.manifest.nodes))
         return NodeJob(
             cfg=self.cfg, node=spec, workers=workers, parent_refs=run.refs.of(chain),
-            name=run_name(node_id, run.manifest.run_id, work), slots=run.slots, storage=run.storage,
+            name=run_name(node_id, run.manifest.run_id_of(node_id), work), slots=run.slots, storage=run.storage,
             board=run.board, work=work, max_failures=self.cfg.resources.max_failures, keeper=run.keeper,
             adapter_path=str(self.run_dir / "nodes" / node_id / "adapter"))
 
@@ -215,12 +216,15 @@ class Driver:
             run.watch.release_all()  # the search's stopped trials free their slots before children start
         adapter = str(Path("nodes") / node_id / "adapter")
         # Exports run on a real run, and on a dry run whose adapters have the real shapes.
-        exports = {} if self.simulation and self.simulation.adapters != "real" else self.exports.export(
-            node_id, run.head, {**{n: v.adapter for n, v in manifest.nodes.items()}, node_id: adapter}, out.metrics)
+        adapters = {**{n: v.adapter for n, v in manifest.nodes.items()}, node_id: adapter}
+        real = not self.simulation or self.simulation.adapters == "real"
+        exports = self.exports.export(node_id, run.head, adapters, out.metrics) if real else {}
+        node_export = self.exports.export_node(node_id, run.head, adapters, out.metrics) if real else None
         manifest.update(node_id, status="done", finished_at=time.time(), attempts=attempts, resources=resources,
                         adapter=adapter, checksum=out.kept_checksum, received_checksums=out.received_checksums,
                         handed_from=self.model.chain(node_id), metrics=out.metrics, history=out.history,
-                        trials=out.trials, exported=sorted(exports), exports=exports)
+                        trials=out.trials, exported=sorted(exports), exports=exports, node_export=node_export,
+                        trained_languages=self.tree.nodes[node_id].codes)
         self.on_event(NodeDone(node_id, out.metrics))
 
     def _finish_evaluation(self, run: Run, future: Future, node_id: str) -> None:
@@ -235,6 +239,8 @@ class Driver:
         run.manifest.update(node_id, metrics=metrics)
         for code in entry.exported:  # the model cards carry the scores
             self.exports.write_card(node_id, code, metrics, entry.exports.get(code))
+        if entry.node_export is not None:
+            self.exports.write_node_card(node_id, metrics, entry.node_export)
         if metrics.evaluation_error:
             log.warning("node %s: evaluation failed again: %s", node_id, metrics.evaluation_error)
         else:

@@ -1,11 +1,12 @@
 """`hql-ray train --dry-run`: everything a run checks before Ray starts, and the plan, without Ray.
 
 `make_plan` calls what the real start calls: the run folder's checks and -sv's precondition
-(`run_model.check_run_folder`, `check_skips`), the hand-off rule and the pre-flight data checks
-(`preflight.check`), and the run model's schedule (`RunModel.replay`: its readiness rule and worker
-allocation on the given slots) and batch plan (a node's steps). It then sizes each node's adapter (the
-real model's LoRA shapes on the meta device) and GPU memory (`hql_ray.training.memory`, with the frozen
-ranks the hand-off rule gives). Problems are collected, not raised, so the plan is printed as far as it can be.
+(`run_model.check_run_folder`, `check_skips`), what it keeps of an earlier run (`run_model.growth_of`: a
+grown tree, --retrain), the hand-off rule and the pre-flight data checks (`preflight.check`), and the run
+model's schedule (`RunModel.replay`: its readiness rule and worker allocation on the given slots) and batch
+plan (a node's steps). It then sizes each node's adapter (the real model's LoRA shapes on the meta device)
+and GPU memory (`hql_ray.training.memory`, with the frozen ranks the hand-off rule gives). Problems are
+collected, not raised, so the plan is printed as far as it can be.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) 
         sizes = {n.id: len(n.languages) * corpora * per for n in tree.nodes.values()}
         plan.notes.append(f"examples unknown (the data check failed): workers planned as if every corpus gave "
                           f"{per} examples per language")
-    status = old.statuses if old is not None else {}
-    kept = {n for n, s in status.items() if cfg.run.resume and s == "done"}
+    grown = _check(plan, lambda: run_model.growth_of(cfg, tree, skipped, old)) if old is not None else None
+    kept = set(grown.kept) if grown is not None else set()
+    if grown is not None and grown.grows:
+        plan.notes.append(growth_note(grown))
     workers = model.replay(sizes, total, kept | skipped) if model is not None else {}
     adapter = _adapter(plan, cfg)
     for node in tree.nodes.values():
@@ -142,6 +145,16 @@ def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) 
     if model is not None:
         _memory(plan, model, activations)
     return plan
+
+
+def growth_note(grown) -> str:
+    """What the start keeps of the earlier run and trains anew (`run_model.growth_of`), in words."""
+    def listed(ids) -> str:
+        return f" ({', '.join(ids)})" if ids else ""
+    where = "in place" if grown.in_place else f"from {grown.source} (hard-linked into the new run folder)"
+    return (f"grows the earlier run {where}: {len(grown.kept)} finished node(s) kept as they are, "
+            f"{len(grown.new)} new{listed(grown.new)}, {len(grown.retrain)} trained again{listed(grown.retrain)}"
+            + (f"; languages added: {', '.join(grown.added)}" if grown.added else ""))
 
 
 def _check(plan: Plan, fn):

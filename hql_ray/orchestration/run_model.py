@@ -1,7 +1,8 @@
 """One model of a run, shared by the driver and `hql-ray train --dry-run`, so the plan cannot drift from the run.
 
 Pure functions and one class over the config, the tree and the run folder's record; no Ray:
-- `check_run_folder`: what an existing run folder allows (a new run, --resume, -sv), and `check_skips`:
+- `check_run_folder`: what an existing run folder allows (a new run, --resume, -sv, --grow), `growth_of`:
+  what a start keeps of the earlier run and trains anew (a grown tree, --retrain), and `check_skips`:
   -sv's precondition (a skipped node below which nodes train must be done in the folder already);
 - `count_slots`: the slots a run trains on, from what the cluster (or this machine) offers;
 - `RunModel`: each node's facts computed once from the tree and the hand-off rule (whose adapters it
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Mapping
 
 from hql_ray.data.batch_plan import BatchPlan
+from hql_ray.orchestration import growth
 from hql_ray.orchestration import replay as replay_lib
 from hql_ray.orchestration import scheduling
-from hql_ray.outputs.manifest import Manifest, RUN_STARTING
+from hql_ray.outputs.manifest import Manifest, RUN_STARTING, read_manifest
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError
 from hql_ray.settings.handoffs import handoff_for
@@ -72,27 +74,41 @@ def local_slots(cfg: Config) -> Slots:
 
 # ---- the run folder ---------------------------------------------------------------------------------
 def check_run_folder(cfg: Config, tree: LanguageTree, skipped: set[str]) -> Manifest | None:
-    """The run already in cfg's run folder that this start continues (--resume, or -sv reusing its adapters),
-    or None for a new run. Refused: an existing run without --resume or -sv, and a run of another tree.
-    A record left by a start that failed before any node ran does not count: the corrected command runs."""
-    path = cfg.run_dir.absolute() / "manifest.json"
-    if not path.exists():
-        return None
-    old = Manifest.load(path)
-    if old.data.get("status") == RUN_STARTING and all(n.status == "pending" for n in old.nodes.values()):
-        return None
-    if not cfg.run.resume and not skipped:
+    """The run that this start continues: the one in cfg's run folder (--resume, or -sv reusing its adapters),
+    or --grow's earlier run folder when cfg's is new; None for a new run. Refused: an existing run without
+    --resume or -sv, and a tree that does not fit the earlier run's finished nodes (`growth.plan_growth`:
+    a language removed or moved). A record left by a start that failed before any node trained does not
+    count: the corrected command runs."""
+    run_dir = cfg.run_dir.absolute()
+    path = run_dir / "manifest.json"
+    old = Manifest.load(path) if path.exists() else None
+    if old is not None and old.data.get("status") == RUN_STARTING and all(
+            n.status == "pending" or n.reused_from for n in old.nodes.values()):
+        old = None
+    source = growth.source_folder(cfg)
+    if old is not None and not cfg.run.resume and not skipped and source != run_dir:
         done = [n for n, v in old.nodes.items() if v.status == "done"]
-        raise ConfigError(f"run folder {cfg.run_dir.absolute()} already holds a run ({len(done)} node(s) done); "
+        raise ConfigError(f"run folder {run_dir} already holds a run ({len(done)} node(s) done); "
                           "add --resume to continue it, or choose another run name (-sn)")
-    if set(old.nodes) != set(tree.nodes):
-        raise ConfigError(f"--resume: {path} was made for a different tree ({old.data['tree']})")
+    if old is None and source is not None:
+        old = read_manifest(source)  # (InputError: not a run folder)
+    if old is None and cfg.tree.retrain:
+        raise ConfigError(growth.RETRAIN_NEEDS_RUN)
+    if old is not None:
+        growth.plan_growth(cfg, tree, skipped, old)  # refused here (and by the dry run) if the tree does not fit
     return old
+
+
+def growth_of(cfg: Config, tree: LanguageTree, skipped: set[str], old: Manifest | None) -> growth.Growth | None:
+    """What this start keeps of the run `check_run_folder` found (None for a new run): its finished nodes
+    reused as they are, the new nodes, the nodes trained again. The start and the dry run both ask this."""
+    return None if old is None else growth.plan_growth(cfg, tree, skipped, old)
 
 
 def check_skips(tree: LanguageTree, skipped: set[str], old: Manifest | None, run_dir: Path) -> None:
     """-sv: a skipped node that a node of this run starts from must be done in the run folder already (its
-    adapter is read from there, as with --resume)."""
+    adapter is read from there, as with --resume; with --grow, in the earlier run folder)."""
+    run_dir = old.path.parent if old is not None else run_dir
     for node_id in tree.needed_skips(skipped):
         entry = old.nodes[node_id] if old is not None else None
         if entry is None or entry.status != "done" or not entry.adapter or not (run_dir / entry.adapter).is_dir():

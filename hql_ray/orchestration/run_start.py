@@ -1,9 +1,10 @@
-"""The run folder at the start of a run: a new record, or the earlier run's continued (--resume, -sv).
+"""The run folder at the start of a run: a new record, or the earlier run's continued (--resume, -sv, --grow).
 
 `open_manifest` checks what the folder allows (`run_model.check_run_folder`, `check_skips`: the same
-checks as the dry run) before writing anything, then creates or upgrades the record and marks the nodes
-this run skips. `restore_done` (Ray up) checks every finished node's saved adapter on the head and keeps
-the intact ones; a node whose evaluation failed is queued to be scored again; anything else is redone.
+checks as the dry run) before writing anything, then creates or upgrades the record (`growth.open_grown`:
+a grown tree, --retrain) and marks the nodes this run skips. `restore_done` (Ray up) checks every finished
+node's saved adapter on the head and keeps the intact ones; a node whose evaluation failed is queued to be
+scored again; anything else is redone.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hql_ray.orchestration import keeper, run_model
+from hql_ray.orchestration import growth, keeper, run_model
 from hql_ray.orchestration.run_state import Run
+from hql_ray.outputs import run_files
 from hql_ray.outputs.manifest import Manifest
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError
@@ -29,15 +31,12 @@ def open_manifest(cfg: Config, tree: LanguageTree, skipped: set[str]) -> Manifes
     run_model.check_skips(tree, skipped, old, run_dir)
     if old is None:
         manifest = Manifest.create(run_dir / "manifest.json", tree, cfg.to_dict(), cfg.run_name)
-    else:
-        manifest = old
-        manifest.upgrade(tree)
-        if not cfg.run.resume:  # -sv without --resume: skipped nodes are reused, the others retrained
-            for node_id in set(manifest.nodes) - skipped:
-                manifest.update(node_id, status="pending", adapter=None)
+    else:  # --resume, -sv (the skipped nodes reused, the others retrained), --grow, --retrain
+        manifest = growth.open_grown(cfg, tree, old, run_model.growth_of(cfg, tree, skipped, old))
     for node_id in skipped:
         if manifest.nodes[node_id].status != "done":
             manifest.update(node_id, status="skipped")
+    run_files.open_run_files(cfg, run_dir)  # config.yaml and this start's line in train.log
     return manifest
 
 

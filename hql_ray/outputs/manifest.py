@@ -80,6 +80,14 @@ class NodeRecord(JsonRecord):
     exported: list[str] = field(default_factory=list)  # languages written under final/
     exports: dict[str, ExportInfo] = field(default_factory=dict)  # code -> what final/<code>/ holds
     error: str | None = None
+    # Growing a run (hql_ray.orchestration.growth): the languages its adapter was trained on (its `languages`
+    # may have grown since; [] in runs before this field: then they are `languages`), the earlier run folder
+    # it was kept from, how often --retrain (or -sv) sent it back to training (its Ray Train runs are named
+    # with it: a retrained node does not continue the earlier training's checkpoints).
+    trained_languages: list[str] = field(default_factory=list)
+    reused_from: str | None = None
+    retrained: int = 0
+    node_export: ExportInfo | None = None  # export.nodes all: what final/nodes/<id>/ holds (an inner node)
     extra: dict = field(default_factory=dict)  # keys this version does not know, written back as they were
 
     @classmethod
@@ -98,6 +106,11 @@ class NodeRecord(JsonRecord):
         out = super().to_json()
         extra = out.pop("extra", {})
         return {**out, **extra}
+
+    @property
+    def seen_languages(self) -> list[str]:
+        """The languages whose data its adapter was trained on."""
+        return list(self.trained_languages or self.languages)
 
 
 class Manifest:
@@ -160,6 +173,24 @@ class Manifest:
     @property
     def run_id(self) -> str:
         return str(self.data.get("run_id") or "")
+
+    def run_id_of(self, node_id: str) -> str:
+        """The run id a node's Ray Train runs are named by: the run's, and the node's retrain count if any."""
+        retrained = self.nodes[node_id].retrained
+        return f"{self.run_id}.r{retrained}" if retrained else self.run_id
+
+    def adopt_tree(self, tree: LanguageTree) -> None:
+        """The run's tree becomes `tree` (a grown one): its new nodes are pending, the others keep their record
+        with the tree's fields (children, languages) updated; tree order."""
+        nodes = {}
+        for node in tree.nodes.values():
+            record = self.nodes.get(node.id) or NodeRecord(node.id)
+            record.name, record.level, record.depth, record.parent = node.name, node.level, node.depth, node.parent
+            record.children, record.languages = list(node.children), [lang.code for lang in node.languages]
+            nodes[node.id] = record
+        self.nodes = nodes
+        self.data["tree"] = {k: v for k, v in tree.to_dict().items() if k != "nodes"}
+        self.save()
 
     @property
     def statuses(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from hql_ray.settings.errors import ConfigError
-from hql_ray.settings.exports import EXPORT_MODES
+from hql_ray.settings.exports import EXPORT_MODES, EXPORT_NODES
 from hql_ray.settings.handoffs import HANDOFFS
 from hql_ray.settings.search_space import parse_tune
 
@@ -59,6 +59,9 @@ class RunSection:
     storage_path: str | None = None
     seed: int = 0
     resume: bool = False
+    # --grow: an earlier run folder whose finished nodes this run reuses as they are (its tree may add
+    # languages); this run folder may be that one (grown in place, as --resume) or a new one.
+    grow: str | None = None
 
 
 @dataclass
@@ -68,6 +71,8 @@ class TreeSection:
     # -sv: node values not trained in this run (the original's skip_values, e.g. Germanic eng_Latn).
     # A skipped node's children start from its adapter already in the run folder.
     skip: list[str] = field(default_factory=list)
+    # --retrain: finished nodes of the earlier run (--resume, --grow) trained again, with every node below them.
+    retrain: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +233,9 @@ class ExportSection:
     # adapter-bf16 (the same in bf16), merged (a whole bf16 model, from_pretrained loads it),
     # compact (the chain re-projected to rank model.lora.r by SVD; its logit error is recorded).
     mode: str = "adapter"
+    # Which nodes are exported: leaves (final/<code>/ per language) or all (and every inner node's own model
+    # under final/nodes/<node id>/, a family's model for a language without a leaf).
+    nodes: str = "leaves"
 
 
 @dataclass
@@ -301,6 +309,7 @@ class Config:
         cfg.run.name = self.run_name
         cfg.run.output_dir = absolute(cfg.run.output_dir)
         cfg.run.storage_path = absolute(cfg.run.storage_path)
+        cfg.run.grow = absolute(cfg.run.grow)
         cfg.tree.file = absolute(cfg.tree.file)
         cfg.data.dir = absolute(cfg.data.dir)
         cfg.data.cache_dir = absolute(cfg.data.cache_dir)
@@ -322,6 +331,7 @@ class Config:
         _choice("data.validation", self.data.validation, VALIDATION_MODES)
         _choice("train.validation_loss", self.train.validation_loss, VALIDATION_LOSSES)
         _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
+        _choice("export.nodes", self.export.nodes, EXPORT_NODES)
         _choice("resources.executor", self.resources.executor, EXECUTORS)
         _choice("resources.policy", self.resources.policy, SCHEDULING_POLICIES)
         _check_test_set_names(self.eval.test_sets)

@@ -98,6 +98,8 @@ class FullModelExport(Exporter):
 EXPORT_MODES: dict[str, Exporter] = {e.name: e for e in (AdapterExport(), Bf16AdapterExport(), MergedExport(),
                                                          CompactExport())}
 FULL_EXPORT = FullModelExport()
+# export.nodes: "leaves" exports each language's model; "all" also each inner node's (final/nodes/<node id>/).
+EXPORT_NODES = ("leaves", "all")
 
 
 def exporter_for(cfg) -> Exporter:

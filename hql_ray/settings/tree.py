@@ -237,10 +237,20 @@ class LanguageTree:
             parent = self.nodes[parent].parent
         return chain[::-1]
 
+    def descendants(self, node_id: str) -> list[TreeNode]:
+        """Every node below ``node_id``, nearest first."""
+        out: list[TreeNode] = []
+        todo = list(self.node(node_id).children)
+        while todo:
+            node = self.nodes[todo.pop(0)]
+            out.append(node)
+            todo += node.children
+        return out
+
     def nodes_at_depth(self, depth: int) -> list[TreeNode]:
         return [node for node in self.nodes.values() if node.depth == depth]
 
-    def skip_nodes(self, values: Iterable[str]) -> set[str]:
+    def skip_nodes(self, values: Iterable[str], flag: str = "tree.skip (-sv)") -> set[str]:
         """Ids of the nodes named by ``tree.skip`` (the original's ``-sv``): a node's value (e.g.
         ``Germanic``, or ``German`` at the language level), its id (``level1.Germanic``), or the code
         of a language-level node (``deu_Latn``). An unknown value is a ConfigError listing the valid ones."""
@@ -250,7 +260,7 @@ class LanguageTree:
                      if value in (n.name, n.id) or (n.level == LANGUAGE and [value] == n.codes)}
             if not found:
                 valid = ", ".join(dict.fromkeys(n.name for n in self.nodes.values()))
-                raise ConfigError(f"tree.skip (-sv): no node {value!r} in {self.path} "
+                raise ConfigError(f"{flag}: no node {value!r} in {self.path} "
                                   f"(levels {' '.join(self.levels)}); valid values: {valid}")
             out |= found
         return out

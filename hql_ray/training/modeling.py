@@ -210,6 +210,14 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def compute_dtype_name(mode: str, name: str, cuda: bool) -> str:
+    """The dtype a run of `mode` computed in, by name: model.compute_dtype, with "auto" resolved as
+    `load_base_model` resolves it on a CUDA device (`cuda`) or the CPU."""
+    if name != "auto":
+        return name
+    return "bfloat16" if cuda and mode != "fft" else "float32"
+
+
 def load_base_model(
     path: str,
     mode: str,

@@ -34,14 +34,14 @@ import torch
 
 from hql_ray.data import batching, corpus
 from hql_ray.data.dataset import make_pair
+from hql_ray.settings import bundled
 from hql_ray.settings.errors import InputError
 from hql_ray.settings.tree import load_tree
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO / "data" / "sample"  # the bundled sample (python data/make_sample.py data/sample)
-LANGUAGE_FILE = REPO / "language_files" / "12langs_pthql.csv"  # its languages' prompt names
+SAMPLE_DIR = bundled.sample_dir()  # the bundled sample (python data/make_sample.py data/sample), also in a wheel
+LANGUAGE_FILE = bundled.language_file("12langs_pthql.csv")  # its languages' prompt names
 PRETRAIN_SPLIT = "train"  # never validation or test: the demo scores on those
 
 
