@@ -7,8 +7,9 @@ Pure functions and one class over the config, the tree and the run folder's reco
 - `count_slots`: the slots a run trains on, from what the cluster (or this machine) offers;
 - `RunModel`: each node's facts computed once from the tree and the hand-off rule (whose adapters it
   starts from, whether its children start from its own, the languages it finishes), the readiness rule,
-  the workers a ready node gets (resources.policy, a class of `scheduling.POLICIES`), a node's steps (`BatchPlan`), and which finished
-  adapters a node still to run needs.
+  the workers a ready node gets (resources.policy, a class of `scheduling.POLICIES`; `replay`: the same
+  policy without Ray, for the dry run), a node's steps (`BatchPlan`), and which finished adapters a node
+  still to run needs.
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ class RunModel:
     def __init__(self, cfg: Config, tree: LanguageTree):
         self.cfg, self.tree, self.rule = cfg, tree, handoff_for(cfg)
         self.facts: dict[str, NodeFacts] = {node_id: self._facts(node_id) for node_id in tree.nodes}
-        # resources.policy, without growth: the driver keeps a node's workers to its end
-        self.policy = scheduling.policy_for(cfg, elastic=False)
+        # resources.policy as the driver can follow it: a node keeps its workers to its end (no growth), and a
+        # running node counts with all its work (the driver does not track its progress)
+        self.policy = scheduling.WithoutProgress(scheduling.policy_for(cfg, elastic=False))
 
     def _facts(self, node_id: str) -> NodeFacts:
         ancestors = [a.id for a in self.tree.ancestors(node_id)]
@@ -171,16 +173,16 @@ class RunModel:
         return out
 
     def allocate(self, ready: list[str], sizes: dict[str, int], free_slots: int,
-                 running: Mapping[str, tuple[int, float]] | None = None) -> dict[str, int]:
+                 running: Mapping[str, int] | None = None) -> dict[str, int]:
         """Workers for ready nodes on the free slots, as resources.policy decides ({} when none fits); the rest
-        wait for a slot. `running`: node -> (its workers, its examples x epochs still to do)."""
+        wait for a slot. `running`: the nodes training now -> their workers."""
         if free_slots <= 0 or not ready:
             return {}
         loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
         running = running or {}
         view = scheduling.SchedulerView(
-            [loads[n] for n in ready], [scheduling.Running(loads[n], w, left) for n, (w, left) in running.items()],
-            free_slots, free_slots + sum(w for w, _ in running.values()))
+            [loads[n] for n in ready], [scheduling.Running(loads[n], w, loads[n].work) for n, w in running.items()],
+            free_slots, free_slots + sum(running.values()))
         return {n: span.min for n, span in self.policy.decide(view).launches.items()}
 
     def needed(self, status: dict[str, str], failed: set[str], evaluate: set[str]) -> set[str]:
