@@ -54,8 +54,9 @@ def loads_for(examples: dict[str, int], parents: dict[str, str | None], slots: i
 
 
 def policy(name: str, args) -> scheduling.Policy:
-    return scheduling.policy_class(name).configured(min_examples_per_worker=args.min_examples_per_worker,
-                                               resize_cost=args.resize_cost)
+    chosen = scheduling.policy_class(name).configured(min_examples_per_worker=args.min_examples_per_worker,
+                                                 resize_cost=args.resize_cost, elastic=not args.fixed)
+    return scheduling.WithoutProgress(chosen) if args.fixed else chosen  # --fixed: as the real driver asks it
 
 
 def run_case(name: str, examples: dict[str, int], parents: dict[str, str | None], levels: int, slots: int,
@@ -108,6 +109,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resize-cost", type=float, default=0.0,
                         help="--scale: seconds per resize, also what the policy weighs a growth against (default 0)")
     parser.add_argument("--min-examples-per-worker", type=int, default=64)
+    parser.add_argument("--fixed", action="store_true",
+                        help="--scale: the policy as the real driver asks it (RunModel): a node keeps its first "
+                             "workers, a running node counts with all its work")
 
 
 def main(args) -> int:
@@ -115,7 +119,8 @@ def main(args) -> int:
     args.policies = list(scheduling.POLICIES)
     print(f"scheduler replay at scale: policies {', '.join(args.policies)}; {args.spe:g} s/example, a checkpoint "
           f"every {CHECKPOINT_STEPS} steps of {BATCH}, <= {args.max_per_node} workers per node, start cost "
-          f"{args.start_cost:g} s, resize cost {args.resize_cost:g} s")
+          f"{args.start_cost:g} s, resize cost {args.resize_cost:g} s"
+          + (", fixed workers (no growth)" if args.fixed else ""))
     t0 = time.perf_counter()
     for slots in args.slot_counts:
         cases = [synthetic_case(seed, slots, args) for seed in range(args.seeds)]
