@@ -27,7 +27,7 @@ from hql_ray.training.simulate import Simulation
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.synthetic_tree import synthetic_tree, write_tree_csv  # noqa: E402
 
-SLOTS = 8  # CPU slots of a quarter CPU each on the tests' 2-CPU Ray
+SLOTS = 4  # the tests' Ray (conftest.ray_session): 4 logical GPU slots
 
 
 def replayed_decisions(model: RunModel, sizes: dict[str, int], slots: int, events: list
@@ -72,10 +72,11 @@ def replay_events(model: RunModel, sizes: dict[str, int], slots: int) -> tuple[l
 
 
 def slots_back(ray, timeout: float = 60.0) -> bool:
-    """Every CPU of the session's Ray is free again (a run that ends holds none)."""
+    """Every GPU slot and CPU of the session's Ray is free again (a run that ends holds none)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources()["CPU"]:
+        free, total = ray.available_resources(), ray.cluster_resources()
+        if all(free.get(kind, 0) >= total[kind] for kind in ("GPU", "CPU")):
             return True
         time.sleep(1.0)
     return False
@@ -86,8 +87,7 @@ def synthetic_config(tmp_path: Path, corpus: Path, languages: int, policy: str):
     path = write_tree_csv(tree, tmp_path / "tree.csv")
     overrides = tiny_overrides(tmp_path / "runs", corpus, path, **{
         "run.name": f"scale-{policy}", "tree.levels": f"[{', '.join(tree.levels[:-1])}, language]",
-        "resources.num_gpus": 0, "resources.num_cpu_slots": SLOTS, "resources.cpus_per_worker": 2 / SLOTS,
-        "resources.policy": policy})
+        "resources.num_gpus": SLOTS, "resources.policy": policy})
     return make_config(overrides=overrides), tree
 
 
@@ -114,11 +114,11 @@ def walk(tmp_path: Path, corpus: Path, languages: int, policy: str):
     return cfg, tree.examples, manifest, [e for e in events if isinstance(e, (NodeStarted, NodeDone))]
 
 
-@pytest.mark.slow  # 152 Ray Train runs (minutes on 2 cores)
-@pytest.mark.parametrize("policy", ["critical-path"])
-def test_the_driver_walks_a_big_tree_as_the_run_model_decides(ray_session, small_corpus, tmp_path, policy):
-    cfg, examples, manifest, events = walk(tmp_path, small_corpus, 120, policy)
-    assert len(manifest.nodes) >= 150
+@pytest.mark.slow  # a Ray Train run per node: 44 or 152 of them (minutes on 2 cores)
+@pytest.mark.parametrize("languages, nodes", [(30, 44), (120, 152)])
+def test_the_driver_walks_a_big_tree_as_the_run_model_decides(ray_session, small_corpus, tmp_path, languages, nodes):
+    cfg, examples, manifest, events = walk(tmp_path, small_corpus, languages, "critical-path")
+    assert len(manifest.nodes) == nodes
     assert {v.status for v in manifest.nodes.values()} == {"done"}
     assert slots_back(ray_session)
     model, sizes = model_and_sizes(cfg, examples)

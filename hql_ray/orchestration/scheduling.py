@@ -52,7 +52,7 @@ def allocate_workers(
     """
     if free_slots <= 0 or not ready:
         return {}
-    order = sorted(ready, key=lambda item: -item[1])
+    order = sorted(ready, key=lambda item: (-item[1], item[0]))  # ties by name: the same whatever order they came in
     chosen = order[:free_slots]
     alloc = {node_id: 1 for node_id, _ in chosen}
     caps = {node_id: max_useful_workers(ex, max_per_node, min_examples_per_worker) for node_id, ex in chosen}
