@@ -114,8 +114,9 @@ def walk(tmp_path: Path, corpus: Path, languages: int, policy: str):
     return cfg, tree.examples, manifest, [e for e in events if isinstance(e, (NodeStarted, NodeDone))]
 
 
-@pytest.mark.slow  # a Ray Train run per node: 44 or 152 of them (minutes on 2 cores)
-@pytest.mark.parametrize("languages, nodes", [(30, 44), (120, 152)])
+@pytest.mark.slow  # a Ray Train run per node: 44 (25 min on 2 busy cores) or 152 of them
+@pytest.mark.parametrize("languages, nodes", [pytest.param(30, 44, marks=pytest.mark.timeout(3600)),
+                                              pytest.param(120, 152, marks=pytest.mark.timeout(3 * 3600))])
 def test_the_driver_walks_a_big_tree_as_the_run_model_decides(ray_session, small_corpus, tmp_path, languages, nodes):
     cfg, examples, manifest, events = walk(tmp_path, small_corpus, languages, "critical-path")
     assert len(manifest.nodes) == nodes
