@@ -6,7 +6,7 @@ slots; every node is a real Ray Train run whose workers only sleep
 language. Three policies, one after the other in this process, on the same Ray:
 
   ours        the default policy: a child starts as soon as its parent is done; ready nodes share
-              the free slots by work (`scheduling.allocate_workers`, up to 8 workers per node)
+              the free slots as resources.policy decides (critical-path, up to 8 workers per node)
   sequential  the original: one node at a time, one worker (resources.num_gpus=1)
   level       one GPU per node, level by level (resources.max_workers_per_node=1,
               resources.level_barrier=true)
@@ -53,9 +53,8 @@ from hql_ray.settings.tree import LanguageTree, load_tree  # noqa: E402
 
 DRIVER_RUNS = {
     # name: (config overrides, slots the lower bound may use, max workers per node for the bound).
-    # ours pins the rule the driver applies today (largest-first); once the driver reads resources.policy,
-    # drop the pin to measure the default (critical-path).
-    "ours": (["resources.policy=largest-first"], None, None),
+    # ours: the driver's default resources.policy (critical-path, asked through RunModel.allocate)
+    "ours": ([], None, None),
     "sequential": (["resources.num_gpus=1", "resources.policy=largest-first"], 1, 1),
     "level": (["resources.max_workers_per_node=1", "resources.level_barrier=true",
                "resources.policy=largest-first"], None, 1),
@@ -86,7 +85,8 @@ def replay_driver(tree: LanguageTree, sizes: dict[str, int], spe: float, cfg, sl
             for n in tree.nodes}
     loads = scheduling.node_loads({n: spe * sizes[n] for n in tree.nodes}, parents, caps, sizes)
     costs = replay_lib.Costs(node_start=overhead or {})
-    return replay_lib.replay(loads, parents, slots, scheduling.policy_for(cfg, resize_cost=0.0), costs,
+    policy = scheduling.WithoutProgress(scheduling.policy_for(cfg, elastic=False))  # as RunModel asks it
+    return replay_lib.replay(loads, parents, slots, policy, costs,
                              barrier=cfg.resources.level_barrier).makespan
 
 
