@@ -6,7 +6,7 @@ slots; every node is a real Ray Train run whose workers only sleep
 language. Three policies, one after the other in this process, on the same Ray:
 
   ours        the default policy: a child starts as soon as its parent is done; ready nodes share
-              the free slots by work (`scheduling.allocate_workers`, up to 8 workers per node)
+              the free slots as resources.policy decides (critical-path, up to 8 workers per node)
   sequential  the original: one node at a time, one worker (resources.num_gpus=1)
   level       one GPU per node, level by level (resources.max_workers_per_node=1,
               resources.level_barrier=true)
@@ -22,8 +22,12 @@ them at a smaller seconds_per_example: then each run's ratio to ITS OWN lower bo
 compares, and the speed-up at equal work is projected as (baseline's lower bound at ours' scale +
 the baseline's measured excess seconds) / ours' makespan, next to the ideal (ratio of bounds).
 
+`--scale` (benchmarks/scheduler_scale.py) replays every scheduling policy on many large synthetic trees
+instead (no Ray): makespan / lower bound per seed, the worst and the mean.
+
 Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~5-13 min on 2 busy cores)
      .venv/bin/python benchmarks/scheduler.py            (full tree; 18 min measured on a quiet 2-core machine)
+     .venv/bin/python benchmarks/scheduler.py --scale    (replays only; ~2 min)
 """
 
 from __future__ import annotations
@@ -39,17 +43,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (LEVELS, PTHQL, CpuMeter, all_done, machine, makespan, print_table,  # noqa: E402
                     quiet, start_ray, temp_dir)
+import scheduler_scale  # noqa: E402
 
+from hql_ray.data.batch_plan import max_workers  # noqa: E402
 from hql_ray.settings.config import make_config  # noqa: E402
-from hql_ray.orchestration.preflight import _simulated_sizes  # noqa: E402
-from hql_ray.orchestration.scheduling import allocate_workers, lower_bound  # noqa: E402
+from hql_ray.orchestration import replay as replay_lib  # noqa: E402
+from hql_ray.orchestration import scheduling  # noqa: E402
 from hql_ray.settings.tree import LanguageTree, load_tree  # noqa: E402
 
-POLICIES = {
-    # name: (config overrides, slots the lower bound may use, max workers per node for the bound)
+DRIVER_RUNS = {
+    # name: (config overrides, slots the lower bound may use, max workers per node for the bound).
+    # ours: the driver's default resources.policy (critical-path, asked through RunModel.allocate)
     "ours": ([], None, None),
-    "sequential": (["resources.num_gpus=1"], 1, 1),
-    "level": (["resources.max_workers_per_node=1", "resources.level_barrier=true"], None, 1),
+    "sequential": (["resources.num_gpus=1", "resources.policy=largest-first"], 1, 1),
+    "level": (["resources.max_workers_per_node=1", "resources.level_barrier=true",
+               "resources.policy=largest-first"], None, 1),
 }
 
 
@@ -67,61 +75,23 @@ class Outcome:
     manifest: object
 
 
-def replay(tree: LanguageTree, work: dict[str, float], slots: int, max_per_node: int, min_per_worker: int,
-           barrier: bool, sizes: dict[str, int], overhead: dict[str, float] | None = None) -> float:
-    """The driver's rules (driver._ready + allocate_workers) as an event loop without Ray.
-
-    `overhead` adds each node's fixed cost per fit (the measured one, to check that the policy plus
-    the per-fit overhead explain the measured makespan); none = the policy alone.
-    """
-    overhead = overhead or {}
-    now, done, running = 0.0, set(), {}  # node -> (end, workers)
-    while True:
-        unfinished = {tree.nodes[n].depth for n in tree.nodes if n not in done}
-        ready = [n for n, node in tree.nodes.items()
-                 if n not in done and n not in running
-                 and not (barrier and any(d < node.depth for d in unfinished))
-                 and (node.parent is None or node.parent in done)]
-        busy = sum(w for _, w in running.values())
-        for n, w in allocate_workers([(n, sizes[n]) for n in ready], slots - busy, max_per_node,
-                                     min_per_worker).items():
-            running[n] = (now + overhead.get(n, 0.0) + work[n] / w, w)
-        if not running:
-            return now
-        now = min(end for end, _ in running.values())
-        for n in [n for n, (end, _) in running.items() if end <= now + 1e-9]:
-            running.pop(n)
-            done.add(n)
-
-
-def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
-    from hql_ray.orchestration.driver import Driver
-
-    extra, bound_slots, bound_max = POLICIES[policy]
-    overrides = [f"run.output_dir={out}", f"run.name={policy}", f"tree.file={args.tree}",
-                 f"tree.levels=[{', '.join(args.levels)}]", f"resources.num_gpus={args.slots}",
-                 "resources.max_failures=0", *extra]
-    cfg = make_config(overrides=overrides)
-    sim = {"seconds_per_example": spe, "epochs": 1, "examples": args.examples}
-    tree = load_tree(cfg.tree.file, cfg.tree.levels)
-    sizes = _simulated_sizes(tree, sim)
-    work = {n: spe * sizes[n] for n in tree.nodes}
+def replay_driver(tree: LanguageTree, sizes: dict[str, int], spe: float, cfg, slots: int, max_per_node: int,
+                  overhead: dict[str, float] | None = None) -> float:
+    """The driver's rules (its readiness, resources.policy, resources.level_barrier) replayed without Ray
+    (`hql_ray.orchestration.replay`). `overhead` adds each node's fixed cost per fit (the measured one, to
+    check that the policy plus the per-fit overhead explain the measured makespan); none = the policy alone."""
     parents = {n: node.parent for n, node in tree.nodes.items()}
-    slots = 1 if policy == "sequential" else args.slots
-    max_per = min(cfg.resources.max_workers_per_node, bound_max or cfg.resources.max_workers_per_node)
-    bound = lower_bound(work, parents, slots=bound_slots or args.slots, max_per_node=max_per)
-    ideal = replay(tree, work, slots, max_per, cfg.resources.min_examples_per_worker,
-                   cfg.resources.level_barrier, sizes)
+    caps = {n: min(slots, scheduling.max_useful_workers(sizes[n], max_per_node, cfg.resources.min_examples_per_worker))
+            for n in tree.nodes}
+    loads = scheduling.node_loads({n: spe * sizes[n] for n in tree.nodes}, parents, caps, sizes)
+    costs = replay_lib.Costs(node_start=overhead or {})
+    policy = scheduling.WithoutProgress(scheduling.policy_for(cfg, elastic=False))  # as RunModel asks it
+    return replay_lib.replay(loads, parents, slots, policy, costs,
+                             barrier=cfg.resources.level_barrier).makespan
 
-    print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
-    t0 = time.perf_counter()
-    with CpuMeter() as meter:
-        manifest = Driver(cfg, simulate=sim).run()
-    cpu = meter.seconds
-    print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
-    all_done(manifest)
-    nodes = manifest.nodes
-    overheads = {n: (v.finished_at - v.started_at) - v.metrics["simulated_seconds"] for n, v in nodes.items()}
+
+def last_chain(nodes: dict, overheads: dict[str, float]) -> list[tuple[str, float, float, float]]:
+    """The chain that finished last, root first: (node, wait before it, its work, its fit overhead)."""
     t_first = min(v.started_at for v in nodes.values())
     chain, node = [], max(nodes, key=lambda n: nodes[n].finished_at)
     while node is not None:
@@ -129,9 +99,38 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
         before = nodes[v.parent].finished_at if v.parent else t_first
         chain.insert(0, (node, v.started_at - before, v.metrics["simulated_seconds"], overheads[node]))
         node = v.parent
-    modelled = replay(tree, work, slots, max_per, cfg.resources.min_examples_per_worker,
-                      cfg.resources.level_barrier, sizes, overhead=overheads)
-    return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, chain, cpu, manifest)
+    return chain
+
+
+def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
+    from hql_ray.orchestration.driver import Driver
+
+    extra, bound_slots, bound_max = DRIVER_RUNS[policy]
+    overrides = [f"run.output_dir={out}", f"run.name={policy}", f"tree.file={args.tree}",
+                 f"tree.levels=[{', '.join(args.levels)}]", f"resources.num_gpus={args.slots}",
+                 "resources.max_failures=0", *extra]
+    cfg = make_config(overrides=overrides)
+    sim = {"seconds_per_example": spe, "epochs": 1, "examples": args.examples}
+    tree = load_tree(cfg.tree.file, cfg.tree.levels)
+    sizes = {n: args.examples * len(node.languages) for n, node in tree.nodes.items()}
+    work = {n: spe * sizes[n] for n in tree.nodes}
+    parents = {n: node.parent for n, node in tree.nodes.items()}
+    max_per = max_workers(cfg.train, bound_max or cfg.resources.max_workers_per_node)
+    max_per = min(max_workers(cfg.train, cfg.resources.max_workers_per_node), bound_max or slots)
+    bound = scheduling.lower_bound(work, parents, slots=bound_slots or args.slots, max_per_node=max_per)
+    ideal = replay_driver(tree, sizes, spe, cfg, slots, max_per)
+
+    print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
+    t0 = time.perf_counter()
+    with CpuMeter() as meter:
+        manifest = Driver(cfg, simulate=sim).run()
+    print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
+    all_done(manifest)
+    nodes = manifest.nodes
+    overheads = {n: (v.finished_at - v.started_at) - v.metrics["simulated_seconds"] for n, v in nodes.items()}
+    modelled = replay_driver(tree, sizes, spe, cfg, slots, max_per, overhead=overheads)
+    return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, last_chain(nodes, overheads),
+                   meter.seconds, manifest)
 
 
 def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
@@ -145,37 +144,7 @@ def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
         print(f"  {level}: " + "; ".join(cells))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: levels level0 level1 level2, every policy at 2e-5 s/example")
-    parser.add_argument("--spe", type=float, help="seconds per example for ours (full: 2e-3, quick: 2e-5)")
-    parser.add_argument("--baseline-spe", type=float,
-                        help="seconds per example for the baselines (full: 2e-5, quick: same as --spe)")
-    parser.add_argument("--examples", type=int, default=31000, help="examples per language (default 31000)")
-    parser.add_argument("--slots", type=int, default=8, help="logical GPU slots (default 8)")
-    parser.add_argument("--levels", nargs="+", help=f"tree levels (full: {' '.join(LEVELS)})")
-    parser.add_argument("--tree", default=str(PTHQL))
-    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
-    parser.add_argument("--keep", action="store_true", help="keep the run folders (manifests)")
-    args = parser.parse_args(argv)
-    args.levels = args.levels or (LEVELS[:3] if args.quick else LEVELS)
-    args.spe = args.spe or (2e-5 if args.quick else 2e-3)
-    args.baseline_spe = args.baseline_spe or (args.spe if args.quick else 2e-5)
-
-    quiet()
-    print(f"scheduler benchmark ({'QUICK' if args.quick else 'full'}): {Path(args.tree).name}, levels "
-          f"{' '.join(args.levels)}, {args.examples} examples/language, {args.slots} logical GPU slots; "
-          f"{machine()}")
-    t_start = time.perf_counter()
-    start_ray(num_cpus=2, num_gpus=args.slots)
-    outcomes: dict[str, Outcome] = {}
-    with temp_dir("hql-bench-sched-", keep=args.keep) as out:
-        for policy in args.policies:
-            spe = args.spe if policy == "ours" else args.baseline_spe
-            outcomes[policy] = run_policy(policy, spe, args, out)
-    tree = load_tree(args.tree, args.levels)
-
+def print_makespans(outcomes: dict[str, Outcome]) -> None:
     print("\nmakespan against the lower bound (manifest: first start .. last finish)")
     header = ["policy", "s/example", "makespan s", "lower bound s", "ratio", "replay", "replay+overhead",
               "overhead/node s (median, max)", "CPU s/node"]
@@ -192,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
           "the run over the nodes: the workers only sleep, so this is Ray Train start-up and teardown, which "
           f"competes for the {os.cpu_count()} cores)")
 
+
+def print_chains(outcomes: dict[str, Outcome]) -> None:
     for o in outcomes.values():
         wait = sum(c[1] for c in o.chain)
         work = sum(c[2] for c in o.chain)
@@ -201,32 +172,79 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + " -> ".join(f"{n.split('.', 1)[1]} (wait {w:.1f}, work {k:.1f}, overhead {v:.1f})"
                                  for n, w, k, v in o.chain))
 
+
+def print_excess(ours: Outcome) -> None:
+    policy_ratio = ours.replay / ours.bound
+    excess = ours.makespan - ours.replay  # what Ray adds beyond the policy itself, in seconds
+    if policy_ratio < 1.10 and excess > 0:
+        need = excess / (1.10 - policy_ratio)  # lower bound (seconds) at which the same excess is 10 %
+        print(f"\nours: Ray adds {excess:.1f} s beyond the policy's own schedule; with that excess, a ratio of "
+              f"1.10 needs a lower bound of {need:.0f} s, i.e. --spe {ours.spe * need / ours.bound:.2g} "
+              f"(ours' run then ~{(policy_ratio * need + excess) / 60:.0f} min)")
+
+
+def print_speedup(ours: Outcome, base: Outcome) -> None:
+    name = base.policy
+    ideal = base.bound / base.spe / (ours.bound / ours.spe)
+    if base.spe == ours.spe:
+        print(f"\nspeed-up of ours over {name}: {base.makespan / ours.makespan:.2f}x measured at the same "
+              f"scale (ideal, ratio of lower bounds: {ideal:.2f}x)")
+        return
+    excess = base.makespan - base.bound
+    projected = (base.bound * ours.spe / base.spe + excess) / ours.makespan
+    print(f"\nspeed-up of ours over {name}: {projected:.2f}x projected at equal work "
+          f"({name} ran at {base.spe:g} s/example: its lower bound scaled to {ours.spe:g} s/example "
+          f"+ its measured excess {excess:.1f} s, over ours' makespan); ideal {ideal:.2f}x; "
+          f"ratios to own lower bound: ours {ours.makespan / ours.bound:.3f}, "
+          f"{name} {base.makespan / base.bound:.3f}")
+
+
+def parse_args(argv: list[str] | None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: levels level0 level1 level2, every policy at 2e-5 s/example")
+    parser.add_argument("--scale", action="store_true", help="replay every policy on synthetic trees (no Ray)")
+    parser.add_argument("--spe", type=float,
+                        help="seconds per example for ours (full: 2e-3, quick: 2e-5, --scale: 0.015)")
+    parser.add_argument("--baseline-spe", type=float,
+                        help="seconds per example for the baselines (full: 2e-5, quick: same as --spe)")
+    parser.add_argument("--examples", type=int, default=31000, help="examples per language (default 31000)")
+    parser.add_argument("--slots", type=int, default=8, help="logical GPU slots (default 8)")
+    parser.add_argument("--levels", nargs="+", help=f"tree levels (full: {' '.join(LEVELS)})")
+    parser.add_argument("--tree", default=str(PTHQL))
+    parser.add_argument("--policies", nargs="+", choices=list(DRIVER_RUNS), default=list(DRIVER_RUNS))
+    parser.add_argument("--keep", action="store_true", help="keep the run folders (manifests)")
+    scheduler_scale.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.scale:
+        args.levels = args.levels or (LEVELS[:3] if args.quick else LEVELS)
+        args.spe = args.spe or (2e-5 if args.quick else 2e-3)
+        args.baseline_spe = args.baseline_spe or (args.spe if args.quick else 2e-5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.scale:
+        return scheduler_scale.main(args)
+    quiet()
+    print(f"scheduler benchmark ({'QUICK' if args.quick else 'full'}): {Path(args.tree).name}, levels "
+          f"{' '.join(args.levels)}, {args.examples} examples/language, {args.slots} logical GPU slots; "
+          f"{machine()}")
+    t_start = time.perf_counter()
+    start_ray(num_cpus=2, num_gpus=args.slots)
+    outcomes: dict[str, Outcome] = {}
+    with temp_dir("hql-bench-sched-", keep=args.keep) as out:
+        for policy in args.policies:
+            outcomes[policy] = run_policy(policy, args.spe if policy == "ours" else args.baseline_spe, args, out)
+    print_makespans(outcomes)
+    print_chains(outcomes)
     if "ours" in outcomes:
-        print_allocation(outcomes["ours"], tree)
-        ours = outcomes["ours"]
-        policy_ratio = ours.replay / ours.bound
-        excess = ours.makespan - ours.replay  # what Ray adds beyond the policy itself, in seconds
-        if policy_ratio < 1.10 and excess > 0:
-            need = excess / (1.10 - policy_ratio)  # lower bound (seconds) at which the same excess is 10 %
-            print(f"\nours: Ray adds {excess:.1f} s beyond the policy's own schedule; with that excess, a ratio of "
-                  f"1.10 needs a lower bound of {need:.0f} s, i.e. --spe {ours.spe * need / ours.bound:.2g} "
-                  f"(ours' run then ~{(policy_ratio * need + excess) / 60:.0f} min)")
+        print_allocation(outcomes["ours"], load_tree(args.tree, args.levels))
+        print_excess(outcomes["ours"])
         for name in ("sequential", "level"):
-            if name not in outcomes:
-                continue
-            base = outcomes[name]
-            ideal = base.bound / base.spe / (ours.bound / ours.spe)
-            if base.spe == ours.spe:
-                print(f"\nspeed-up of ours over {name}: {base.makespan / ours.makespan:.2f}x measured at the same "
-                      f"scale (ideal, ratio of lower bounds: {ideal:.2f}x)")
-            else:
-                excess = base.makespan - base.bound
-                projected = (base.bound * ours.spe / base.spe + excess) / ours.makespan
-                print(f"\nspeed-up of ours over {name}: {projected:.2f}x projected at equal work "
-                      f"({name} ran at {base.spe:g} s/example: its lower bound scaled to {ours.spe:g} s/example "
-                      f"+ its measured excess {excess:.1f} s, over ours' makespan); ideal {ideal:.2f}x; "
-                      f"ratios to own lower bound: ours {ours.makespan / ours.bound:.3f}, "
-                      f"{name} {base.makespan / base.bound:.3f}")
+            if name in outcomes:
+                print_speedup(outcomes["ours"], outcomes[name])
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
     return 0
 

@@ -43,11 +43,13 @@ def test_node_returns_its_best_step_not_its_last(tmp_path, small_corpus, four_la
     jumps about and ends above its best. The adapter the node returns must be the best step's, measured
     again from that adapter, not the last step's."""
     cfg = node_config(tmp_path, small_corpus, four_language_tree, **{
-        "train.max_steps": 6, "train.eval_every": 1, "train.learning_rate": 1.0, "train.warmup_steps": 3,
+        # 4 steps: the last is >= 1.09x the best whether torch runs on 1 or 2 threads (the trajectory at
+        # this rate is chaotic: float order and the dropout masks decide which step ends lowest)
+        "train.max_steps": 4, "train.eval_every": 1, "train.learning_rate": 1.0, "train.warmup_steps": 3,
         "eval.generate": "false"})
     out = train_node(cfg, GERMAN, [], LocalContext())
     trained = [h.val_loss for h in out.history if h.val_loss is not None and h.step > 0]
-    assert len(trained) == 6
+    assert len(trained) == 4
     best, last = min(trained), trained[-1]
     assert last > 1.05 * best, f"the set-up should make validation rise after its best: {trained}"
     assert out.metrics.val_loss == best

@@ -70,7 +70,13 @@ def global_batch(train, world_size: int) -> int:
     return train.batch_size * (world_size if train.batch_per_worker else 1)
 
 
-def max_workers(train, max_per_node: int) -> int:
+def max_workers(train, max_per_node: int, smallest_batch: int | None = None) -> int:
     """Most workers one node may use. With a global batch (the default) a worker needs at least one
-    example of each optimizer step's batch, so no more workers than train.batch_size."""
-    return max_per_node if train.batch_per_worker else min(max_per_node, train.batch_size)
+    example of each optimizer step's batch, so no more workers than train.batch_size, or, with a token
+    budget (train.batch_tokens, where a config has one), than the fewest examples any of the node's
+    batches holds (`smallest_batch`; unknown = 1, the safe answer)."""
+    if train.batch_per_worker:
+        return max_per_node
+    if getattr(train, "batch_tokens", None):
+        return max(1, min(max_per_node, smallest_batch or 1))
+    return min(max_per_node, train.batch_size)

@@ -158,7 +158,7 @@ class Driver:
     def _launch_ready(self, pool: ThreadPoolExecutor, run: Run) -> None:
         ready = self.model.ready(run.manifest.statuses, run.in_flight, run.failed)
         work = Simulate(self.simulation) if self.simulation else Train()
-        for node_id, workers in self.model.allocate(ready, run.sizes, run.free_slots).items():
+        for node_id, workers in self.model.allocate(ready, run.sizes, run.free_slots, run.training).items():
             job = self._job(run, node_id, workers, work, self.model.chain(node_id))
             executor = self._executor(job)
             run.manifest.update(node_id, status="running", started_at=time.time(), finished_at=None,

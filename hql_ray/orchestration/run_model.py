@@ -7,8 +7,9 @@ Pure functions and one class over the config, the tree and the run folder's reco
 - `count_slots`: the slots a run trains on, from what the cluster (or this machine) offers;
 - `RunModel`: each node's facts computed once from the tree and the hand-off rule (whose adapters it
   starts from, whether its children start from its own, the languages it finishes), the readiness rule,
-  the workers a ready node gets (`scheduling`), a node's steps (`BatchPlan`), and which finished
-  adapters a node still to run needs.
+  the workers a ready node gets (resources.policy, a class of `scheduling.POLICIES`; `replay`: the same
+  policy without Ray, for the dry run), a node's steps (`BatchPlan`), and which finished adapters a node
+  still to run needs.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hql_ray.data.batch_plan import BatchPlan, max_workers
-from hql_ray.orchestration.scheduling import allocate_workers
+from typing import Mapping
+
+from hql_ray.data.batch_plan import BatchPlan
 from hql_ray.orchestration import growth
+from hql_ray.orchestration import replay as replay_lib
+from hql_ray.orchestration import scheduling
 from hql_ray.outputs.manifest import Manifest, RUN_STARTING, read_manifest
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import ConfigError
@@ -132,6 +136,9 @@ class RunModel:
     def __init__(self, cfg: Config, tree: LanguageTree):
         self.cfg, self.tree, self.rule = cfg, tree, handoff_for(cfg)
         self.facts: dict[str, NodeFacts] = {node_id: self._facts(node_id) for node_id in tree.nodes}
+        # resources.policy as the driver can follow it: a node keeps its workers to its end (no growth), and a
+        # running node counts with all its work (the driver does not track its progress)
+        self.policy = scheduling.WithoutProgress(scheduling.policy_for(cfg, elastic=False))
 
     def _facts(self, node_id: str) -> NodeFacts:
         ancestors = [a.id for a in self.tree.ancestors(node_id)]
@@ -165,11 +172,18 @@ class RunModel:
                 out.append(node_id)
         return out
 
-    def allocate(self, ready: list[str], sizes: dict[str, int], free_slots: int) -> dict[str, int]:
-        """Workers for ready nodes on the free slots ({} when none fits); the rest wait for a slot."""
-        res = self.cfg.resources
-        return allocate_workers([(n, sizes[n]) for n in ready], free_slots,
-                                max_workers(self.cfg.train, res.max_workers_per_node), res.min_examples_per_worker)
+    def allocate(self, ready: list[str], sizes: dict[str, int], free_slots: int,
+                 running: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Workers for ready nodes on the free slots, as resources.policy decides ({} when none fits); the rest
+        wait for a slot. `running`: the nodes training now -> their workers."""
+        if free_slots <= 0 or not ready:
+            return {}
+        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
+        running = running or {}
+        view = scheduling.SchedulerView(
+            [loads[n] for n in ready], [scheduling.Running(loads[n], w, loads[n].work) for n, w in running.items()],
+            free_slots, free_slots + sum(running.values()))
+        return {n: span.min for n, span in self.policy.decide(view).launches.items()}
 
     def needed(self, status: dict[str, str], failed: set[str], evaluate: set[str]) -> set[str]:
         """Done nodes whose adapters a node that may still run (or be scored again) starts from."""
@@ -185,18 +199,14 @@ class RunModel:
         return out
 
     def replay(self, sizes: dict[str, int], slots: int, finished: set[str]) -> dict[str, int]:
-        """The schedule without Ray: ready nodes share the free slots as `allocate` says, a node takes
-        examples x epochs / workers; -> workers of each node not in `finished`."""
-        status = {n: "done" if n in finished else "pending" for n in self.tree.nodes}
-        running: dict[str, tuple[float, int]] = {}
-        out, now = {}, 0.0
-        while True:
-            busy = sum(w for _, w in running.values())
-            for node_id, workers in self.allocate(self.ready(status, set(running), set()), sizes, slots - busy).items():
-                running[node_id] = (now + sizes[node_id] * self.cfg.train.epochs / workers, workers)
-                out[node_id] = workers
-            if not running:  # all done, or nothing can start (a node whose parent is not trained)
-                return out
-            node_id = min(running, key=lambda n: running[n][0])
-            now = running.pop(node_id)[0]
-            status[node_id] = "done"
+        """The schedule without Ray (`replay_lib`, the same policy as `allocate`, its readiness and level
+        barrier): a node takes examples x epochs / workers; -> workers of each node not in `finished`."""
+        todo = [n for n in self.tree.nodes if n not in finished]
+        parents = {n: self.tree.nodes[n].parent for n in todo}
+        parents = {n: p if p in parents else None for n, p in parents.items()}  # a finished parent: a root now
+        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
+        loads = scheduling.node_loads({n: loads[n].work for n in todo}, parents,
+                                      {n: min(slots, loads[n].max_workers) for n in todo}, sizes)
+        result = replay_lib.replay(loads, parents, slots, self.policy, barrier=self.cfg.resources.level_barrier,
+                                   depths={n: self.tree.nodes[n].depth for n in todo})
+        return {n: workers[0] for n, workers in result.workers.items()}

@@ -91,5 +91,10 @@ class Run:
         return self.slots.total - self.busy_slots
 
     @property
+    def training(self) -> dict[str, int]:
+        """Nodes training now -> their workers (what the scheduling policy weighs; re-evaluations left out)."""
+        return {launch.node: launch.workers for launch in self.running.values() if not launch.is_evaluation}
+
+    @property
     def in_flight(self) -> set[str]:
         return {launch.node for launch in self.running.values()}

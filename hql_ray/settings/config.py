@@ -34,6 +34,8 @@ VALIDATION_LOSSES = ("token", "batch_mean")
 EXECUTORS = ("auto", "warm", "ray-train")
 PRECISIONS = ("fp32", "bf16")  # train.precision
 HOST_SYNCS = ("step", "log")  # train.host_sync
+# resources.policy: the classes of hql_ray.orchestration.scheduling.POLICIES (see docs/scheduling.md).
+SCHEDULING_POLICIES = ("critical-path", "largest-first")
 # Keys renamed since earlier releases: old configs and old runs' manifests still load.
 RENAMED = {"data.max_train_per_language": "data.max_train_per_corpus"}
 TARGET_MODULES = ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]
@@ -240,6 +242,10 @@ class ResourcesSection:
     # Baseline for benchmarks: start a depth only when the whole previous depth is done (the
     # "one GPU per node, level by level" schedule); the default starts a child as soon as its parent is done.
     level_barrier: bool = False
+    # Which ready node starts, on how many workers, and which running node grows (docs/scheduling.md):
+    # critical-path (longest chain of work below first, workers by need, grows at checkpoints) or
+    # largest-first (the biggest ready node first, fixed workers: the earlier rule).
+    policy: str = "critical-path"
     # A node's Ray Train run that has waited this long for its workers' resources while none of ours
     # trains is reported (what it waits for, what holds the resources); past wait_timeout_s it fails
     # instead of hanging (0 = wait forever, e.g. for a slow autoscaler).
@@ -356,6 +362,7 @@ class Config:
         _choice("export.mode", self.export.mode, tuple(EXPORT_MODES))
         _choice("export.nodes", self.export.nodes, EXPORT_NODES)
         _choice("resources.executor", self.resources.executor, EXECUTORS)
+        _choice("resources.policy", self.resources.policy, SCHEDULING_POLICIES)
         _check_test_set_names(self.eval.test_sets)
         for key, value in [
             ("train.batch_size", self.train.batch_size),

@@ -28,7 +28,7 @@ from hql_ray.data import batching
 from hql_ray.data.batch_plan import BatchPlan
 from hql_ray.data import dataset as ds_lib
 from hql_ray.scoring import evaluation
-from hql_ray.training import handoff, losses, modeling, tracking
+from hql_ray.training import dropout, handoff, losses, modeling, tracking
 from hql_ray.settings.config import Config
 from hql_ray.settings.errors import HQLError
 from hql_ray.settings.handoffs import handoff_for
@@ -208,7 +208,7 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir, progress=ctx.progress)
     val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir,
                                    progress=ctx.progress)
-    model = build_model(cfg, parent_chain, ctx.device)
+    model = dropout.install(build_model(cfg, parent_chain, ctx.device))  # masks per example, not per worker
     model.train()
     st = TrainState(cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, trainable(model))
     plan_steps(st)
@@ -271,7 +271,9 @@ def batches_from_step(st: TrainState):
         st.batch_rows = rows = batches[step % st.steps_per_epoch]
         share = batching.worker_share(rows, st.ctx.rank, st.ctx.world_size)
         parts = batching.micro_batches(share, train.micro_batch_size)
-        micro = [batching.collate(list(st.train_data.select(part)), st.pad_id, multiple=train.pad_to_multiple)
+        seed = node_seed(st.cfg.run.seed, st.node.id)  # dropout masks per example: the same on any worker count
+        micro = [dropout.tag(batching.collate(list(st.train_data.select(part)), st.pad_id,
+                                              multiple=train.pad_to_multiple), seed, step, part)
                  for part in parts]
         yield StepBatch([to_device(b, st.ctx.device, non_blocking=train.host_sync == "log") for b in micro],
                         [sum(tgt[i] for i in part) for part in parts], sum(tgt[i] for i in rows),
@@ -280,6 +282,7 @@ def batches_from_step(st: TrainState):
 
 def forward_loss(st: TrainState, batch: dict) -> torch.Tensor:
     """Mean token loss of one forward pass."""
+    batch = dropout.use(st.model, batch)  # this micro-batch's example keys to the dropout sites
     if st.cfg.train.chunked_loss:  # the same loss without the batch's full-vocabulary logits
         return losses.seq2seq_lm_loss(st.model, batch, chunk_rows=st.cfg.train.chunked_loss)
     return st.model(**batch).loss
@@ -392,7 +395,7 @@ def train_node(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState] | N
     torch.manual_seed(seed)  # the node's fresh LoRA: the same on every worker
     started = time.time()
     st = setup(cfg, node, parent_chain or [], ctx)
-    torch.manual_seed(seed + 1 + ctx.rank)  # dropout: each worker its own stream
+    torch.manual_seed(seed + 1)  # (dropout draws per example, hql_ray.training.dropout: the same on every worker)
     st.started = started  # train_seconds counts the set-up too
     st.tracker = tracking.NodeTracker.open(cfg, node, ctx.rank, st.train_data, ctx.device)
     ok = False

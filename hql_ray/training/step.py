@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from hql_ray.settings.config import TrainSection
+from hql_ray.training import dropout
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def prebuilt_masks(batch: dict, attn_implementation: str | None, dtype: torch.dt
     transformers returns a 4-D mask as given; from a 2-D one it first asks `padding_mask.all()` (may the mask be
     skipped?), a host sync per call. For sdpa the mask is boolean (True = attend), for eager additive; both
     broadcast over heads and queries and give the same scores as transformers' own (checked in
-    tests/test_step.py). Other attention implementations keep the 2-D mask."""
+    tests/test_step.py). The per-example dropout's attention (hql_ray.training.dropout) takes SDPA's masks. Other
+    attention implementations keep the 2-D mask."""
     mask = batch.get("attention_mask")
+    if attn_implementation == dropout.ATTENTION:
+        attn_implementation = "sdpa"
     if mask is None or mask.dim() != 2 or attn_implementation not in ("sdpa", "eager"):
         return batch
     keep = mask.bool()[:, None, None, :]
