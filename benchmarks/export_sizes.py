@@ -139,7 +139,7 @@ def measure(layers: int, r: int, nodes: int) -> None:
 
     from hql_ray.training import flops
     from hql_ray.settings.config import LoraShape
-    from hql_ray.training.handoff import save_adapter_state
+    from hql_ray.training.adapter_files import save_adapter_state
     from hql_ray.settings.records import AdapterState
     from hql_ray.training.simulate import lora_shapes
 
