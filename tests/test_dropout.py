@@ -138,6 +138,17 @@ def test_the_node_model_has_no_torch_dropout_left(tmp_path, small_corpus, four_l
     assert not any(isinstance(m, torch.nn.Dropout) for m in st.model.modules())
 
 
+def test_example_dropout_off_keeps_torchs_dropout(tmp_path, small_corpus, four_language_tree):
+    """train.example_dropout false: the model as transformers and PEFT build it (torch's dropout, fewer ops)."""
+    cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree,
+                                               **{**DROPOUT, "train.example_dropout": "false"}))
+    st = setup(cfg.with_absolute_paths(), GERMAN, [], LocalContext(device="cpu"))
+    lora = [m for n, m in st.model.named_modules() if ".lora_dropout." in n]
+    assert lora and not any(isinstance(m, dropout.ExampleDropout) for m in st.model.modules())
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.1 for m in lora)
+    assert getattr(st.model, "example_dropout", None) is None
+
+
 # ---- a node on 1, 2 and 4 workers -------------------------------------------------------------------
 # Measured (2-core CPU, this config): 2 and 4 workers end within 8e-8 of one worker's validation losses
 # (relative) and 3e-7 of its adapter (largest difference / largest value); with torch's batch-shaped masks

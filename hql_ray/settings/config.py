@@ -178,6 +178,11 @@ class TrainSection:
     # Rows per chunk of the head + cross-entropy (hql_ray.training.losses: no full-vocabulary fp32 logits for
     # the whole batch); 0 = the model's own loss. Needs a frozen head (not model.mode fft).
     chunked_loss: int = 0
+    # Dropout masks drawn per example from (node seed, step, row) (hql_ray/training/dropout.py): a node ends with
+    # the same adapter on any number of workers. Costs dispatcher calls in an eager step (95,120 vs 47,844 per
+    # step at mT5-large's structure, benchmarks/README.md step_counts; compiled blocks fuse them). false: torch's
+    # dropout seeded per worker rank (the results then depend on the number of workers).
+    example_dropout: bool = True
     # The GPU step (hql_ray/training/step.py, docs/gpu.md). The defaults keep the original's step until the GPU
     # check (benchmarks/gpu_check.sh) has measured the others.
     # fp32: LoRA, the upcast embeddings/head and the loss in fp32 (the original). bf16: the forward and backward

@@ -208,7 +208,9 @@ def setup(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState], ctx: No
     train_data = ds_lib.node_dataset(settings, languages, "train", tokenizer, cfg.cache_dir, progress=ctx.progress)
     val_data = ds_lib.node_dataset(settings, languages, "validation", tokenizer, cfg.cache_dir,
                                    progress=ctx.progress)
-    model = dropout.install(build_model(cfg, parent_chain, ctx.device))  # masks per example, not per worker
+    model = build_model(cfg, parent_chain, ctx.device)
+    if cfg.train.example_dropout:
+        model = dropout.install(model)  # masks per example, not per worker
     model.train()
     st = TrainState(cfg, ctx, node, languages, settings, tokenizer, train_data, val_data, model, trainable(model))
     plan_steps(st)
@@ -395,7 +397,8 @@ def train_node(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState] | N
     torch.manual_seed(seed)  # the node's fresh LoRA: the same on every worker
     started = time.time()
     st = setup(cfg, node, parent_chain or [], ctx)
-    torch.manual_seed(seed + 1)  # (dropout draws per example, hql_ray.training.dropout: the same on every worker)
+    # Dropout draws per example (hql_ray.training.dropout: the same on every worker), or torch's per worker.
+    torch.manual_seed(seed + 1 + (0 if cfg.train.example_dropout else ctx.rank))
     st.started = started  # train_seconds counts the set-up too
     st.tracker = tracking.NodeTracker.open(cfg, node, ctx.rank, st.train_data, ctx.device)
     ok = False
