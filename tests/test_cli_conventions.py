@@ -302,6 +302,7 @@ def test_ray_and_transformers_start_quietly_unless_verbose():
     assert "Started a local Ray instance" in outputs["v"]
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_a_run_folder_keeps_its_resolved_config_and_its_log(demo_like_run):
     from hql_ray.outputs.manifest import read_manifest
 

@@ -128,6 +128,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_resume_after_interrupt_retrains_nothing_finished(ray_session, small_corpus, tmp_path):
     """Ctrl-C a real `hql-ray train` mid-run, then --resume: finished nodes are kept, the rest trained."""
     tree = tmp_path / "two.csv"

@@ -4,6 +4,8 @@ uninterrupted run makes, only the last checkpoints are kept, and the node's chil
 
 from __future__ import annotations
 
+import pytest
+
 import time
 
 import psutil
@@ -15,6 +17,7 @@ from hql_ray.orchestration.driver import Driver
 TWO_LANGUAGES = "code,level0,language\ndeu_Latn,Germanic,German\nnld_Latn,Germanic,Dutch\n"
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_worker_killed_mid_node_is_retried_from_its_checkpoint(ray_session, small_corpus, tmp_path):
     tree = tmp_path / "two.csv"
     tree.write_text(TWO_LANGUAGES)

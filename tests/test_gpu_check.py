@@ -28,6 +28,7 @@ def dry_run(tmp_path, *args: str) -> tuple[dict, str]:
     return by_kind, proc.stdout
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_dry_run_streams_rows_and_survives_a_rung_cut_short(tmp_path):
     rows, log = dry_run(tmp_path, "--rungs", "1", "2", "3", "4", "5", "6", "--rung-limit", "3=1")
     (pre,) = rows["preflight"]

@@ -7,6 +7,8 @@ leaf by reading the saved node adapters from disk one module at a time (no chain
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from safetensors.torch import load_file
 
@@ -38,6 +40,7 @@ def test_tiny_shapes_match_a_real_node_adapter(tmp_path):
     assert lora_shapes("tiny", shapes_key(lora)) == {k: tuple(v.shape) for k, v in real.tensors.items()}
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_dry_run_with_real_shapes_exports_the_exact_stack(ray_session, small_corpus, four_language_tree, tmp_path):
     cfg = make_config(overrides=tiny_overrides(tmp_path, small_corpus, four_language_tree, **{
         "run.name": "shapes", "resources.num_gpus": 0}))

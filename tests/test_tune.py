@@ -247,6 +247,7 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
 CHAIN = "code,level0,level1,language\ndeu_Latn,Germanic,West,German\nnld_Latn,Germanic,West,Dutch\n"
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_stopped_trials_give_their_cpu_slots_back(ray_session, small_corpus, tmp_path):
     """The README's search on CPU slots, as a laptop runs it: ASHA stops a trial of the root, then the next
     node needs both CPU slots at once. The stopped trial's Ray Train run used to keep its CPU for good and

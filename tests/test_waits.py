@@ -4,6 +4,8 @@ ends `hql-ray train` within seconds, Ray shut down and the manifest marked inter
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import signal
@@ -84,6 +86,7 @@ def test_ctrl_c_while_a_node_waits_for_resources(small_corpus, tmp_path):
     assert manifest["status"] == "interrupted"
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_ctrl_c_while_a_search_runs(small_corpus, tmp_path):
     tree = tmp_path / "two.csv"
     tree.write_text(TWO_LANGUAGES)

@@ -33,6 +33,7 @@ def test_executor_is_checked_and_chosen_where_warm_workers_fit(ray_session):
         warm.wanted("warm", gpu, "/tmp/storage")
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_warm_workers_give_the_adapters_of_ray_train_runs(ray_session, small_corpus, tmp_path):
     tree = tmp_path / "two.csv"
     tree.write_text(TWO_LANGUAGES)
@@ -72,6 +73,7 @@ def test_warm_workers_give_the_adapters_of_ray_train_runs(ray_session, small_cor
     assert unreleased_resources() == {}
 
 
+@pytest.mark.slow  # 50-140 s: the default suite stays under 15 min
 def test_killed_warm_worker_is_replaced_and_resumes_from_its_checkpoint(ray_session, small_corpus, tmp_path):
     tree = tmp_path / "two.csv"
     tree.write_text(TWO_LANGUAGES)
