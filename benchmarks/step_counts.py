@@ -58,6 +58,9 @@ VARIANTS = {"original": {"train.host_sync": "step"},
                                  "train.compile_blocks": True, "model.gradient_checkpointing": False},
             "compiled-4bit": {"train.host_sync": "log", "train.compile_blocks": True}}
 DEFAULT = ["original", "sync-free", "dequantized", "compiled", "compiled-no-ckpt"]
+# Issue 23's changes are counted against its BEFORE, torch's dropout as then; --example-dropout counts issue 25's
+# per-example dropout too (it doubles an eager step's calls: benchmarks/README.md step_counts).
+EXAMPLE_DROPOUT = [False]
 
 
 class SyncCounter(TorchDispatchMode):
@@ -112,7 +115,7 @@ def node_config(base: str, out: Path, overrides: dict):
               "model.base": base, "model.mode": "qlora", "model.gradient_checkpointing": True, "model.lora.r": 16,
               "train.batch_size": 8, "train.log_every": 5, "train.eval_every": 10_000, "train.max_steps": 10_000,
               "train.epochs": 50, "train.compile_backend": "inductor", "eval.generate": False,
-              "tracking.tensorboard": False, **overrides}
+              "tracking.tensorboard": False, "train.example_dropout": EXAMPLE_DROPOUT[0], **overrides}
     return make_config(overrides=[f"{k}={v}" for k, v in values.items()]).with_absolute_paths()
 
 
@@ -229,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=24, help="encoder = decoder layers (24: mT5-large)")
     parser.add_argument("--variants", nargs="+", default=DEFAULT, choices=list(VARIANTS))
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--example-dropout", action="store_true",
+                        help="with train.example_dropout (the default of a run): per-example dropout masks")
     args = parser.parse_args(argv)
+    EXAMPLE_DROPOUT[0] = args.example_dropout
     warnings.filterwarnings("ignore")
     import transformers
 
