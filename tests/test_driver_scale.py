@@ -8,7 +8,6 @@ counts included, at every decision. Every node ends done and the run leaves no s
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -115,13 +114,10 @@ def walk(tmp_path: Path, corpus: Path, languages: int, policy: str):
     return cfg, tree.examples, manifest, [e for e in events if isinstance(e, (NodeStarted, NodeDone))]
 
 
-FULL_SIZE = pytest.mark.skipif(not os.environ.get("HQL_SCALE_TEST"),
-                               reason="152 Ray Train runs (about 1.5 h on 2 cores): HQL_SCALE_TEST=1 runs it")
-
-
-@pytest.mark.slow  # a Ray Train run per node: 44 in the slow suite; the 152-node walk on demand
+@pytest.mark.slow
+@pytest.mark.ondemand  # a Ray Train run per node, ~35 s each on 2 busy cores: 44 (25 min) or 152 (1.5 h) of them
 @pytest.mark.parametrize("languages, nodes", [pytest.param(30, 44, marks=pytest.mark.timeout(3600)),
-                                              pytest.param(120, 152, marks=[pytest.mark.timeout(3 * 3600), FULL_SIZE])])
+                                              pytest.param(120, 152, marks=pytest.mark.timeout(3 * 3600))])
 def test_the_driver_walks_a_big_tree_as_the_run_model_decides(ray_session, small_corpus, tmp_path, languages, nodes):
     cfg, examples, manifest, events = walk(tmp_path, small_corpus, languages, "critical-path")
     assert len(manifest.nodes) == nodes

@@ -34,6 +34,7 @@ def test_eager_counts_and_syncs():
 
 
 @pytest.mark.slow
+@pytest.mark.ondemand  # mT5-large's 24 layers compiled on CPU: past CI's time
 def test_mt5_large_structure_meets_the_targets():
     rows = {r["variant"]: r for r in step_counts.measure(24, step_counts.DEFAULT)}
     assert rows["original"]["linear4bit"] == 768 and rows["original"]["lora_tensors"] == 864
