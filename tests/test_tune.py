@@ -199,7 +199,8 @@ def test_a_search_cut_by_a_dead_driver_resumes_and_picks_the_same_trial(ray_sess
 
     after = Driver(make_config(overrides=overrides + ["run.resume=true"])).run()
     root = after.nodes["level0.Germanic"]
-    assert root.status == "done" and len(root.trials) == 3 and {t.status for t in root.trials} == {"done"}
+    assert root.status == "done" and len(root.trials) == 3 and {t.status for t in root.trials} == {"done"}, \
+        (root.error, root.trials)
     for trial_id, (mtime, text) in done_before.items():  # finished before the kill: not run again
         result = trials / trial_id / "result.json"
         assert (result.stat().st_mtime_ns, result.read_text()) == (mtime, text)

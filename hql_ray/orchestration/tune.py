@@ -121,6 +121,15 @@ class SearchState:
         value = getattr(result.metrics, self.metric, None)
         return None if value is None else float(value)
 
+    def kept_report(self, trial_id: str) -> dict | None:
+        """A trial whose result is already here (a resumed search: written before the driver was lost): its
+        last report to Tune (the metric, and `validation` as the report callback counts it); else None."""
+        if trial_id not in self.results:
+            return None
+        validations = sum(1 for h in self.results[trial_id].history if h.val_loss is not None)
+        value = self.trials[trial_id].value
+        return {self.metric: float("nan") if value is None else value, "validation": validations}
+
     def began(self, trial_id: str, choice: TrialChoice, run_name: str) -> None:
         entry = self.trials.setdefault(trial_id, TrialState())
         entry.choice, entry.run = choice, run_name
@@ -273,6 +282,12 @@ def trial_function(job: NodeJob, spec: LevelSpec, state):
         trial_id = tune.get_context().get_trial_id()
         choice = trial_choice(params)
         run_name = f"{job.name}.trial_{trial_id}"  # stable: a restored trial continues its Train run
+        kept = ray.get(state.kept_report.remote(trial_id))
+        if kept is not None:
+            # It finished before the driver was lost, after Tune's last save of its state: Tune runs it again
+            # on restore, but its result and adapter are kept: nothing to train, its last report again.
+            tune.report(kept)
+            return
         ray.get(state.began.remote(trial_id, choice, run_name))
         trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, choice), workers=1, name=run_name,
                                         adapter_path=str(trials_dir(job) / trial_id / "adapter"),
