@@ -80,6 +80,7 @@ def test_a_lost_driver_and_head_cost_only_the_steps_since_the_last_checkpoint(ra
     assert root.checksum == uninterrupted(tmp_path, small_corpus, tree, settings).checksum  # bit for bit
 
 
+@pytest.mark.ondemand  # 7 min on 2 cores; SIGTERM's exit 143 and checkpoint are also the mid-search test's
 def test_sigterm_checkpoints_the_nodes_in_flight_and_exits_143(ray_session, small_corpus, tmp_path):
     """SIGTERM to the driver alone (a warm worker trains the root: no periodic checkpoint before step 1000):
     the node writes a checkpoint at its next log step, the run is marked interrupted, the command says how to
