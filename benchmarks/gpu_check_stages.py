@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+from benchmarks import common
 from benchmarks.gpu_check import ROOT, SPEC_TFLOPS, TINY, Rung, ladder, read_rows, write_row
 
 MODULES = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "penman", "smatch",
@@ -19,11 +20,8 @@ MODULES = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datas
 
 
 def quiet() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    common.quiet()  # stdlib only: fine on the bare GPU image
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
     import transformers
 
     transformers.logging.set_verbosity_error()
