@@ -71,22 +71,19 @@ def run_experiment(name: str, out: Path, args, experiments: dict | None = None) 
 
 
 def leaf_scores(run_dir: Path) -> dict[str, dict[str, dict]]:
-    """{code: {test set: {"chrf": x, "bleu": y}}} from the run's manifest: each language at its leaf."""
-    from hql_ray.settings.tree import load_tree
+    """{code: {test set: {"chrf": x, "bleu": y, "n": n}, "_name": name}}: each language at its leaf, read
+    through the package's manifest records (an older run's one score per language is test set "union")."""
+    from hql_ray.outputs.manifest import read_manifest, run_tree
+    from hql_ray.outputs.results import language_rows
 
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    tree_cfg = manifest["config"]["tree"]
-    tree = load_tree(tree_cfg["file"], tree_cfg["levels"])
-    out = {}
-    for lang in tree.languages:
-        metrics = (manifest["nodes"].get(tree.leaf_for(lang.code).id) or {}).get("metrics") or {}
-        per_set = (metrics.get("languages") or {}).get(lang.code) or {}
-        if "chrf++" in per_set:  # one score on the union of the test splits (an older hql-ray)
-            per_set = {"union": per_set}
-        out[lang.code] = {
-            ts: {"chrf": s.get("chrf++"), "bleu": s.get("bleu_13a", s.get("bleu")), "n": s.get("n")}
-            for ts, s in per_set.items() if isinstance(s, dict)}
-        out[lang.code]["_name"] = lang.name
+    manifest = read_manifest(run_dir)
+    tree, _ = run_tree(manifest)
+    out: dict[str, dict] = {}
+    for row in language_rows(manifest, tree):
+        per_language = out.setdefault(row.code, {"_name": row.language})
+        if row.test_set is not None:
+            per_language[row.test_set] = {"chrf": row.scores.get("chrf++"), "bleu": row.scores.get("bleu_13a"),
+                                          "n": row.n_test}
     return out
 
 

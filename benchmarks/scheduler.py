@@ -50,6 +50,7 @@ from hql_ray.settings.config import make_config  # noqa: E402
 from hql_ray.orchestration import replay as replay_lib  # noqa: E402
 from hql_ray.orchestration import scheduling  # noqa: E402
 from hql_ray.settings.tree import LanguageTree, load_tree  # noqa: E402
+from hql_ray.training.simulate import Simulation  # noqa: E402
 
 DRIVER_RUNS = {
     # name: (config overrides, slots the lower bound may use, max workers per node for the bound).
@@ -97,7 +98,7 @@ def last_chain(nodes: dict, overheads: dict[str, float]) -> list[tuple[str, floa
     while node is not None:
         v = nodes[node]
         before = nodes[v.parent].finished_at if v.parent else t_first
-        chain.insert(0, (node, v.started_at - before, v.metrics["simulated_seconds"], overheads[node]))
+        chain.insert(0, (node, v.started_at - before, v.metrics.simulated_seconds, overheads[node]))
         node = v.parent
     return chain
 
@@ -110,12 +111,12 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
                  f"tree.levels=[{', '.join(args.levels)}]", f"resources.num_gpus={args.slots}",
                  "resources.max_failures=0", *extra]
     cfg = make_config(overrides=overrides)
-    sim = {"seconds_per_example": spe, "epochs": 1, "examples": args.examples}
+    sim = Simulation(spe, epochs=1, examples=args.examples)
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     sizes = {n: args.examples * len(node.languages) for n, node in tree.nodes.items()}
     work = {n: spe * sizes[n] for n in tree.nodes}
     parents = {n: node.parent for n, node in tree.nodes.items()}
-    max_per = max_workers(cfg.train, bound_max or cfg.resources.max_workers_per_node)
+    slots = cfg.resources.num_gpus
     max_per = min(max_workers(cfg.train, cfg.resources.max_workers_per_node), bound_max or slots)
     bound = scheduling.lower_bound(work, parents, slots=bound_slots or args.slots, max_per_node=max_per)
     ideal = replay_driver(tree, sizes, spe, cfg, slots, max_per)
@@ -123,11 +124,11 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
     t0 = time.perf_counter()
     with CpuMeter() as meter:
-        manifest = Driver(cfg, simulate=sim).run()
+        manifest = Driver(cfg, simulation=sim).run()
     print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
     all_done(manifest)
     nodes = manifest.nodes
-    overheads = {n: (v.finished_at - v.started_at) - v.metrics["simulated_seconds"] for n, v in nodes.items()}
+    overheads = {n: (v.finished_at - v.started_at) - v.metrics.simulated_seconds for n, v in nodes.items()}
     modelled = replay_driver(tree, sizes, spe, cfg, slots, max_per, overhead=overheads)
     return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, last_chain(nodes, overheads),
                    meter.seconds, manifest)
@@ -138,7 +139,7 @@ def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
     t0 = min(v.started_at for v in nodes.values())
     print(f"\nallocation per level ({outcome.policy}): node: workers [GPU slot ids] start..finish s")
     for level in tree.levels:
-        cells = [f"{v.name}: {v.resources['workers']} [{','.join(v.resources['gpu_ids'])}] "
+        cells = [f"{v.name}: {v.resources.workers} [{','.join(v.resources.gpu_ids)}] "
                  f"{v.started_at - t0:.0f}..{v.finished_at - t0:.0f}"
                  for v in nodes.values() if v.level == level]
         print(f"  {level}: " + "; ".join(cells))

@@ -53,11 +53,11 @@ def run_slots(config_file: str, overrides: list[str], slots: int, out: Path) -> 
         "wall": wall,
         "makespan": makespan(manifest),
         "node_seconds": sum(v.finished_at - v.started_at for v in nodes),
-        "train_seconds": sum((v.metrics or {}).get("train_seconds", 0.0) for v in nodes),
-        "max_workers": max(v.resources["workers"] for v in nodes),
+        "train_seconds": sum(v.metrics.train_seconds or 0.0 for v in nodes),
+        "max_workers": max(v.resources.workers for v in nodes),
         "nodes": len(manifest.nodes),
-        "per_node": {n: (v.resources["workers"], v.finished_at - v.started_at,
-                         (v.metrics or {}).get("train_seconds", 0.0)) for n, v in manifest.nodes.items()},
+        "per_node": {n: (v.resources.workers, v.finished_at - v.started_at,
+                         v.metrics.train_seconds or 0.0) for n, v in manifest.nodes.items()},
     }
 
 

@@ -136,7 +136,7 @@ def test_continue_starts_from_the_parents_outputs(tiny, qchain):
     grown = attach_node_adapter(load_base_model(tiny, "qlora", CPU),
                                 LoraShape(r=7, alpha=3, use_rslora=False), "continue", [parent_state])
     assert (_logits(grown) - want).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="the continue hand-off starts from 1 adapter\(s\), got a chain of 2"):
+    with pytest.raises(ValueError, match=r"the continue hand-off starts from 1 adapter\(s\), got a chain of 2"):
         attach_node_adapter(load_base_model(tiny, "lora", CPU), SPECS[0], "continue", qchain)
 
 

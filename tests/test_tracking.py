@@ -330,5 +330,5 @@ def test_driver_run_logs_every_node_from_the_root(ray_session, small_corpus, tmp
     for leaf in ("language.German", "language.Dutch"):
         got = scalars(board / leaf)
         assert sorted(got["loss/val"]) == [0, 2, 4] and sorted(got["loss_from_root/val"]) == [4, 6, 8]
-        assert got["loss/val"][0] == pytest.approx(manifest.nodes[leaf].metrics["initial_val_loss"])
+        assert got["loss/val"][0] == pytest.approx(manifest.nodes[leaf].metrics.initial_val_loss)
     assert list(board.glob("events.out.tfevents.*"))  # the run's config and tree
