@@ -10,8 +10,6 @@ from typing import ClassVar
 
 from hql_ray.settings.config import Config
 from hql_ray.settings.records import AdapterState, NodeResult, NodeSpec
-from hql_ray.training import node as node_training
-from hql_ray.training import reevaluate
 from hql_ray.training.context import NodeContext
 from hql_ray.training.simulate import Simulation, simulated_node
 
@@ -33,7 +31,11 @@ class Train(NodeWork):
     kind: ClassVar[str] = "train"
 
     def run(self, cfg, node, chain, ctx):
-        return node_training.train_node(cfg, node, chain, ctx)
+        # Imported here: transformers, PEFT and bitsandbytes cost a worker ~5 s of CPU to import, which a
+        # simulated node (every worker of a 250-node dry walk) does not need.
+        from hql_ray.training.node import train_node
+
+        return train_node(cfg, node, chain, ctx)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class Reevaluate(NodeWork):
     kind: ClassVar[str] = "reevaluate"
 
     def run(self, cfg, node, chain, ctx):
-        return reevaluate.evaluate_trained_node(cfg, node, chain, ctx)
+        from hql_ray.training.reevaluate import evaluate_trained_node  # (as Train.run: heavy imports)
+
+        return evaluate_trained_node(cfg, node, chain, ctx)
 
 
 @dataclass(frozen=True)
