@@ -211,11 +211,11 @@ def export_adapter(chain, out_dir, base_model_name_or_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`ondemand` tests (an hour or more on 2 cores) run only with HQL_ONDEMAND_TESTS=1: CI's slow pass must end
+    """`ondemand` tests (long, or covered by a faster test) run only with HQL_ONDEMAND_TESTS=1: CI's slow pass must end
     within its 90 minutes."""
     if os.environ.get("HQL_ONDEMAND_TESTS"):
         return
-    skip = pytest.mark.skip(reason="on demand: HQL_ONDEMAND_TESTS=1 runs it (an hour or more on 2 cores)")
+    skip = pytest.mark.skip(reason="on demand: HQL_ONDEMAND_TESTS=1 runs it (long on 2 cores)")
     for item in items:
         if "ondemand" in item.keywords:
             item.add_marker(skip)

@@ -205,3 +205,29 @@ def test_a_waiting_node_is_shown_until_it_trains_again(tmp_path):
     frame = io.StringIO()
     Console(file=frame, force_terminal=True, width=300).print(live.render())
     assert "⏳" not in plain_text(frame.getvalue())  # it trains again: the note goes
+
+
+def test_live_view_of_a_big_tree_is_a_line_per_level_and_the_running_nodes(tmp_path):
+    """67 nodes on a 25-line terminal: one summary per level, the running and failed nodes in full."""
+    rows = [f"l{i:03d}_Latn,World,Family{i % 6},Lang{i:03d}" for i in range(60)]
+    (tmp_path / "big.csv").write_text("code,level0,level1,language\n" + "\n".join(rows) + "\n")
+    cfg = make_config(None, {}, [f"tree.file={tmp_path / 'big.csv'}", "tree.levels=[level0, level1, language]"])
+    tree = tree_of(cfg)
+    console = Console(file=io.StringIO(), force_terminal=True, width=140, height=25)
+    reporter = LiveReporter(cfg, tree=tree, console=console)
+    for event in [RunStarted("/runs/big", 8, True, len(tree.nodes)), NodeStarted("level0.World", 8),
+                  NodeDone("level0.World", NodeMetrics(val_loss=2.0)), NodeStarted("level1.Family0", 4),
+                  NodeStarted("level1.Family1", 4), NodeFailed("level1.Family2", "RuntimeError: out of memory")]:
+        reporter.view.apply_event(event)
+    frame = io.StringIO()
+    Console(file=frame, force_terminal=True, width=140).print(reporter.render())
+    lines = plain_text(frame.getvalue()).splitlines()
+    assert len(tree.nodes) == 67 and len(lines) < 25
+    assert "1/67 done" in lines[0]
+    assert any(line.startswith("level0 (1 node)") and "1/1 done" in line for line in lines)
+    level1 = next(line for line in lines if line.startswith("level1 (6 nodes)"))
+    assert "0/6 done · 2 running · 1 failed · 3 pending" in level1
+    assert "60 pending" in next(line for line in lines if line.startswith("language (60 nodes)"))
+    assert sum("Family0" in line or "Family1" in line for line in lines) == 2  # the running nodes, in full
+    assert any("Family2" in line and "failed" in line for line in lines)
+    assert not any("Lang007" in line for line in lines)  # pending leaves only in the counts

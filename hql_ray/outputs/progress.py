@@ -146,6 +146,14 @@ class RunView:
                 out[n.status] = out.get(n.status, 0) + 1
             return out
 
+    def by_level(self) -> list[tuple[str, list[NodeView]]]:
+        """(level, its nodes) from the root's level down: a big tree's view is one line per level."""
+        with self.lock:
+            levels: dict[str, list[NodeView]] = {}
+            for n in sorted(self.nodes.values(), key=lambda n: n.depth):
+                levels.setdefault(n.id.split(".", 1)[0], []).append(n)
+            return list(levels.items())
+
     def ordered(self) -> list[tuple[str, NodeView]]:
         """(tree prefix, node) in tree order, with box-drawing prefixes like `hql-ray tree`."""
         with self.lock:
@@ -460,7 +468,13 @@ class LiveReporter(_Guarded):
                                       ("loss", "right"), ("val loss", "right"), ("time", "right"),
                                       ("workers", "right")):
                     table.add_column(name, justify=justify, no_wrap=True)
-                for prefix, n in view.ordered():
+                rows = view.ordered()
+                if len(rows) > self.max_rows():  # a big tree: a line per level, then its running and failed nodes
+                    rows = level_rows(view)
+                for prefix, n in rows:
+                    if isinstance(n, str):  # a level's summary
+                        table.add_row(Text(prefix, style="bold"), Text(n, style="dim"), *[""] * 6)
+                        continue
                     state = state_text(n)
                     style = STYLES.get(state, "")
                     table.add_row(
@@ -484,6 +498,10 @@ class LiveReporter(_Guarded):
             return Group(*parts)
         except Exception as err:  # noqa: BLE001 - never let a redraw raise in rich's thread
             return Text(f"(progress view unavailable: {type(err).__name__}: {err})")
+
+    def max_rows(self) -> int:
+        """Node rows that fit the terminal (with the header and a few notes); more: one line per level."""
+        return max(MIN_ROWS, self.console.height - 8)
 
     def __enter__(self):
         try:
@@ -517,6 +535,25 @@ class LiveReporter(_Guarded):
                 self.console.print(f"[green]run finished in {fmt_time(time.time() - self.view.t0)}[/]", highlight=False)
         if self.live is not None:
             self.live.refresh()
+
+
+MIN_ROWS = 20  # a tree up to this many nodes is always drawn whole
+
+
+def level_rows(view: RunView) -> list[tuple[str, "NodeView | str"]]:
+    """A big tree's rows: per level a summary ("12/40 done · 3 running"), then its running and failed nodes
+    (pending and finished ones are in the counts)."""
+    rows: list[tuple[str, NodeView | str]] = []
+    for level, nodes in view.by_level():
+        counts: dict[str, int] = {}
+        for n in nodes:
+            counts[n.status] = counts.get(n.status, 0) + 1
+        finished = counts.get("done", 0) + counts.get("skipped", 0)
+        summary = " · ".join([f"{finished}/{len(nodes)} done", *(f"{counts[s]} {s}" for s in
+                                                                 ("running", "failed", "pending") if counts.get(s))])
+        rows.append((f"{level} ({len(nodes)} node{'s' if len(nodes) > 1 else ''})", summary))
+        rows += [("  ", n) for n in nodes if n.status in ("running", "failed")]
+    return rows
 
 
 def make_reporter(cfg, plain: bool = False, tree=None):
