@@ -28,12 +28,15 @@ instead (no Ray): makespan / lower bound per seed, the worst and the mean.
 Run: .venv/bin/python benchmarks/scheduler.py --quick    (3 levels, one small scale; ~5-13 min on 2 busy cores)
      .venv/bin/python benchmarks/scheduler.py            (full tree; 18 min measured on a quiet 2-core machine)
      .venv/bin/python benchmarks/scheduler.py --scale    (replays only; ~2 min)
+     .venv/bin/python benchmarks/scheduler.py --synthetic 120 --depth 3 --slots 32 --policies ours --spe 1e-6 \
+         --set resources.max_workers_per_node=4    (the real driver on a 152-node tree; ~30 min on 2 cores)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -44,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (LEVELS, PTHQL, CpuMeter, all_done, machine, makespan, print_table,  # noqa: E402
                     quiet, start_ray, temp_dir)
 import scheduler_scale  # noqa: E402
+from synthetic_tree import synthetic_tree, write_tree_csv  # noqa: E402
 
 from hql_ray.data.batch_plan import max_workers  # noqa: E402
 from hql_ray.settings.config import make_config  # noqa: E402
@@ -74,6 +78,10 @@ class Outcome:
     chain: list[tuple[str, float, float, float]]  # last chain: (node, wait, work, overhead)
     cpu_seconds: float  # CPU used by this process and the local Ray during the run (workers only sleep)
     manifest: object
+    driver_cpu: float = 0.0  # CPU seconds of the driver's own process (its threads and Ray client) in the run
+    driver_rss_mb: float = 0.0  # the driver process's peak resident memory
+    slots_free_at_end: str = ""  # "32/32": every GPU slot free again once the run returned (no leak)
+    store_used_mb: float = 0.0  # the object store's bytes still held after the run
 
 
 def replay_driver(tree: LanguageTree, sizes: dict[str, int], spe: float, cfg, slots: int, max_per_node: int,
@@ -109,11 +117,11 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     extra, bound_slots, bound_max = DRIVER_RUNS[policy]
     overrides = [f"run.output_dir={out}", f"run.name={policy}", f"tree.file={args.tree}",
                  f"tree.levels=[{', '.join(args.levels)}]", f"resources.num_gpus={args.slots}",
-                 "resources.max_failures=0", *extra]
+                 "resources.max_failures=0", *args.set, *extra]
     cfg = make_config(overrides=overrides)
-    sim = Simulation(spe, epochs=1, examples=args.examples)
+    sim = Simulation(spe, epochs=1, examples=args.examples, examples_per_language=tuple(sorted(args.sizes.items())))
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
-    sizes = {n: args.examples * len(node.languages) for n, node in tree.nodes.items()}
+    sizes = {n: sum(sim.examples_of(lang.code) for lang in node.languages) for n, node in tree.nodes.items()}
     work = {n: spe * sizes[n] for n in tree.nodes}
     parents = {n: node.parent for n, node in tree.nodes.items()}
     slots = cfg.resources.num_gpus
@@ -122,16 +130,37 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     ideal = replay_driver(tree, sizes, spe, cfg, slots, max_per)
 
     print(f"  {policy}: {len(tree.nodes)} nodes, {spe:g} s/example, lower bound {bound:.1f} s ...", flush=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), own_cpu()
     with CpuMeter() as meter:
         manifest = Driver(cfg, simulation=sim).run()
+    driver_cpu = own_cpu() - cpu0
     print(f"  {policy}: done in {time.perf_counter() - t0:.1f} s (driver wall)", flush=True)
     all_done(manifest)
     nodes = manifest.nodes
     overheads = {n: (v.finished_at - v.started_at) - v.metrics.simulated_seconds for n, v in nodes.items()}
     modelled = replay_driver(tree, sizes, spe, cfg, slots, max_per, overhead=overheads)
     return Outcome(policy, spe, makespan(manifest), bound, ideal, modelled, overheads, last_chain(nodes, overheads),
-                   meter.seconds, manifest)
+                   meter.seconds, manifest, driver_cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   *leftovers())
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def leftovers(wait_s: float = 30.0) -> tuple[str, float]:
+    """("free/total" GPU slots once they are all back or `wait_s` passed, object store MB still used)."""
+    import ray
+
+    deadline = time.time() + wait_s
+    while True:
+        free, total = ray.available_resources(), ray.cluster_resources()
+        if free.get("GPU", 0) >= total.get("GPU", 0) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    store = total.get("object_store_memory", 0) - free.get("object_store_memory", 0)
+    return f"{free.get('GPU', 0):g}/{total.get('GPU', 0):g}", store / 2**20
 
 
 def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
@@ -148,19 +177,23 @@ def print_allocation(outcome: Outcome, tree: LanguageTree) -> None:
 def print_makespans(outcomes: dict[str, Outcome]) -> None:
     print("\nmakespan against the lower bound (manifest: first start .. last finish)")
     header = ["policy", "s/example", "makespan s", "lower bound s", "ratio", "replay", "replay+overhead",
-              "overhead/node s (median, max)", "CPU s/node"]
+              "overhead/node s (median, max)", "CPU s/node", "driver CPU ms/node", "driver RSS MB",
+              "GPU slots free at end", "object store MB held"]
     rows = []
     for o in outcomes.values():
         ov = list(o.overheads.values())
         rows.append([o.policy, f"{o.spe:g}", f"{o.makespan:.1f}", f"{o.bound:.1f}", f"{o.makespan / o.bound:.3f}",
                      f"{o.replay / o.bound:.3f}", f"{o.replay_overhead / o.bound:.3f}",
-                     f"{statistics.median(ov):.1f}, {max(ov):.1f}", f"{o.cpu_seconds / len(ov):.1f}"])
+                     f"{statistics.median(ov):.1f}, {max(ov):.1f}", f"{o.cpu_seconds / len(ov):.1f}",
+                     f"{1000 * o.driver_cpu / len(ov):.0f}", f"{o.driver_rss_mb:.0f}", o.slots_free_at_end,
+                     f"{o.store_used_mb:.1f}"])
     print_table(header, rows)
     print("(ratio = makespan / lower bound; replay: the driver's rules replayed without Ray, no overhead; "
           "replay+overhead: the same with each node's measured overhead added to its fit; "
           "overhead/node: node span - simulated seconds; CPU s/node: CPU time of this process and the local Ray during "
           "the run over the nodes: the workers only sleep, so this is Ray Train start-up and teardown, which "
-          f"competes for the {os.cpu_count()} cores)")
+          f"competes for the {os.cpu_count()} cores; driver CPU: the driver process alone, its node threads "
+          "and Ray client included)")
 
 
 def print_chains(outcomes: dict[str, Outcome]) -> None:
@@ -215,8 +248,16 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--tree", default=str(PTHQL))
     parser.add_argument("--policies", nargs="+", choices=list(DRIVER_RUNS), default=list(DRIVER_RUNS))
     parser.add_argument("--keep", action="store_true", help="keep the run folders (manifests)")
+    parser.add_argument("--synthetic", type=int, metavar="LANGUAGES",
+                        help="walk a seeded synthetic tree of this many languages (benchmarks/synthetic_tree.py, "
+                             "--seed, --depth; its per-language sizes) instead of --tree")
+    parser.add_argument("--seed", type=int, default=0, help="--synthetic: the tree's seed (default 0)")
+    parser.add_argument("--depth", type=int, choices=[3, 4, 5], help="--synthetic: levels (default: from the seed)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                        help="config overrides for every policy (e.g. resources.max_workers_per_node=4)")
     scheduler_scale.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.sizes = {}  # code -> examples, where they differ from --examples (--synthetic)
     if not args.scale:
         args.levels = args.levels or (LEVELS[:3] if args.quick else LEVELS)
         args.spe = args.spe or (2e-5 if args.quick else 2e-3)
@@ -229,19 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         return scheduler_scale.main(args)
     quiet()
-    print(f"scheduler benchmark ({'QUICK' if args.quick else 'full'}): {Path(args.tree).name}, levels "
-          f"{' '.join(args.levels)}, {args.examples} examples/language, {args.slots} logical GPU slots; "
+    what = (f"a synthetic tree of {args.synthetic} languages" if args.synthetic else
+            f"{Path(args.tree).name}, levels {' '.join(args.levels)}, {args.examples} examples/language")
+    print(f"scheduler benchmark ({'QUICK' if args.quick else 'full'}): {what}, {args.slots} logical GPU slots; "
           f"{machine()}")
     t_start = time.perf_counter()
     start_ray(num_cpus=2, num_gpus=args.slots)
     outcomes: dict[str, Outcome] = {}
     with temp_dir("hql-bench-sched-", keep=args.keep) as out:
+        if args.synthetic:
+            tree = synthetic_tree(args.seed, args.synthetic, args.depth)
+            args.tree, args.levels, args.sizes = str(write_tree_csv(tree, out / "tree.csv")), tree.levels, tree.examples
+            print(f"synthetic tree: seed {args.seed}, {args.synthetic} languages, levels {' '.join(tree.levels)}, "
+                  f"{len(tree.node_examples())} nodes", flush=True)
         for policy in args.policies:
             outcomes[policy] = run_policy(policy, args.spe if policy == "ours" else args.baseline_spe, args, out)
     print_makespans(outcomes)
     print_chains(outcomes)
     if "ours" in outcomes:
-        print_allocation(outcomes["ours"], load_tree(args.tree, args.levels))
+        if not args.synthetic:  # (a synthetic tree's hundreds of nodes: the chains and the table say enough)
+            print_allocation(outcomes["ours"], load_tree(args.tree, args.levels))
         print_excess(outcomes["ours"])
         for name in ("sequential", "level"):
             if name in outcomes:

@@ -18,6 +18,9 @@ from hql_ray.orchestration import placement
 from hql_ray.settings.records import Progress, WorkerInfo
 
 PHASES = ("waiting", "running", "over")  # a run's phase only ever moves forward
+# What `RunBoard.checkpoint_requested` answers a node: go on, the run is stopping (SIGTERM: a checkpoint now,
+# then go on until stopped), or pause (resources.elastic: a checkpoint now, then end the run to be resized).
+GO_ON, STOP, PAUSE = 0, 1, 2
 
 
 @dataclass
@@ -72,6 +75,7 @@ class RunBoard:
         self._runs: dict[str, RunEntry] = {}
         self._stop_requested = False  # SIGTERM reached the driver: nodes in flight checkpoint now
         self._checkpointed: dict[str, int] = {}  # node -> the step of the checkpoint it wrote on that request
+        self._pauses: set[str] = set()  # nodes asked to checkpoint and end their run, to be resized (elastic)
 
     # ---- nodes: attempts and live progress ----------------------------------------------------------
     def started(self, node_id: str, attempt: Attempt) -> None:
@@ -92,8 +96,19 @@ class RunBoard:
     def request_checkpoint(self) -> None:
         self._stop_requested = True
 
-    def checkpoint_requested(self) -> bool:
-        return self._stop_requested
+    def checkpoint_requested(self, node_id: str = "") -> int:
+        """GO_ON, STOP (the whole run) or PAUSE (this node, for a resize); a stop wins over a pause."""
+        if self._stop_requested:
+            return STOP
+        return PAUSE if node_id in self._pauses else GO_ON
+
+    def request_pause(self, node_id: str) -> None:
+        """resources.elastic: `node_id` writes a checkpoint at its next log step and ends its run; the driver
+        then launches it again on more workers, from that checkpoint."""
+        self._pauses.add(node_id)
+
+    def pause_over(self, node_id: str) -> None:
+        self._pauses.discard(node_id)
 
     def checkpointed(self, node_id: str, step: int) -> None:
         self._checkpointed[node_id] = step

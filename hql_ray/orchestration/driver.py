@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from typing import Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray.orchestration import keeper, launch, preflight, run_start, stop, tune, warm
+from hql_ray.orchestration import elastic, keeper, launch, preflight, run_start, stop, tune, warm
 from hql_ray.orchestration.board import RunBoard
 from hql_ray.orchestration.cluster import check_storage, detect_slots, init_ray
 from hql_ray.orchestration.job import NodeJob, run_name
@@ -108,11 +109,12 @@ class Driver:
             while True:
                 self._launch_ready(pool, run)
                 self._launch_evaluations(pool, run)
+                elastic.offer_slots(self.model, run)
                 if not run.running:
                     break
                 done, _ = wait(list(run.running), timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
-                    self._finish(run, future, run.running.pop(future))
+                    self._finish(run, future, run.running.pop(future), pool)
                     run.refs.keep_only(self.model.needed(run.manifest.statuses, run.failed, run.evaluate))
                 run.watch.tick()
         except BaseException as err:
@@ -190,7 +192,7 @@ class Driver:
         return launch.fit_node(job)
 
     # ---- a launch's end -----------------------------------------------------------------------------
-    def _finish(self, run: Run, future: Future, done: Launch) -> None:
+    def _finish(self, run: Run, future: Future, done: Launch, pool: ThreadPoolExecutor) -> None:
         if done.is_evaluation:
             return self._finish_evaluation(run, future, done.node)
         node_id, manifest = done.node, run.manifest
@@ -204,14 +206,19 @@ class Driver:
                             error=run.watch.explain(node_id, f"{type(err).__name__}: {err}")[:4000])
             self.on_event(NodeFailed(node_id, run.watch.explain(node_id, last_error_line(err))))
             run.keeper.drop.remote(done.job.name)  # what a failed attempt may have handed over
+            elastic.ended(run, node_id)
             return
+        if out.paused_at is not None:  # resources.elastic: it goes on from its checkpoint on more workers
+            job = elastic.resized_job(run, done, out, self.on_event)
+            run.running[pool.submit(self._run, job, "ray-train")] = Launch(node_id, job.workers, job, "ray-train")
+            return
+        elastic.ended(run, node_id)
         ref = ray.get(run.keeper.take.remote(done.job.name))[0]  # saved by the keeper before "done"
         if self.model.facts[node_id].hands_on:
             run.refs.add(node_id, ref)
         del ref
-        resources = entry.resources or NodeResources()
-        resources.gpu_ids = sorted({g for w in out.workers for g in w.gpu_ids}, key=str)
-        resources.hosts = sorted({w.node_ip for w in out.workers})
+        resources = replace(entry.resources or NodeResources(), hosts=sorted({w.node_ip for w in out.workers}),
+                            gpu_ids=sorted({g for w in out.workers for g in w.gpu_ids}, key=str))
         if out.trials:
             run.watch.release_all()  # the search's stopped trials free their slots before children start
         adapter = str(Path("nodes") / node_id / "adapter")
@@ -237,11 +244,6 @@ class Driver:
         except Exception as err:  # noqa: BLE001 - the node stays done; a later --resume tries again
             metrics.evaluation_error = f"{type(err).__name__}: {last_error_line(err)}"
         run.manifest.update(node_id, metrics=metrics)
-        for code in entry.exported:  # the model cards carry the scores
-            self.exports.write_card(node_id, code, metrics, entry.exports.get(code))
-        if entry.node_export is not None:
-            self.exports.write_node_card(node_id, metrics, entry.node_export)
-        if metrics.evaluation_error:
-            log.warning("node %s: evaluation failed again: %s", node_id, metrics.evaluation_error)
-        else:
-            log.warning("node %s: evaluated again: %s", node_id, "; ".join(metrics.chrf_means()))
+        self.exports.write_cards(node_id, entry, metrics)  # the model cards carry the scores
+        log.warning("node %s: %s", node_id, f"evaluation failed again: {metrics.evaluation_error}"
+                    if metrics.evaluation_error else "evaluated again: " + "; ".join(metrics.chrf_means()))

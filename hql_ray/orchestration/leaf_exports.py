@@ -76,6 +76,13 @@ class LeafExports:
         self.on_event(ExportDone(node_id, label, seconds=round(time.time() - started, 2)))
         return info
 
+    def write_cards(self, node_id: str, entry, metrics: NodeMetrics) -> None:
+        """The model cards of what a node exported (its languages', its own), with `metrics` (new scores)."""
+        for code in entry.exported:
+            self.write_card(node_id, code, metrics, entry.exports.get(code))
+        if entry.node_export is not None:
+            self.write_node_card(node_id, metrics, entry.node_export)
+
     def write_node_card(self, node_id: str, metrics: NodeMetrics | None, info: ExportInfo | None) -> None:
         out_dir = layout.node_dir(node_id, self.run_dir)
         card = model_card.node_card_info(self.model.cfg, self.model.tree, node_id, out_dir, metrics, info,

@@ -18,7 +18,7 @@ import ray
 import ray.train
 import torch
 
-from hql_ray.orchestration.board import Attempt
+from hql_ray.orchestration.board import GO_ON, PAUSE, Attempt
 from hql_ray.orchestration.job import NodeJob
 from hql_ray.settings.records import NodeResult, Progress, WorkerInfo
 from hql_ray.training.adapter_files import from_wire, state_checksum, to_wire
@@ -34,19 +34,24 @@ class BoardProgress:
     _node_id = ""
     _last_progress = 0.0
     _stop_ref = None  # the pending `checkpoint_requested` call
-    _stop_seen = False
+    _asked = GO_ON  # rank 0's answer from the board (GO_ON, STOP or PAUSE); kept once it is not GO_ON
+    _agreed = GO_ON  # the same, agreed across the workers (the other ranks send GO_ON: the sum is rank 0's)
 
     def checkpoint_requested(self) -> bool:
         if self._board is None:
             return False
-        if not self._stop_seen and self.rank == 0:
+        if self._asked == GO_ON and self.rank == 0:
             if self._stop_ref is None:
-                self._stop_ref = self._board.checkpoint_requested.remote()
+                self._stop_ref = self._board.checkpoint_requested.remote(self._node_id)
             ready, _ = ray.wait([self._stop_ref], timeout=0)
             if ready:
-                self._stop_seen, self._stop_ref = bool(ray.get(self._stop_ref)), None
-        flag = torch.tensor([1.0 if self._stop_seen else 0.0], device=self.device)
-        return bool(self.all_reduce_sum(flag).item() > 0)
+                self._asked, self._stop_ref = int(ray.get(self._stop_ref)), None
+        flag = torch.tensor([float(self._asked)], device=self.device)
+        self._agreed = int(self.all_reduce_sum(flag).item())
+        return self._agreed != GO_ON
+
+    def pausing(self) -> bool:
+        return self._agreed == PAUSE
 
     def checkpoint_written(self, step: int) -> None:
         if self._board is not None and self.rank == 0:

@@ -139,6 +139,8 @@ class RunModel:
         # resources.policy as the driver can follow it: a node keeps its workers to its end (no growth), and a
         # running node counts with all its work (the driver does not track its progress)
         self.policy = scheduling.WithoutProgress(scheduling.policy_for(cfg, elastic=False))
+        # resources.elastic: the same policy asked which running nodes grow, from their progress on the board
+        self.elastic_policy = scheduling.policy_for(cfg, elastic=True) if cfg.resources.elastic else None
 
     def _facts(self, node_id: str) -> NodeFacts:
         ancestors = [a.id for a in self.tree.ancestors(node_id)]
@@ -184,6 +186,19 @@ class RunModel:
             [loads[n] for n in ready], [scheduling.Running(loads[n], w, loads[n].work) for n, w in running.items()],
             free_slots, free_slots + sum(running.values()))
         return {n: span.min for n, span in self.policy.decide(view).launches.items()}
+
+    def resizes(self, sizes: dict[str, int], free_slots: int, running: Mapping[str, int],
+             done_share: Mapping[str, float], resizable: set[str]) -> dict[str, int]:
+        """resources.elastic, when no ready node waits: running nodes to go on on more workers -> their new
+        count. `done_share`: the share of its steps each running node has done (from the board); `resizable`:
+        those that may pause now (a checkpoint is written on request, so each counts as at one)."""
+        if self.elastic_policy is None or free_slots <= 0 or not resizable:
+            return {}
+        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
+        view = scheduling.SchedulerView(
+            [], [scheduling.Running(loads[n], w, loads[n].work * (1 - done_share.get(n, 0.0)), n in resizable)
+                 for n, w in running.items()], free_slots, free_slots + sum(running.values()))
+        return self.elastic_policy.decide(view).resizes
 
     def needed(self, status: dict[str, str], failed: set[str], evaluate: set[str]) -> set[str]:
         """Done nodes whose adapters a node that may still run (or be scored again) starts from."""

@@ -81,6 +81,8 @@ class Run:
     running: dict[Future, Launch] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     evaluate: set[str] = field(default_factory=set)  # --resume: done nodes whose evaluation failed, to score again
+    resizing: dict[str, int] = field(default_factory=dict)  # resources.elastic: node asked to pause -> new workers
+    next_resize_check: float = 0.0  # (time.time) when free slots may next be offered to running nodes
 
     @property
     def busy_slots(self) -> int:
@@ -88,7 +90,9 @@ class Run:
 
     @property
     def free_slots(self) -> int:
-        return self.slots.total - self.busy_slots
+        """Slots no run holds and no resized node is due (it takes them when it goes on from its checkpoint)."""
+        due = sum(workers - self.training.get(node, workers) for node, workers in self.resizing.items())
+        return self.slots.total - self.busy_slots - due
 
     @property
     def training(self) -> dict[str, int]:

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from hql_ray.outputs.manifest import STATUSES
-from hql_ray.settings.records import (Event, ExportDone, ExportStarted, NodeDone, NodeFailed, NodeSkipped, NodeStarted,
-                                      NodeWaiting, Progress, RunFinished, RunStarted, Task)
+from hql_ray.settings.records import (Event, ExportDone, ExportStarted, NodeDone, NodeFailed, NodeResized, NodeSkipped,
+                                      NodeStarted, NodeWaiting, Progress, RunFinished, RunStarted, Task)
 
 
 @dataclass
@@ -95,6 +95,8 @@ class RunView:
                 n.status, n.started, n.finished, n.error, n.workers = "running", now, None, None, event.workers
                 n.step = n.epoch = n.loss = n.val_loss = n.phase = n.task = n.resumed_from = None
                 n.exporting = False
+            elif isinstance(event, NodeResized):
+                self.node(event.node).workers = event.workers
             elif isinstance(event, NodeDone):
                 self._done(self.node(event.node), event.metrics, now)
             elif isinstance(event, ExportStarted):
@@ -403,6 +405,9 @@ class PlainReporter(_Guarded):
         if isinstance(event, NodeStarted):
             warm = ", a warm worker" if event.executor == "warm" else ""
             return f"{event.node}: started on {event.workers} worker(s){warm}"
+        if isinstance(event, NodeResized):
+            return (f"{event.node}: goes on from its checkpoint (step {event.paused_at}) on {event.workers} "
+                    f"worker(s), {event.workers_before} before")
         if isinstance(event, NodeDone):
             self.done += 1
             m, parts = event.metrics, []

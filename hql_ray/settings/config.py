@@ -251,6 +251,11 @@ class ResourcesSection:
     # critical-path (longest chain of work below first, workers by need, grows at checkpoints) or
     # largest-first (the biggest ready node first, fixed workers: the earlier rule).
     policy: str = "critical-path"
+    # Elastic growth (critical-path only): when slots free up that no ready node can use, a running node
+    # writes a checkpoint at its next log step, ends its run, and goes on from it on more workers (a restart
+    # of ~1-2 min on GPUs, taken only where it saves more than that; the result does not depend on the
+    # workers: train.example_dropout). Off by default: a node keeps the workers it started on.
+    elastic: bool = False
     # A node's Ray Train run that has waited this long for its workers' resources while none of ours
     # trains is reported (what it waits for, what holds the resources); past wait_timeout_s it fails
     # instead of hanging (0 = wait forever, e.g. for a slow autoscaler).
@@ -368,6 +373,10 @@ class Config:
         _choice("export.nodes", self.export.nodes, EXPORT_NODES)
         _choice("resources.executor", self.resources.executor, EXECUTORS)
         _choice("resources.policy", self.resources.policy, SCHEDULING_POLICIES)
+        if self.resources.elastic and self.resources.policy != "critical-path":
+            raise ConfigError(f"resources.elastic grows running nodes by the critical-path policy's rule; "
+                              f"resources.policy={self.resources.policy} keeps a node's workers to its end "
+                              f"(set resources.policy=critical-path, or resources.elastic=false)")
         _check_test_set_names(self.eval.test_sets)
         for key, value in [
             ("train.batch_size", self.train.batch_size),

@@ -337,6 +337,9 @@ class NodeResult:
     received_checksums: list[str] = field(default_factory=list)  # the ancestors' adapters it started from
     # The adapter went to the run's keeper (hql_ray.orchestration.keeper), which saved it: its checksum.
     kept_checksum: str | None = None
+    # resources.elastic: the node wrote a checkpoint at this step and ended its run, to go on on more workers
+    # (no adapter yet: the driver relaunches it from that checkpoint)
+    paused_at: int | None = None
 
 
 # ---- what the run record keeps besides the result -----------------------------------------------------
@@ -459,6 +462,16 @@ class NodeStarted:
 
 
 @dataclass
+class NodeResized:
+    """resources.elastic: a running node goes on from its checkpoint on more workers (`paused_at`: the step)."""
+
+    node: str
+    workers_before: int
+    workers: int
+    paused_at: int | None = None
+
+
+@dataclass
 class NodeWaiting:
     node: str
     message: str
@@ -501,5 +514,5 @@ class RunFinished:
     not_done: list[str] = field(default_factory=list)
 
 
-Event = typing.Union[RunStarted, NodeSkipped, NodeStarted, NodeWaiting, NodeDone, NodeFailed,
+Event = typing.Union[RunStarted, NodeSkipped, NodeStarted, NodeResized, NodeWaiting, NodeDone, NodeFailed,
                      ExportStarted, ExportDone, RunFinished]

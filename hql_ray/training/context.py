@@ -52,6 +52,11 @@ class NodeContext:
     def checkpoint_written(self, step: int) -> None:
         """The checkpoint asked for by `checkpoint_requested` is written (at `step`)."""
 
+    def pausing(self) -> bool:
+        """After `checkpoint_requested` said yes: whether that checkpoint is for a resize (resources.elastic),
+        so the node's run ends once it is written and the driver launches it again on more workers."""
+        return False
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over workers (identity for one worker)."""
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -298,8 +298,9 @@ def train_step(st: TrainState, batch: StepBatch) -> torch.Tensor | float:
     return loss
 
 
-def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter) -> None:
-    """After a step: a loss-curve point, progress, validation (best kept), report and checkpoint."""
+def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter) -> bool:
+    """After a step: a loss-curve point, progress, validation (best kept), report and checkpoint.
+    -> True when the node pauses here (a checkpoint written for a resize: its run ends)."""
     step, last = st.step, st.step == st.total_steps
     validate = step % st.eval_every == 0 or last
     if step % st.curve_every == 0 and not validate:
@@ -327,6 +328,7 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
         st.ctx.report({"step": step, "best_val_loss": st.best_loss, **extra}, None)
     if st.tracker is not None and st.history[-1].step == step:
         st.tracker.point(st.history[-1], lr=st.scheduler.get_last_lr()[0])
+    return stopping and st.ctx.pausing()
 
 
 def report_checkpoint(st: TrainState, extra: dict) -> None:
@@ -413,7 +415,10 @@ def train_node(cfg: Config, node: NodeSpec, parent_chain: list[AdapterState] | N
         for batch in batches_from_step(st):
             losses.add(train_step(st, batch))
             st.tracker.trained(st.batch_rows, time.perf_counter() - mark)
-            when_due(st, since_validation, since_point)
+            if when_due(st, since_validation, since_point):
+                ok = True  # paused for a resize: it goes on from this step's checkpoint on more workers
+                return NodeResult(None, NodeMetrics(steps=st.step, world_size=ctx.world_size), st.history,
+                                  paused_at=st.step)
             mark = time.perf_counter()
         result = finish(st)
         ok = True

@@ -11,8 +11,11 @@ driver, the object store, persistence and exports move the bytes a real run move
 from __future__ import annotations
 
 import functools
+import json
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -67,15 +70,54 @@ def real_shaped_adapter(cfg: Config, seed: int) -> AdapterState:
     return AdapterState(state, tensors)
 
 
+# A simulated node sleeps in slices of this many seconds, asking between them whether to checkpoint (a stop,
+# or a pause for a resize): its "steps" are slices, its checkpoint the work done so far.
+SLICE_S = 0.5
+PROGRESS_FILE = "simulated.json"
+
+
 def simulated_node(sim: Simulation, node: NodeSpec, ctx, cfg: Config) -> NodeResult:
-    seconds = sim.seconds(node, ctx.world_size)
-    ctx.progress(Progress(node=node.id, phase="train", step=0, total_steps=1))
-    time.sleep(seconds)
+    """Sleep the node's work (in one-worker seconds) over its workers, from its last checkpoint if any; a
+    checkpoint requested (SIGTERM, or resources.elastic's pause) saves the work done, a pause ends the run."""
+    work = sim.seconds(node, 1)
+    done, slept, slices = resumed_work(ctx)
+    ctx.progress(Progress(node=node.id, phase="train", step=round(1000 * done / work) if work else 0, total_steps=1000))
+    checkpointed = False
+    while done < work:
+        share = min(SLICE_S * ctx.world_size, work - done)
+        time.sleep(share / ctx.world_size)
+        done, slept, slices = done + share, slept + share / ctx.world_size, slices + 1
+        ctx.progress(Progress(node=node.id, phase="train", step=round(1000 * done / work), total_steps=1000))
+        if done < work and not checkpointed and ctx.checkpoint_requested():
+            save_work(ctx, done, slept, slices)
+            ctx.checkpoint_written(slices)
+            checkpointed = True
+            if ctx.pausing():
+                return NodeResult(None, NodeMetrics(simulated_seconds=slept, world_size=ctx.world_size), [],
+                                  paused_at=slices)
     ctx.report({"done": True}, None)
     if sim.adapters == "real":
         adapter = real_shaped_adapter(cfg, seed=node.examples) if ctx.is_main else None
     else:
         adapter = AdapterState({"r": 1, "lora_alpha": 1, "use_rslora": False, "lora_dropout": 0.0,
                                 "target_modules": ["q"]}, {"simulated": torch.tensor([float(node.examples)])})
-    metrics = NodeMetrics(simulated_seconds=seconds, examples=node.examples, world_size=ctx.world_size)
+    metrics = NodeMetrics(simulated_seconds=slept, examples=node.examples, world_size=ctx.world_size)
     return NodeResult(adapter, metrics, [])
+
+
+def resumed_work(ctx) -> tuple[float, float, int]:
+    """(work done in one-worker seconds, seconds slept, slices) at the node's last checkpoint; zeros if none."""
+    ckpt = ctx.latest_checkpoint()
+    if ckpt is None or not (ckpt / PROGRESS_FILE).is_file():
+        return 0.0, 0.0, 0
+    saved = json.loads((ckpt / PROGRESS_FILE).read_text())
+    return float(saved["done"]), float(saved["slept"]), int(saved["slices"])
+
+
+def save_work(ctx, done: float, slept: float, slices: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="hql-sim-ckpt-") as tmp:
+        path = None
+        if ctx.is_main:
+            path = Path(tmp)
+            (path / PROGRESS_FILE).write_text(json.dumps({"done": done, "slept": slept, "slices": slices}))
+        ctx.report({"step": slices}, path)
