@@ -163,6 +163,7 @@ class CpuMeter:
         self._seen: dict[tuple[int, float], list[float]] = {}  # (pid, create_time) -> [first, last]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.own_seconds = 0.0  # the sampling thread's own CPU (in this process: not the measured work's)
 
     def _sample(self, first: bool) -> None:
         import psutil
@@ -181,8 +182,11 @@ class CpuMeter:
                 self._seen[key] = [used if first else 0.0, used]
 
     def _run(self) -> None:
+        import time
+
         while not self._stop.wait(self.interval):
             self._sample(first=False)
+        self.own_seconds = time.thread_time()
 
     def __enter__(self) -> "CpuMeter":
         self._sample(first=True)
@@ -196,4 +200,5 @@ class CpuMeter:
 
     @property
     def seconds(self) -> float:
-        return sum(last - first for first, last in self._seen.values())
+        """CPU of the process tree over the measurement, less the sampling thread's own."""
+        return sum(last - first for first, last in self._seen.values()) - self.own_seconds
