@@ -12,7 +12,8 @@ from hql_ray.cli import main
 
 SAMPLE = str(REPO / "data" / "sample")
 FAST = ["-bm", "tiny", "--data-dir", SAMPLE, "-ls", "8", "--max-train-per-corpus", "8", "-ts", "48", "--plain",
-        "train.max_steps=2", "eval.max_new_tokens=8", "data.max_test_per_language=4", "resources.max_failures=0"]
+        "train.max_steps=2", "eval.max_new_tokens=8", "data.max_test_per_language=4", "resources.max_failures=0",
+        "resources.num_gpus=0"]  # CPU slots, as on a laptop: warm workers (one Ray Train start-up per node otherwise)
 
 
 def seed_command(levels: str, epochs: str, tree: str, name: str) -> list[str]:
@@ -42,9 +43,7 @@ def test_monolingual_asturian(ray_session, tmp_path):
     [
         ('level0', "4", "12langs.csv", "12langs_4epochs", 1),
         ('level0, level1, level2, language', "1", "12langs_dlhql.csv", "12langs_dlhql", 21),
-        # The demo's tree (test_wheel trains it from an empty folder): on demand, to keep CI's slow pass short
-        pytest.param('level0, level1, level2, language', "1", "12langs_pthql.csv", "12langs_pthql", 21,
-                     marks=pytest.mark.ondemand),
+        ('level0, level1, level2, language', "1", "12langs_pthql.csv", "12langs_pthql", 21),
     ],
 )
 def test_seed_experiments(ray_session, tmp_path, levels, epochs, tree, name, n_nodes):
@@ -84,5 +83,6 @@ def test_qlora_without_bitsandbytes(tmp_path, capsys, monkeypatch):
 
 
 def test_more_gpus_than_the_cluster_has(ray_session, tmp_path, capsys):
-    code = main(["train", "--output-dir", str(tmp_path), *FAST, "--num-gpus", "64"])
+    logical_gpus = [a for a in FAST if a != "resources.num_gpus=0"]  # (the flag, not FAST's CPU slots)
+    code = main(["train", "--output-dir", str(tmp_path), *logical_gpus, "--num-gpus", "64"])
     assert code == 2 and "--num-gpus 64 but the Ray cluster has 4 GPU(s)" in capsys.readouterr().err
