@@ -180,25 +180,28 @@ class RunModel:
         wait for a slot. `running`: the nodes training now -> their workers."""
         if free_slots <= 0 or not ready:
             return {}
-        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
-        running = running or {}
-        view = scheduling.SchedulerView(
-            [loads[n] for n in ready], [scheduling.Running(loads[n], w, loads[n].work) for n, w in running.items()],
-            free_slots, free_slots + sum(running.values()))
+        view = self._view(sizes, ready, free_slots, running or {})
         return {n: span.min for n, span in self.policy.decide(view).launches.items()}
 
     def resizes(self, sizes: dict[str, int], free_slots: int, running: Mapping[str, int],
-             done_share: Mapping[str, float], resizable: set[str]) -> dict[str, int]:
+                done_share: Mapping[str, float], resizable: set[str]) -> dict[str, int]:
         """resources.elastic, when no ready node waits: running nodes to go on on more workers -> their new
         count. `done_share`: the share of its steps each running node has done (from the board); `resizable`:
         those that may pause now (a checkpoint is written on request, so each counts as at one)."""
         if self.elastic_policy is None or free_slots <= 0 or not resizable:
             return {}
-        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
-        view = scheduling.SchedulerView(
-            [], [scheduling.Running(loads[n], w, loads[n].work * (1 - done_share.get(n, 0.0)), n in resizable)
-                 for n, w in running.items()], free_slots, free_slots + sum(running.values()))
+        view = self._view(sizes, [], free_slots, running, done_share, resizable)
         return self.elastic_policy.decide(view).resizes
+
+    def _view(self, sizes: dict[str, int], ready: list[str], free_slots: int, running: Mapping[str, int],
+              done_share: Mapping[str, float] | None = None, resizable: set[str] = frozenset()
+              ) -> scheduling.SchedulerView:
+        loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
+        left = {n: loads[n].work * (1 - (done_share or {}).get(n, 0.0)) for n in running}
+        return scheduling.SchedulerView(
+            [loads[n] for n in ready], [scheduling.Running(loads[n], w, left[n], n in resizable)
+                                        for n, w in running.items()],
+            free_slots, free_slots + sum(running.values()))
 
     def needed(self, status: dict[str, str], failed: set[str], evaluate: set[str]) -> set[str]:
         """Done nodes whose adapters a node that may still run (or be scored again) starts from."""

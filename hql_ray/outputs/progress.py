@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from hql_ray.outputs.manifest import STATUSES
@@ -550,9 +551,7 @@ def level_rows(view: RunView) -> list[tuple[str, "NodeView | str"]]:
     (pending and finished ones are in the counts)."""
     rows: list[tuple[str, NodeView | str]] = []
     for level, nodes in view.by_level():
-        counts: dict[str, int] = {}
-        for n in nodes:
-            counts[n.status] = counts.get(n.status, 0) + 1
+        counts = Counter(n.status for n in nodes)
         finished = counts.get("done", 0) + counts.get("skipped", 0)
         summary = " · ".join([f"{finished}/{len(nodes)} done", *(f"{counts[s]} {s}" for s in
                                                                  ("running", "failed", "pending") if counts.get(s))])

@@ -52,6 +52,14 @@ class NodeContext:
     def checkpoint_written(self, step: int) -> None:
         """The checkpoint asked for by `checkpoint_requested` is written (at `step`)."""
 
+    def report_checkpoint(self, metrics: dict, write: Callable[[Path], None]) -> None:
+        """Every worker reports `metrics`; rank 0 with a checkpoint that `write(folder)` fills (a temporary
+        folder, gone once reported: the run's storage keeps its own copy)."""
+        with tempfile.TemporaryDirectory(prefix="hql-ckpt-") as tmp:
+            if self.is_main:
+                write(Path(tmp))
+            self.report(metrics, Path(tmp) if self.is_main else None)
+
     def pausing(self) -> bool:
         """After `checkpoint_requested` said yes: whether that checkpoint is for a resize (resources.elastic),
         so the node's run ends once it is written and the driver launches it again on more workers."""

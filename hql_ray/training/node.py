@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -332,14 +331,10 @@ def when_due(st: TrainState, since_validation: LossMeter, since_point: LossMeter
 
 
 def report_checkpoint(st: TrainState, extra: dict) -> None:
-    with tempfile.TemporaryDirectory(prefix="hql-ckpt-") as tmp:
-        path = None
-        if st.ctx.is_main:
-            path = Path(tmp)
-            state = {"step": st.step, "best_loss": st.best_loss, "history": [h.to_json() for h in st.history],
-                     "initial_val_loss": st.initial_loss}
-            save_checkpoint(path, st.params, st.best, st.optimizer, st.scheduler, state)
-        st.ctx.report({"step": st.step, "best_val_loss": st.best_loss, **extra}, path)
+    state = {"step": st.step, "best_loss": st.best_loss, "history": [h.to_json() for h in st.history],
+             "initial_val_loss": st.initial_loss}
+    st.ctx.report_checkpoint({"step": st.step, "best_val_loss": st.best_loss, **extra},
+                             lambda path: save_checkpoint(path, st.params, st.best, st.optimizer, st.scheduler, state))
 
 
 def node_metrics(st: TrainState) -> NodeMetrics:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +114,5 @@ def resumed_work(ctx) -> tuple[float, float, int]:
 
 
 def save_work(ctx, done: float, slept: float, slices: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="hql-sim-ckpt-") as tmp:
-        path = None
-        if ctx.is_main:
-            path = Path(tmp)
-            (path / PROGRESS_FILE).write_text(json.dumps({"done": done, "slept": slept, "slices": slices}))
-        ctx.report({"step": slices}, path)
+    progress = json.dumps({"done": done, "slept": slept, "slices": slices})
+    ctx.report_checkpoint({"step": slices}, lambda path: (path / PROGRESS_FILE).write_text(progress))
