@@ -180,7 +180,7 @@ class Driver:
 
     def _executor(self, job: NodeJob) -> str:
         """Who runs the node: "tune" (a searched level), "warm" (a warm worker) or "ray-train"."""
-        if isinstance(job.work, Train) and search_space.searches_level(self.cfg, job.node.level):
+        if isinstance(job.work, (Train, Simulate)) and search_space.searches_level(self.cfg, job.node.level):
             return "tune"
         return "warm" if self._warm is not None and job.workers == 1 else "ray-train"
 

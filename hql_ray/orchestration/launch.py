@@ -30,7 +30,9 @@ def wait_limits(wait_timeout_s: float, max_failures: int) -> dict:
 
 def make_trainer(job: NodeJob, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from hql_ray.orchestration.controller import trainer_class
 
     for key, value in job.train_env.items():  # in a Tune trial's actor: the driver's settings
         os.environ.setdefault(key, value)
@@ -38,7 +40,7 @@ def make_trainer(job: NodeJob, callbacks: list | None = None):
     if limits["timeout_s"] is not None:
         # Read by the run's controller, which gets it from this process's environment.
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = f"{limits['timeout_s']:g}"
-    return TorchTrainer(
+    return trainer_class()(  # TorchTrainer, its controller class made once per process
         node_train_loop,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.slots.use_gpu,
