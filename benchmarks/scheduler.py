@@ -53,6 +53,7 @@ from hql_ray.data.batch_plan import max_workers  # noqa: E402
 from hql_ray.settings.config import make_config  # noqa: E402
 from hql_ray.orchestration import replay as replay_lib  # noqa: E402
 from hql_ray.orchestration import scheduling  # noqa: E402
+from hql_ray.settings import search_space  # noqa: E402
 from hql_ray.settings.tree import LanguageTree, load_tree  # noqa: E402
 from hql_ray.training.simulate import Simulation  # noqa: E402
 
@@ -122,7 +123,10 @@ def run_policy(policy: str, spe: float, args, out: Path) -> Outcome:
     sim = Simulation(spe, epochs=1, examples=args.examples, examples_per_language=tuple(sorted(args.sizes.items())))
     tree = load_tree(cfg.tree.file, cfg.tree.levels)
     sizes = {n: sum(sim.examples_of(lang.code) for lang in node.languages) for n, node in tree.nodes.items()}
-    work = {n: spe * sizes[n] for n in tree.nodes}
+    # A searched node (the `tune:` section) runs num_samples one-worker trials of its whole work.
+    trials = {n: search_space.level_spec(cfg, node.level).num_samples for n, node in tree.nodes.items()
+              if search_space.searches_level(cfg, node.level)}
+    work = {n: spe * sizes[n] * trials.get(n, 1) for n in tree.nodes}
     parents = {n: node.parent for n, node in tree.nodes.items()}
     slots = cfg.resources.num_gpus
     max_per = min(max_workers(cfg.train, cfg.resources.max_workers_per_node), bound_max or slots)
@@ -207,6 +211,21 @@ def print_chains(outcomes: dict[str, Outcome]) -> None:
                                  for n, w, k, v in o.chain))
 
 
+def print_search(outcome: Outcome) -> None:
+    """A walk with a searched level: its trials, and the driver's CPU per Ray Train run (nodes + trials)."""
+    searched = {n: v for n, v in outcome.manifest.nodes.items() if v.trials}
+    if not searched:
+        return
+    trials = [t for v in searched.values() for t in v.trials]
+    counts = ", ".join(f"{status} {sum(t.status == status for t in trials)}"
+                       for status in sorted({t.status for t in trials}))
+    runs = len(outcome.manifest.nodes) - len(searched) + len(trials)
+    print(f"\n{outcome.policy}: {len(searched)} searched nodes, {len(trials)} trials ({counts}), trial time median "
+          f"{statistics.median(t.time or 0 for t in trials):.1f} s; {runs} Ray Train runs in all: driver CPU "
+          f"{1000 * outcome.driver_cpu / runs:.0f} ms per run; "
+          "the replay columns leave the trials out (a searched node as one node)")
+
+
 def print_excess(ours: Outcome) -> None:
     policy_ratio = ours.replay / ours.bound
     excess = ours.makespan - ours.replay  # what Ray adds beyond the policy itself, in seconds
@@ -287,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             outcomes[policy] = run_policy(policy, args.spe if policy == "ours" else args.baseline_spe, args, out)
     print_makespans(outcomes)
     print_chains(outcomes)
+    for outcome in outcomes.values():
+        print_search(outcome)
     if "ours" in outcomes:
         if not args.synthetic:  # (a synthetic tree's hundreds of nodes: the chains and the table say enough)
             print_allocation(outcomes["ours"], load_tree(args.tree, args.levels))

@@ -355,3 +355,35 @@ def test_an_older_runs_scores_show_as_the_union_test_set(tmp_path):
     assert f"| deu_Latn | German | union | {NC} | 1.50 | 30.00 | {NC} | {NC} | language.German | 6 |" in md
     assert "test set 'union': scores from an older hql-ray" in md
     assert "- spBLEU: not computed: not recorded by the older hql-ray that made this run" in md
+
+
+# ---- a FLORES-200-sized run (issue 25): the report stays readable -----------------------------------------
+def test_a_report_of_many_languages_opens_with_means_and_keeps_its_plots_readable(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_scale import TEST_SETS, made_up_run
+
+    run_dir = made_up_run(tmp_path, 60, seed=1, slots=8)
+    result = write_report([run_dir])
+    md = result["markdown"]
+    means = md.split("## Means per test set")[1].split("## Scores per language")[0]
+    rows = [line for line in means.splitlines() if line.startswith("| made-up |")]
+    assert sorted(row.split(" | ")[1] for row in rows) == sorted(TEST_SETS)
+    assert all(row.split(" | ")[2] == "60" for row in rows)
+    sizes = {Path(f).name: struct.unpack(">II", Path(f).read_bytes()[16:24]) for f in result["files"]
+             if str(f).endswith(".png")}
+    assert all(w <= 24 * 110 for name, (w, _) in sizes.items() if name.startswith("scores_"))  # capped width
+    # No 60-entry legend: the root-to-leaf plot keeps its panels' height.
+    assert all(h < 800 for name, (_, h) in sizes.items() if name.startswith("root_to_leaf_"))
+
+
+def test_a_small_report_has_no_means_section(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from report_scale import made_up_run
+
+    run_dir = made_up_run(tmp_path, 12, seed=1, slots=4)
+    md = write_report([run_dir], with_plots=False)["markdown"]
+    assert "## Means per test set" not in md and md.count("| **mean** |") == 4

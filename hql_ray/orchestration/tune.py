@@ -122,8 +122,9 @@ class SearchState:
         return None if value is None else float(value)
 
     def kept_report(self, trial_id: str) -> dict | None:
-        """A trial whose result is already here (a resumed search: written before the driver was lost): its
-        last report to Tune (the metric, and `validation` as the report callback counts it); else None."""
+        """A trial whose result is already here (it has just finished, or a resumed search: written before the
+        driver was lost): its last report to Tune (the metric, and `validation` as the report callback counts
+        it); else None."""
         if trial_id not in self.results:
             return None
         validations = sum(1 for h in self.results[trial_id].history if h.val_loss is not None)
@@ -305,6 +306,11 @@ def trial_function(job: NodeJob, spec: LevelSpec, state):
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; Tune retries only lost trial drivers
             error = f"{type(err).__name__}: {err}"[:2000]
         ray.get(state.finished.remote(trial_id, result, error))
+        if result is not None:
+            # The Train run's reports reach Tune through a queue that Tune drains on its own: a run of a second
+            # or two (a simulated trial) can end before Tune read any, and Tune then fails the whole search on a
+            # final result without the metric. The trial's last result, reported here, always carries it.
+            tune.report(ray.get(state.kept_report.remote(trial_id)))
 
     return trial
 

@@ -24,6 +24,10 @@ from hql_ray.outputs.results import PathRow, ScoreRow  # noqa: E402
 
 DPI = 110
 EPS = 1e-6
+# Beyond this many languages (a FLORES-200-sized tree) a plot stops naming every one: the score bars keep a
+# readable width and label every k-th language, the root-to-leaf lines lose their legend and gain a median.
+MANY = 40
+MAX_WIDTH_IN = 24.0
 
 
 def safe_name(label: str) -> str:
@@ -108,8 +112,8 @@ def scores_plot(rows: list[ScoreRow], run_labels: list[str], path: Path, test_se
     by = {(r.code, r.run): r for r in rows}
     n_runs = max(len(run_labels), 1)
     width = 0.8 / n_runs
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2),
-                                                       3.5 * len(metrics)), sharex=True, squeeze=False)
+    width_in = min(MAX_WIDTH_IN, max(7.0, 0.55 * len(codes) * max(n_runs, 1.5) + 2))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width_in, 3.5 * len(metrics)), sharex=True, squeeze=False)
     axes = axes[:, 0]
     cmap = plt.get_cmap("tab10")
     for ax, metric in zip(axes, metrics):
@@ -130,8 +134,13 @@ def scores_plot(rows: list[ScoreRow], run_labels: list[str], path: Path, test_se
             ax.text(0.5, 0.5, f"no {title} scores", ha="center", va="center", transform=ax.transAxes, color="grey")
     axes[0].set_title(f"Test scores per language (leaf node), test set {test_set or '-'}")
     axes[0].legend(loc="upper right", fontsize=8)
-    axes[-1].set_xticks(range(len(codes)))
-    axes[-1].set_xticklabels(codes, rotation=45, ha="right")
+    every = max(1, math.ceil(len(codes) / (MAX_WIDTH_IN * 4)))  # at most ~4 labels per inch (tree order kept)
+    axes[-1].set_xticks(range(0, len(codes), every))
+    axes[-1].set_xticklabels(codes[::every], rotation=45 if every == 1 and len(codes) <= MANY else 90,
+                             ha="right" if len(codes) <= MANY else "center", fontsize=None if len(codes) <= MANY else 6)
+    axes[-1].set_xlim(-0.6, len(codes) - 0.4)
+    if every > 1:
+        axes[-1].set_xlabel(f"{len(codes)} languages in tree order, one in {every} named (report.csv has them all)")
     return _save(fig, path)
 
 
@@ -307,6 +316,7 @@ def path_plot(paths: list[PathRow], levels: list[str], title: str, path: Path) -
     depth = max((len(p.path) for p in paths), default=0)
     any_value = False
     ends: dict[str, list] = {k: [] for k in keys}
+    many = len(paths) > MANY
     for i, p in enumerate(paths):
         for ax, key in zip(axes, keys):
             pts = [(s.depth, s.scores[key]) for s in p.path if s.scores[key] is not None]
@@ -314,8 +324,15 @@ def path_plot(paths: list[PathRow], levels: list[str], title: str, path: Path) -
                 continue
             any_value = True
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p.code)
+            if many:  # a thin line per language, coloured by its family (the node below the root)
+                family = p.path[1].node if len(p.path) > 1 else p.path[0].node
+                ax.plot(xs, ys, "-", color=cmap(sum(map(ord, family)) % 20), linewidth=0.6, alpha=0.35)
+            else:
+                ax.plot(xs, ys, "-o", color=cmap(i % 20), markersize=3.5, linewidth=1.3, label=p.code)
             ends[key].append((xs[-1], ys[-1], p.code.split("_")[0], cmap(i % 20)))
+    if many:
+        for ax, key in zip(axes, keys):
+            median_line(ax, paths, key, depth)
     for ax, key in zip(axes, keys):
         ax.set_title(f"{names[key]} along each language's root-to-leaf path")
         ax.set_xticks(range(depth))
@@ -329,9 +346,21 @@ def path_plot(paths: list[PathRow], levels: list[str], title: str, path: Path) -
         if len(ends[key]) <= 40:
             spread_labels(ax, ends[key])
     if any_value:
-        axes[-1].legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(title)
+        axes[-1].legend(fontsize=7, ncol=1 if many else 2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title + (f" ({len(paths)} languages, coloured by family)" if many else ""))
     return _save(fig, path)
+
+
+def median_line(ax, paths: list[PathRow], key: str, depth: int) -> None:
+    """The median over languages of a score at each depth of their paths, drawn bold (a big tree's plot)."""
+    xs, ys = [], []
+    for d in range(depth):
+        values = sorted(s.scores[key] for p in paths for s in p.path if s.depth == d and s.scores[key] is not None)
+        if values:
+            xs.append(d)
+            ys.append(values[len(values) // 2])
+    if xs:
+        ax.plot(xs, ys, "-o", color="black", linewidth=2.2, markersize=5, label="median")
 
 
 # ---- all of them --------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from pathlib import Path
 from dataclasses import dataclass, field
 
 from hql_ray.outputs.manifest import RunRecord, atomic_write_text, read_manifest, run_tree
-from hql_ray.outputs.results import (LEGACY_NOTE, ScoreRow, not_computed_notes, num_or_none, path_csv, path_markdown,
-                                     path_scores, path_second_metric, score_rows, scores_csv, scores_markdown,
-                                     signature_notes)
+from hql_ray.outputs.results import (LEGACY_NOTE, ScoreRow, means_markdown, not_computed_notes, num_or_none, path_csv,
+                                     path_markdown, path_scores, path_second_metric, score_rows, scores_csv,
+                                     scores_markdown, signature_notes)
 from hql_ray.scoring.evaluation import TEXT_FILES
 from hql_ray.settings.errors import InputError
 from hql_ray.settings.records import LEGACY_TEST_SET, METRIC_NAMES, Sample, TestSetScores
+
+MANY_LANGUAGES = 40  # above this, the report opens with the means per test set
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:
@@ -188,8 +190,11 @@ def default_out_dir(run_dirs: list[str | Path]) -> Path:
 def build_markdown(runs: list[RunRecord], rows: list[ScoreRow], plots: dict[str, str], out_dir: Path,
                    examples: int = 0) -> str:
     title = f"Report: run {runs[0].label}" if len(runs) == 1 else "Report: " + ", ".join(r.label for r in runs)
-    parts = [f"# {title}", "", summary_markdown(runs), "",
-             "## Scores per language and test set (the language's leaf node)", "", scores_markdown(rows, runs), "",
+    parts = [f"# {title}", "", summary_markdown(runs), ""]
+    if len({r.code for r in rows}) > MANY_LANGUAGES:  # the per-language table is hundreds of rows: means first
+        parts += ["## Means per test set", "", means_markdown(rows, runs), "",
+                  "A mean is left out (`-`) where a language lacks the score. Every language follows.", ""]
+    parts += ["## Scores per language and test set (the language's leaf node)", "", scores_markdown(rows, runs), "",
              "spBLEU: sacreBLEU on flores200 SentencePiece pieces (the original's `bleu`); BLEU (13a): the original's "
              "`old_bleu`; LID: mean probability x100 of the language's label (fastText, GlotLID in the paper); LID "
              "diff: the hypotheses' LID minus the references'. References: the test sets' raw sentences (the original "

@@ -290,6 +290,25 @@ def means(rows: list[ScoreRow], runs: list[RunRecord], metrics: list[str]) -> di
     return out
 
 
+def means_markdown(rows: list[ScoreRow], runs: list[RunRecord]) -> str:
+    """A short table of each run's mean scores per test set, with the languages behind each mean and the one
+    scored lowest on chrF++ (what a 200-language report shows before its 800 rows)."""
+    metrics = present_metrics(rows)
+    avg = means(rows, runs, metrics)
+    lines = ["| run | test set | languages | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " | lowest chrF++ |",
+             "|---|---|---|" + "---|" * (len(metrics) + 1)]
+    for (label, test_set), values in avg.items():
+        if test_set is None:
+            continue
+        mine = [r for r in rows if r.run == label and r.test_set == test_set]
+        scored = [r for r in mine if r.scores.get("chrf++") is not None]
+        low = min(scored, key=lambda r: r.scores["chrf++"], default=None)
+        cells = ["-" if values.get(m) is None else f"{values[m]:.2f}" for m in metrics]
+        lowest = "-" if low is None else f"{low.code} {low.scores['chrf++']:.2f}"
+        lines.append(f"| {label} | {test_set} | {len(mine)} | " + " | ".join(cells) + f" | {lowest} |")
+    return "\n".join(lines)
+
+
 def scores_markdown(rows: list[ScoreRow], runs: list[RunRecord]) -> str:
     """Wide table: a row per language and test set, for each run its metrics; the best value in bold; a mean
     row per test set."""

@@ -13,6 +13,7 @@ with `to_json` and reads them with `from_json`, which also reads what older hql-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -44,9 +45,16 @@ class JsonRecord:
             return None
         if isinstance(data, cls):
             return data
-        hints = typing.get_type_hints(cls)
-        names = {cls.JSON_NAMES.get(f.name, f.name): f.name for f in dataclasses.fields(cls) if f.init}
+        hints, names = _fields_of(cls)
         return cls(**{names[k]: _typed(hints[names[k]], v) for k, v in data.items() if k in names})
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_of(cls) -> tuple[dict, dict[str, str]]:
+    """A record class's field types and {JSON key: field name}, worked out once per class: `get_type_hints`
+    evaluates every string annotation again at each call (a 365-node manifest took ~10 s to read without this)."""
+    hints = typing.get_type_hints(cls)
+    return hints, {cls.JSON_NAMES.get(f.name, f.name): f.name for f in dataclasses.fields(cls) if f.init}
 
 
 def _plain(value):
