@@ -306,11 +306,11 @@ def trial_function(job: NodeJob, spec: LevelSpec, state):
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; Tune retries only lost trial drivers
             error = f"{type(err).__name__}: {err}"[:2000]
         ray.get(state.finished.remote(trial_id, result, error))
-        if result is not None:
-            # The Train run's reports reach Tune through a queue that Tune drains on its own: a run of a second
-            # or two (a simulated trial) can end before Tune read any, and Tune then fails the whole search on a
-            # final result without the metric. The trial's last result, reported here, always carries it.
-            tune.report(ray.get(state.kept_report.remote(trial_id)))
+        # Tune fails the whole search (every sibling trial with it) on a trial that ends without ever having
+        # reported the metric: one whose Train run failed before its first validation, or one so short (a
+        # simulated trial) that it ended before Tune drained its reports. The trial's last result, reported
+        # here, always carries it (NaN for a failed trial, recorded as an error by the search state).
+        tune.report(ray.get(state.kept_report.remote(trial_id)) or {spec.metric: float("nan"), "validation": 0})
 
     return trial
 
