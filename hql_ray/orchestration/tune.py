@@ -127,7 +127,8 @@ class SearchState:
         it); else None."""
         if trial_id not in self.results:
             return None
-        validations = sum(1 for h in self.results[trial_id].history if h.val_loss is not None)
+        # (the initial loss, at step 0, is not a validation the node reported)
+        validations = sum(1 for h in self.results[trial_id].history if h.val_loss is not None and h.step > 0)
         value = self.trials[trial_id].value
         return {self.metric: float("nan") if value is None else value, "validation": validations}
 
