@@ -2,8 +2,8 @@
 
 Ray Train (V2) wraps its `TrainController` in a fresh `ray.remote(...)` class at every `fit()`; a fresh
 class is exported to the GCS again, and the export hashes the class's disassembly (Ray's "collision
-identifier"): ~75 ms of the driver's CPU per node on 2 cores, two thirds of what a node costs the driver
-(benchmarks/README.md, "the real driver at scale"). The class's options are the same for every fit in a
+identifier"): ~95 ms of the driver's CPU per node on 2 cores, half of what a node cost the driver
+(benchmarks/README.md, "driver_cpu"). The class's options are the same for every fit in a
 process (the driver's node, the driver's environment), so the class is made once per set of options
 and Ray exports it once per session.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,12 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from hql_ray.outputs.manifest import NodeRecord  # noqa: E402
-from hql_ray.outputs.results import PathRow, ScoreRow  # noqa: E402
+from hql_ray.outputs.results import MANY_LANGUAGES, PathRow, ScoreRow  # noqa: E402
 
 DPI = 110
 EPS = 1e-6
-# Beyond this many languages (a FLORES-200-sized tree) a plot stops naming every one: the score bars keep a
-# readable width and label every k-th language, the root-to-leaf lines lose their legend and gain a median.
-MANY = 40
+# Beyond MANY_LANGUAGES a plot stops naming every language: the score bars keep a readable width and label
+# every k-th language, the root-to-leaf lines lose their legend and gain a median.
 MAX_WIDTH_IN = 24.0
 
 
@@ -135,9 +135,10 @@ def scores_plot(rows: list[ScoreRow], run_labels: list[str], path: Path, test_se
     axes[0].set_title(f"Test scores per language (leaf node), test set {test_set or '-'}")
     axes[0].legend(loc="upper right", fontsize=8)
     every = max(1, math.ceil(len(codes) / (MAX_WIDTH_IN * 4)))  # at most ~4 labels per inch (tree order kept)
+    few = len(codes) <= MANY_LANGUAGES
     axes[-1].set_xticks(range(0, len(codes), every))
-    axes[-1].set_xticklabels(codes[::every], rotation=45 if every == 1 and len(codes) <= MANY else 90,
-                             ha="right" if len(codes) <= MANY else "center", fontsize=None if len(codes) <= MANY else 6)
+    axes[-1].set_xticklabels(codes[::every], rotation=45 if few else 90, ha="right" if few else "center",
+                             fontsize=None if few else 6)
     axes[-1].set_xlim(-0.6, len(codes) - 0.4)
     if every > 1:
         axes[-1].set_xlabel(f"{len(codes)} languages in tree order, one in {every} named (report.csv has them all)")
@@ -316,7 +317,7 @@ def path_plot(paths: list[PathRow], levels: list[str], title: str, path: Path) -
     depth = max((len(p.path) for p in paths), default=0)
     any_value = False
     ends: dict[str, list] = {k: [] for k in keys}
-    many = len(paths) > MANY
+    many = len(paths) > MANY_LANGUAGES
     for i, p in enumerate(paths):
         for ax, key in zip(axes, keys):
             pts = [(s.depth, s.scores[key]) for s in p.path if s.scores[key] is not None]
@@ -355,10 +356,10 @@ def median_line(ax, paths: list[PathRow], key: str, depth: int) -> None:
     """The median over languages of a score at each depth of their paths, drawn bold (a big tree's plot)."""
     xs, ys = [], []
     for d in range(depth):
-        values = sorted(s.scores[key] for p in paths for s in p.path if s.depth == d and s.scores[key] is not None)
+        values = [s.scores[key] for p in paths for s in p.path if s.depth == d and s.scores[key] is not None]
         if values:
             xs.append(d)
-            ys.append(values[len(values) // 2])
+            ys.append(statistics.median_high(values))
     if xs:
         ax.plot(xs, ys, "-o", color="black", linewidth=2.2, markersize=5, label="median")
 

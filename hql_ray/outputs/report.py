@@ -15,14 +15,12 @@ from pathlib import Path
 from dataclasses import dataclass, field
 
 from hql_ray.outputs.manifest import RunRecord, atomic_write_text, read_manifest, run_tree
-from hql_ray.outputs.results import (LEGACY_NOTE, ScoreRow, means_markdown, not_computed_notes, num_or_none, path_csv,
+from hql_ray.outputs.results import (LEGACY_NOTE, MANY_LANGUAGES, ScoreRow, means_markdown, not_computed_notes, num_or_none, path_csv,
                                      path_markdown, path_scores, path_second_metric, score_rows, scores_csv,
                                      scores_markdown, signature_notes)
 from hql_ray.scoring.evaluation import TEXT_FILES
 from hql_ray.settings.errors import InputError
 from hql_ray.settings.records import LEGACY_TEST_SET, METRIC_NAMES, Sample, TestSetScores
-
-MANY_LANGUAGES = 40  # above this, the report opens with the means per test set
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunRecord:

@@ -290,6 +290,11 @@ def means(rows: list[ScoreRow], runs: list[RunRecord], metrics: list[str]) -> di
     return out
 
 
+# Above this many languages (a FLORES-200-sized tree) the report opens with the means per test set and its plots
+# stop naming every language.
+MANY_LANGUAGES = 40
+
+
 def means_markdown(rows: list[ScoreRow], runs: list[RunRecord]) -> str:
     """A short table of each run's mean scores per test set, with the languages behind each mean and the one
     scored lowest on chrF++ (what a 200-language report shows before its 800 rows)."""
