@@ -86,6 +86,24 @@ def manifest_read_seconds(run_dir: Path) -> tuple[float, float]:
     return cached, uncached
 
 
+def manifest_update_seconds(run_dir: Path, repeats: int = 10) -> tuple[float, float]:
+    """CPU seconds of one node update written as `Manifest.update` writes it (that node serialized anew, the
+    others' text reused) and as it was written before (`save`: every node serialized again), side by side."""
+    manifest = Manifest.load(run_dir / "manifest.json")
+    node_id = next(iter(manifest.nodes))
+    manifest.save()
+    t0 = time.process_time()
+    for attempt in range(repeats):
+        manifest.update(node_id, attempts=attempt)
+    one_node = (time.process_time() - t0) / repeats
+    t0 = time.process_time()
+    for attempt in range(repeats):
+        manifest.nodes[node_id].attempts = attempt
+        manifest.save()
+    whole = (time.process_time() - t0) / repeats
+    return one_node, whole
+
+
 def markdown_sections(markdown: str) -> list[list[str]]:
     rows, title, count = [], "(head)", 0
     for line in markdown.splitlines():
@@ -109,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = made_up_run(out, args.languages, args.seed, args.slots)
         nodes = len(Manifest.load(run_dir / "manifest.json").nodes)
         cached, uncached = manifest_read_seconds(run_dir)
+        one_node, whole = manifest_update_seconds(run_dir)
         t0 = time.perf_counter()
         result = write_report([run_dir])
         took = time.perf_counter() - t0
@@ -116,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(TEST_SETS)} test sets: {took:.1f} s, report.md {len(result['markdown'].splitlines())} lines")
         print(f"reading its manifest.json: {cached:.2f} s with each record's field types worked out once, "
               f"{uncached:.2f} s worked out at every record (before; x{uncached / cached:.0f})")
+        print(f"one node's update written to it: {1000 * one_node:.0f} ms of CPU with the other nodes' text reused, "
+              f"{1000 * whole:.0f} ms with every node serialized again (before; x{whole / one_node:.1f})")
         print_table(["report.md section", "lines"], markdown_sections(result["markdown"]))
         plots = [f for f in result["files"] if f.suffix == ".png"]
         print()

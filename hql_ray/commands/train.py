@@ -278,7 +278,7 @@ def reporting(driver, cfg, args: argparse.Namespace):
     from hql_ray.outputs.run_files import RunLog
 
     run_log = RunLog(driver.run_dir)
-    reporters = [PlainReporter(cfg, stream=run_log, tree=driver.tree, poll_interval=2.0)]
+    reporters = [PlainReporter(cfg, stream=run_log, tree=driver.tree)]
     if not args.quiet:
         reporters.append(make_reporter(cfg, plain=args.plain, tree=driver.tree))
 

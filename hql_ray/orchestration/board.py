@@ -144,6 +144,10 @@ class RunBoard:
                    for run, e in self._runs.items() if e.phase == "waiting" and e.wants is not None]
         return waiting, sum(1 for e in self._runs.values() if e.phase == "running")
 
+    def watch(self) -> tuple[list[str], list[Wait], int]:
+        """The driver's watch in one call (`RunWatch.tick`): what `reap` released, then `waits`."""
+        return (self.reap(), *self.waits())
+
     def holders(self) -> dict[str, str]:
         """Placement group id (hex) -> which run of ours made it, for naming what holds resources."""
         states = {"over": "its run is over", "running": "running", "waiting": "starting"}
