@@ -213,14 +213,18 @@ def test_a_search_cut_by_a_dead_driver_resumes_and_picks_the_same_trial(ray_sess
 
 def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_session, tmp_path):
     """What a trial's workers report goes through TrialBoard: the run board hears the node's first start and
-    each restart (so `attempts` = 1 + restarts, however many trials), and progress tagged with the trial."""
-    import numpy as np
+    each restart (so `attempts` = 1 + restarts, however many trials), and progress tagged with the trial.
+    Two searched nodes share the run's one Searches actor, each with its own trials."""
     import ray
 
+    from hql_ray.orchestration import search_state
     from hql_ray.orchestration.board import RunBoard
 
     board = RunBoard.options(num_cpus=0).remote()
-    state = ray.remote(num_cpus=0)(tune.SearchState).remote(board, "level0.G", "val_loss", "min", str(tmp_path))
+    searches = search_state.start(board, ray.get_runtime_context().get_node_id())
+    ray.get([searches.open.remote("level0.G", "val_loss", "min", str(tmp_path / "G")),
+             searches.open.remote("level0.R", "val_loss", "min", str(tmp_path / "R"))])
+    state, sibling = search_state.NodeSearch(searches, "level0.G"), search_state.NodeSearch(searches, "level0.R")
     a, b = tune.TrialBoard(board, state, "t_a"), tune.TrialBoard(board, state, "t_b")
     ray.get(a.started.remote("level0.G", Attempt([], 0.0)))  # the first trial starts: the node's 1st attempt
     ray.get(b.started.remote("level0.G", Attempt([], 0.0)))  # a second trial: not an attempt
@@ -233,16 +237,21 @@ def test_search_state_counts_restarts_not_trials_and_keeps_only_the_best(ray_ses
     def result(loss):
         return NodeResult(None, NodeMetrics(val_loss=loss), [HistoryPoint(1, val_loss=loss)], kept_checksum=f"c{loss}")
 
-    ray.get(state.finished.remote("t_a", result(2.0), None))
-    ray.get(state.finished.remote("t_b", result(1.5), None))
-    ray.get(state.finished.remote("t_c", None, "RuntimeError: boom"))
-    trials, best_id = ray.get(state.summary.remote())
+    ray.get(state.finished("t_a", result(2.0), None))
+    ray.get(state.finished("t_b", result(1.5), None))
+    ray.get(state.finished("t_c", None, "RuntimeError: boom"))
+    ray.get(sibling.finished("t_a", result(0.5), None))  # the same trial id in another node's search
+    trials, best_id = ray.get(state.summary())
     assert best_id == "t_b" and trials["t_b"].starts == 2 and trials["t_c"].error == "RuntimeError: boom"
-    assert ray.get(state.result.remote("t_b")).metrics.val_loss == 1.5
+    assert ray.get(state.result("t_b")).metrics.val_loss == 1.5 and trials["t_a"].value == 2.0
+    assert ray.get(sibling.summary())[1] == "t_a" and ray.get(sibling.result("t_a")).metrics.val_loss == 0.5
     # What a finished trial leaves in the run folder is what a resumed search reads back.
-    again = ray.get(ray.remote(num_cpus=0)(tune.SearchState).remote(None, "level0.G", "val_loss", "min",
-                                                                        str(tmp_path)).summary.remote())
+    ray.get(searches.close.remote("level0.G"))
+    ray.get(searches.open.remote("level0.G", "val_loss", "min", str(tmp_path / "G")))
+    again = ray.get(state.summary())
     assert again[1] == "t_b" and sorted(again[0]) == ["t_a", "t_b"] and again[0]["t_a"].value == 2.0
+    assert ray.get(state.kept_report("t_b")) == {"val_loss": 1.5, "validation": 1}
+    ray.kill(searches)
 
 
 CHAIN = "code,level0,level1,language\ndeu_Latn,Germanic,West,German\nnld_Latn,Germanic,West,Dutch\n"

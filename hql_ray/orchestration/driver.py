@@ -19,7 +19,7 @@ from typing import Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from hql_ray.orchestration import elastic, keeper, launch, preflight, run_start, stop, tune, warm
+from hql_ray.orchestration import elastic, keeper, launch, preflight, run_start, search_state, stop, tune, warm
 from hql_ray.orchestration.board import RunBoard
 from hql_ray.orchestration.cluster import check_storage, detect_slots, init_ray
 from hql_ray.orchestration.job import NodeJob, run_name
@@ -63,10 +63,8 @@ class Driver:
         self._warm: warm.WarmPool | None = None  # runs one-worker nodes when resources.executor picks warm workers
 
     def storage_path(self) -> str:
-        path = self.cfg.run.storage_path
-        if path:
-            return path if "://" in path else str(Path(path).absolute())
-        return str(self.run_dir / "storage")
+        path = self.cfg.run.storage_path or str(self.run_dir / "storage")
+        return path if "://" in path else str(Path(path).absolute())
 
     # ---- start ------------------------------------------------------------------------------------
     def start(self) -> Run:
@@ -89,8 +87,9 @@ class Driver:
         # Pinned to the driver's node: on a cluster, losing a worker machine must not take the board with it.
         here = ray.get_runtime_context().get_node_id()
         board = RunBoard.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        searched = any(search_space.searches_level(cfg, level) for level in self.tree.levels)
         run = Run(manifest, slots, sizes, storage, board, RunWatch(board, cfg.resources.wait_warning_s, self.on_event),
-                  keeper.start_keeper(here), here)
+                  keeper.start_keeper(here), here, search_state.start(board, here) if searched else None)
         if not self.simulation and warm.wanted(cfg.resources.executor, slots, storage):
             self._warm = warm.WarmPool(here, threads=max(1, int(cfg.resources.cpus_per_worker)))
         run_start.restore_done(run, self.run_dir, self.skipped, cfg.eval.generate and not self.simulation,
@@ -155,7 +154,7 @@ class Driver:
             cfg=self.cfg, node=spec, workers=workers, parent_refs=run.refs.of(chain),
             name=run_name(node_id, run.manifest.run_id_of(node_id), work), slots=run.slots, storage=run.storage,
             board=run.board, work=work, max_failures=self.cfg.resources.max_failures, keeper=run.keeper,
-            adapter_path=str(self.run_dir / "nodes" / node_id / "adapter"))
+            adapter_path=str(self.run_dir / "nodes" / node_id / "adapter"), searches=run.searches)
 
     def _launch_ready(self, pool: ThreadPoolExecutor, run: Run) -> None:
         ready = self.model.ready(run.manifest.statuses, run.in_flight, run.failed)

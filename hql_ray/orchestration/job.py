@@ -49,6 +49,7 @@ class NodeJob:
     keeper: Any = None  # the run's AdapterKeeper: rank 0 hands it the adapter (None: returned with the result)
     adapter_path: str | None = None  # where the keeper saves it (nodes/<id>/adapter in the run folder)
     train_env: dict = field(default_factory=ray_train_env)  # the driver's, applied where fit() runs
+    searches: Any = None  # the run's search_state.Searches actor (a searched level's trials)
 
     @property
     def wants(self) -> dict:

@@ -77,6 +77,7 @@ class Run:
     watch: RunWatch
     keeper: Any  # the AdapterKeeper actor: finished nodes' adapters, saved and held for the children
     head: str  # Ray node id of the driver's machine (the run folder): where the keeper and exports run
+    searches: Any = None  # the search_state.Searches actor, when a level of the run is searched
     refs: AdapterRefs = field(default_factory=AdapterRefs)
     running: dict[Future, Launch] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)

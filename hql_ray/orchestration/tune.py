@@ -11,8 +11,9 @@ Why it is built this way:
   reach Tune through `TuneReportCallback`. The node reports val_loss at every validation, so ASHA can
   stop bad trials; its grace period and rungs count validations.
 - Every trial's rank 0 hands its adapter to the run's keeper, saved under nodes/<id>/trials/<trial id>/,
-  and the search state writes each finished trial's result beside it: the best trial's adapter becomes
-  the node's (`AdapterKeeper.adopt`) without passing through the driver.
+  and the node's search state (`search_state`: one actor for the run's searches) writes each finished
+  trial's result beside it: the best trial's adapter becomes the node's (`AdapterKeeper.adopt`) without
+  passing through the driver.
 - A search cut short by a lost driver resumes (`Tuner.restore`, same experiment and trial run names):
   finished trials are not run again (their results are read back from the run folder), unfinished ones
   continue from their Ray Train checkpoints, and the best is chosen from the same results.
@@ -30,27 +31,21 @@ Why it is built this way:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import threading
-import time
 import zlib
 from pathlib import Path
 
-import ray
-
-from hql_ray.orchestration import launch
-from hql_ray.orchestration.board import Attempt
+from hql_ray.orchestration import launch, search_state
 from hql_ray.orchestration.job import NodeJob
-from hql_ray.outputs.manifest import atomic_write_json
+from hql_ray.orchestration.search_state import NodeSearch, TrialState
 from hql_ray.settings.errors import HQLError
-from hql_ray.settings.records import HistoryPoint, NodeMetrics, NodeResult, Progress, TrialChoice, TrialRecord
-from hql_ray.settings.search_space import LevelSpec, Param, better, level_spec, trial_choice, trial_config
+from hql_ray.settings.records import NodeResult, Progress, TrialRecord
+from hql_ray.settings.search_space import LevelSpec, Param, level_spec, trial_choice, trial_config
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "result.json"
 
 
 def tune_domain(param: Param):
@@ -79,106 +74,6 @@ def trials_dir(job: NodeJob) -> Path:
     return Path(job.adapter_path).parent / "trials"
 
 
-@dataclasses.dataclass
-class TrialState:
-    """What the search state knows of one trial."""
-
-    choice: TrialChoice | None = None
-    run: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    starts: int = 0
-    value: float | None = None
-    completed: bool = False
-    error: str | None = None
-
-
-class SearchState:
-    """One per searched node, on the driver's machine: trials' starts and ends, every finished trial's
-    result written under the node's trials folder (read back when a search resumes)."""
-
-    def __init__(self, board, node_id: str, metric: str, mode: str, folder: str):
-        self.board, self.node_id, self.metric, self.mode = board, node_id, metric, mode
-        self.folder = Path(folder)
-        self.trials: dict[str, TrialState] = {}
-        self.results: dict[str, NodeResult] = {}
-        self.forwarded = 0
-        for path in sorted(self.folder.glob(f"*/{RESULT_FILE}")):  # a resumed search: finished trials
-            self._read(path)
-
-    def _read(self, path: Path) -> None:
-        data = json.loads(path.read_text())
-        result = NodeResult(None, NodeMetrics.from_json(data["metrics"]),
-                            [HistoryPoint.from_json(h) for h in data["history"]],
-                            kept_checksum=data.get("kept_checksum"))
-        trial_id = path.parent.name
-        self.results[trial_id] = result
-        self.trials[trial_id] = TrialState(TrialChoice.from_json(data.get("choice")), data.get("run"),
-                                           data.get("started_at"), data.get("finished_at"), data.get("starts", 1),
-                                           self._value(result), True)
-
-    def _value(self, result: NodeResult) -> float | None:
-        value = getattr(result.metrics, self.metric, None)
-        return None if value is None else float(value)
-
-    def kept_report(self, trial_id: str) -> dict | None:
-        """A trial whose result is already here (it has just finished, or a resumed search: written before the
-        driver was lost): its last report to Tune (the metric, and `validation` as the report callback counts
-        it); else None."""
-        if trial_id not in self.results:
-            return None
-        # (the initial loss, at step 0, is not a validation the node reported)
-        validations = sum(1 for h in self.results[trial_id].history if h.val_loss is not None and h.step > 0)
-        value = self.trials[trial_id].value
-        return {self.metric: float("nan") if value is None else value, "validation": validations}
-
-    def began(self, trial_id: str, choice: TrialChoice, run_name: str) -> None:
-        entry = self.trials.setdefault(trial_id, TrialState())
-        entry.choice, entry.run = choice, run_name
-        entry.started_at = entry.started_at or time.time()
-
-    def started(self, trial_id: str, node_id: str, attempt: Attempt) -> None:
-        """A (re)start of a trial's rank 0. The run board hears of the node's first start and of every
-        restart, so the node's `attempts` stays 1 + worker-group restarts, whatever the trial count."""
-        entry = self.trials.setdefault(trial_id, TrialState(started_at=time.time()))
-        entry.starts += 1
-        if self.board is not None and (self.forwarded == 0 or entry.starts > 1):
-            self.forwarded += 1
-            ray.get(self.board.started.remote(node_id, dataclasses.replace(attempt, trial=trial_id)))
-
-    def finished(self, trial_id: str, result: NodeResult | None, error: str | None) -> None:
-        entry = self.trials.setdefault(trial_id, TrialState())
-        entry.finished_at = time.time()
-        if error is not None or result is None:
-            entry.error = error or "training returned nothing"
-            return
-        entry.value, entry.completed = self._value(result), True
-        self.results[trial_id] = result
-        record = {"metrics": result.metrics.to_json(), "history": [h.to_json() for h in result.history],
-                  "kept_checksum": result.kept_checksum, "choice": entry.choice and entry.choice.to_json(),
-                  "run": entry.run, "started_at": entry.started_at, "finished_at": entry.finished_at,
-                  "starts": entry.starts}
-        atomic_write_json(self.folder / trial_id / RESULT_FILE, record)
-
-    def best(self) -> str | None:
-        """The finished trial with the best metric (ties: the lower trial id)."""
-        best_id = None
-        for trial_id in sorted(self.results):
-            value = self.trials[trial_id].value
-            if value is not None and better(value, None if best_id is None else self.trials[best_id].value,
-                                            self.mode):
-                best_id = trial_id
-        return best_id
-
-    def summary(self) -> tuple[dict[str, TrialState], str | None]:
-        return self.trials, self.best()
-
-    def result(self, trial_id: str) -> NodeResult:
-        return self.results[trial_id]
-
-
-
-
 class _Call:
     def __init__(self, fn):
         self._fn = fn
@@ -189,14 +84,14 @@ class _Call:
 
 class TrialBoard:
     """Stands in for the run board inside a trial's workers (same `.started/.progress.remote` calls):
-    progress goes to the run board tagged with the trial; starts go to the search state."""
+    progress goes to the run board tagged with the trial; starts go to the node's search state."""
 
-    def __init__(self, board, state, trial_id: str):
+    def __init__(self, board, state: NodeSearch, trial_id: str):
         self._board, self._state, self._trial = board, state, trial_id
 
     @property
     def started(self):
-        return _Call(lambda node_id, attempt: self._state.started.remote(self._trial, node_id, attempt))
+        return _Call(lambda node_id, attempt: self._state.started(self._trial, attempt))
 
     @property
     def progress(self):
@@ -269,13 +164,15 @@ def _asha_cls():
 
 
 # A trial's own actor only waits on its Ray Train run: no CPU, so that N trials fit N CPU slots exactly
-# (even 0.01 CPU each leaves 1.98 of 2 CPUs, and the second 1-CPU worker group never starts). A bundle
-# needs some nonzero resource: a little memory, which nothing else of ours reserves.
-TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
+# (even 0.01 CPU each leaves 1.98 of 2 CPUs, and the second 1-CPU worker group never starts). Memory: what a
+# trial holds besides its workers, on the trial actor's machine: the actor (~400 MB resident: Tune, Ray Train,
+# torch), its Ray Train controller (~380 MB) and Ray's placement-group cleaner (~200 MB). Asking for it keeps
+# Ray from starting more trials than a machine holds (at 256 MB, 32 trials on a 24 GB machine were OOM-killed).
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 1024**3}
 _REGISTER_LOCK = threading.Lock()  # Tune's trainable registry is not thread-safe; siblings search at once
 
 
-def trial_function(job: NodeJob, spec: LevelSpec, state):
+def trial_function(job: NodeJob, spec: LevelSpec, state: NodeSearch):
     """The trainable of a node's trials: one Ray Train run of the node with the trial's values."""
     import ray
     from ray import tune
@@ -284,13 +181,13 @@ def trial_function(job: NodeJob, spec: LevelSpec, state):
         trial_id = tune.get_context().get_trial_id()
         choice = trial_choice(params)
         run_name = f"{job.name}.trial_{trial_id}"  # stable: a restored trial continues its Train run
-        kept = ray.get(state.kept_report.remote(trial_id))
+        kept = ray.get(state.kept_report(trial_id))
         if kept is not None:
             # It finished before the driver was lost, after Tune's last save of its state: Tune runs it again
             # on restore, but its result and adapter are kept: nothing to train, its last report again.
             tune.report(kept)
             return
-        ray.get(state.began.remote(trial_id, choice, run_name))
+        ray.get(state.began(trial_id, choice, run_name))
         trial_job = dataclasses.replace(job, cfg=trial_config(job.cfg, choice), workers=1, name=run_name,
                                         adapter_path=str(trials_dir(job) / trial_id / "adapter"),
                                         board=TrialBoard(job.board, state, trial_id))
@@ -306,12 +203,12 @@ def trial_function(job: NodeJob, spec: LevelSpec, state):
             result = fit.return_value
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; Tune retries only lost trial drivers
             error = f"{type(err).__name__}: {err}"[:2000]
-        ray.get(state.finished.remote(trial_id, result, error))
+        ray.get(state.finished(trial_id, result, error))
         # Tune fails the whole search (every sibling trial with it) on a trial that ends without ever having
         # reported the metric: one whose Train run failed before its first validation, or one so short (a
         # simulated trial) that it ended before Tune drained its reports. The trial's last result, reported
         # here, always carries it (NaN for a failed trial, recorded as an error by the search state).
-        tune.report(ray.get(state.kept_report.remote(trial_id)) or {spec.metric: float("nan"), "validation": 0})
+        tune.report(ray.get(state.kept_report(trial_id)) or {spec.metric: float("nan"), "validation": 0})
 
     return trial
 
@@ -349,9 +246,6 @@ def search_node(cfg, job: NodeJob) -> NodeResult:
     """Run the node's trials with Ray Tune; the best trial's result (its adapter kept as the node's by the
     keeper), with every trial."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # The legacy reporter is the one that verbose=0 silences: the driver draws its own progress.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -359,10 +253,25 @@ def search_node(cfg, job: NodeJob) -> NodeResult:
     spec = level_spec(cfg, job.node.level)
     if spec is None:
         raise HQLError(f"level {job.node.level} is not searched")
-    here = ray.get_runtime_context().get_node_id()
-    state = ray.remote(num_cpus=0)(SearchState).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)  # lives with the run folder
-    ).remote(job.board, job.node.id, spec.metric, spec.mode, str(trials_dir(job)))
+    # The run's searches actor (a job launched outside the driver starts its own), on the driver's machine:
+    # it writes the trials' results into the run folder.
+    searches = job.searches or search_state.start(job.board, ray.get_runtime_context().get_node_id())
+    ray.get(searches.open.remote(job.node.id, spec.metric, spec.mode, str(trials_dir(job))))
+    state = NodeSearch(searches, job.node.id)
+    try:
+        return _search(cfg, job, spec, state)
+    finally:
+        if job.searches is None:
+            ray.kill(searches)
+        else:
+            searches.close.remote(job.node.id)
+
+
+def _search(cfg, job: NodeJob, spec: LevelSpec, state: NodeSearch) -> NodeResult:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
     trainable = f"hql_trial.{job.name}"
     with _REGISTER_LOCK:
         tune.register_trainable(trainable, tune.with_resources(trial_function(job, spec, state),
@@ -373,10 +282,9 @@ def search_node(cfg, job: NodeJob) -> NodeResult:
     else:
         scheduler = FIFOScheduler()
     grid = make_tuner(cfg, job, spec, trainable, scheduler).fit()
-    trials_state, best_id = ray.get(state.summary.remote())
+    trials_state, best_id = ray.get(state.summary())
     trials = trial_records(grid, trials_state, best_id, set(getattr(scheduler, "stopped", ())), spec)
-    best = ray.get(state.result.remote(best_id)) if best_id is not None else None
-    ray.kill(state)
+    best = ray.get(state.result(best_id)) if best_id is not None else None
     if best is None:
         problems = "; ".join(f"{t.trial_id}: {t.status} {t.error or ''}".strip() for t in trials)
         raise HQLError(f"node {job.node.id}: no trial of the search finished ({problems})")
