@@ -32,7 +32,11 @@ def test_two_fits_export_the_controller_class_once(ray_session, tmp_path, monkey
 
         return config["base"] + ray.train.get_context().get_world_rank()
 
+    def cleaners() -> int:  # Ray Train's detached PlacementGroupCleaner actors, from the GCS's actor table
+        return sum("PlacementGroupCleaner" in a["ActorClassName"] for a in ray._private.state.actors().values())
+
     trainer = controller.trainer_class()
+    before = cleaners()
     values = []
     for i in range(2):
         result = trainer(rank_sum, train_loop_config={"base": 40 + i},
@@ -44,3 +48,5 @@ def test_two_fits_export_the_controller_class_once(ray_session, tmp_path, monkey
     if trainer.__name__ == "NodeTrainer":
         # at most once: an earlier test of this session may have exported it already
         assert sum("TrainController" in name for name in exported) <= 1
+        # This Ray has no dashboard: Ray's cleaner could not poll its state API, so none is started.
+        assert not controller.state_api_available() and cleaners() == before

@@ -166,8 +166,8 @@ def _asha_cls():
 # A trial's own actor only waits on its Ray Train run: no CPU, so that N trials fit N CPU slots exactly
 # (even 0.01 CPU each leaves 1.98 of 2 CPUs, and the second 1-CPU worker group never starts). Memory: what a
 # trial holds besides its workers, on the trial actor's machine: the actor (~400 MB resident: Tune, Ray Train,
-# torch), its Ray Train controller (~380 MB) and Ray's placement-group cleaner (~200 MB). Asking for it keeps
-# Ray from starting more trials than a machine holds (at 256 MB, 32 trials on a 24 GB machine were OOM-killed).
+# torch) and its Ray Train controller (~380 MB). Asking for it keeps Ray from starting more trials than a
+# machine holds (at 256 MB, 32 trials in flight on a 24 GB machine were OOM-killed).
 TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 1024**3}
 _REGISTER_LOCK = threading.Lock()  # Tune's trainable registry is not thread-safe; siblings search at once
 
