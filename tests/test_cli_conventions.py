@@ -148,8 +148,8 @@ def test_schedule_and_steps_follow_the_driver():
     sizes = {n: 1000 for n in tree.nodes}
     model = RunModel(cfg, tree)  # what the driver walks with
     workers = model.replay(sizes, 4, finished=set())
-    assert workers["level0.Indo_European"] == 4  # alone: the whole cluster
-    assert workers["level1.Germanic"] == 2 and workers["level1.Romance"] == 2
+    assert workers["level0.Indo_European"] == [4]  # alone: the whole cluster
+    assert workers["level1.Germanic"] == [2] and workers["level1.Romance"] == [2]
     assert set(workers) == set(tree.nodes)
     assert model.batch_plan(1000, 4).total_steps == 125  # a global batch of 8 whatever the workers
     cfg.train.batch_per_worker = True

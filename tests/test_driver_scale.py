@@ -68,7 +68,8 @@ def replay_events(model: RunModel, sizes: dict[str, int], slots: int) -> tuple[l
     result = replay_lib.replay(loads, parents, slots, model.policy)
     timed = [(t, 0, n, NodeDone(n)) for n, t in result.finishes.items()]
     timed += [(t, 1, n, NodeStarted(n, result.workers[n][0])) for n, t in result.starts.items()]
-    return [event for *_, event in sorted(timed, key=lambda item: item[:3])], model.replay(sizes, slots, set())
+    starts = {n: counts[0] for n, counts in model.replay(sizes, slots, set()).items()}  # (no growth: all [w])
+    return [event for *_, event in sorted(timed, key=lambda item: item[:3])], starts
 
 
 def slots_back(ray, timeout: float = 60.0) -> bool:

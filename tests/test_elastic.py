@@ -87,6 +87,24 @@ def test_a_running_node_grows_only_where_the_restart_pays(small_corpus, tmp_path
     assert fixed.resizes(sizes, 3, dutch, {"language.Dutch": 0.5}, {"language.Dutch"}) == {}
 
 
+def test_the_dry_run_plans_the_growth(small_corpus, tmp_path, monkeypatch):
+    """`train --dry-run` replays the run model with growth: Dutch starts on 1 worker and goes on on 4 once
+    German is done (half of its work left), as the driver would; without resources.elastic it stays on 1."""
+    from hql_ray.orchestration import plan, preflight
+
+    sizes = {"language.German": 24000, "language.Dutch": 16000}
+    monkeypatch.setattr(preflight, "check", lambda *args, **kwargs: dict(sizes))
+    grown = {n.id: n for n in plan.make_plan(two_roots(tmp_path, small_corpus), slots=4).nodes}
+    assert (grown["language.German"].workers, grown["language.German"].grows_to) == (3, [])
+    assert (grown["language.Dutch"].workers, grown["language.Dutch"].grows_to) == (1, [4])
+    dutch_row = next(line for line in plan.render(plan.make_plan(two_roots(tmp_path, small_corpus), slots=4))
+                     .splitlines() if line.startswith("language.Dutch"))
+    assert " 1->4 " in dutch_row
+    fixed = plan.make_plan(two_roots(tmp_path, small_corpus, **{"resources.elastic": "false"}), slots=4)
+    assert {n.id: (n.workers, n.grows_to) for n in fixed.nodes} == {"language.German": (3, []),
+                                                                     "language.Dutch": (1, [])}
+
+
 def test_elastic_needs_the_critical_path_policy(small_corpus, tmp_path):
     with pytest.raises(ConfigError, match="resources.elastic grows running nodes by the critical-path"):
         two_roots(tmp_path, small_corpus, **{"resources.policy": "largest-first"})

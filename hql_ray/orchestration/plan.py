@@ -35,6 +35,7 @@ class NodePlan:
     examples: int | None  # None: the data check failed
     steps: int | None
     workers: int | None  # None: not trained in this run (skipped, or done and kept by --resume)
+    grows_to: list[int] = field(default_factory=list)  # resources.elastic: the counts it goes on on, in turn
     status: str = "train"  # train | skipped | done
     adapter: dict | None = None  # {"params", "bytes"}
     memory: dict | None = None  # hql_ray.training.memory.node_memory's bytes by part and "total"
@@ -134,17 +135,17 @@ def make_plan(cfg: Config, slots: int | None = None, activations: bool = False) 
     kept = set(grown.kept) if grown is not None else set()
     if grown is not None and grown.grows:
         plan.notes.append(growth_note(grown))
-    workers = model.replay(sizes, total, kept | skipped) if model is not None else {}
+    counts = model.replay(sizes, total, kept | skipped) if model is not None else {}
     adapter = _adapter(plan, cfg)
     if cfg.train.batch_tokens:
         plan.notes.append("steps ?: with train.batch_tokens an epoch's steps follow its examples' token counts, "
                           "known when a node tokenizes its data (the same BatchPlan then counts them)")
     for node in tree.nodes.values():
-        w = workers.get(node.id)
+        w, *grows = counts.get(node.id) or [None]
         state = "skipped" if node.id in skipped else "done" if node.id in kept else "train"
         steps = model.batch_plan(sizes[node.id], w).total_steps if known and w and model else None
         plan.nodes.append(NodePlan(node.id, node.depth, node.codes, sizes[node.id] if known else None, steps,
-                                   w if state == "train" else None, state, adapter))
+                                   w if state == "train" else None, grows, state, adapter))
     if model is not None:
         _memory(plan, model, activations)
     return plan
@@ -229,7 +230,8 @@ def render(plan: Plan) -> str:
             f"{human_count(n.adapter['params'])} params, {human_bytes(n.adapter['bytes'])}"
         memory = "-" if n.memory is None else human_bytes(n.memory["total"])
         rows.append(["  " * n.depth + n.id, langs, "?" if n.examples is None else str(n.examples),
-                     "?" if n.steps is None else str(n.steps), n.status if n.workers is None else str(n.workers),
+                     "?" if n.steps is None else str(n.steps),
+                     n.status if n.workers is None else "->".join(map(str, [n.workers, *n.grows_to])),
                      adapter, memory])
     if all(n.memory is None for n in plan.nodes):
         rows = [r[:-1] for r in rows]

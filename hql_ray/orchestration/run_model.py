@@ -216,15 +216,20 @@ class RunModel:
             out.update(self.facts[node_id].model_chain)
         return out
 
-    def replay(self, sizes: dict[str, int], slots: int, finished: set[str]) -> dict[str, int]:
+    def replay(self, sizes: dict[str, int], slots: int, finished: set[str]) -> dict[str, list[int]]:
         """The schedule without Ray (`replay_lib`, the same policy as `allocate`, its readiness and level
-        barrier): a node takes examples x epochs / workers; -> workers of each node not in `finished`."""
+        barrier): a node takes examples x epochs / workers; -> the workers of each node not in `finished`, the
+        count it starts on first, then each count resources.elastic grows it to (at a log step, where the
+        driver pauses a node; a restart costs `scheduling.RESIZE_COST`, as the policy weighs it)."""
         todo = [n for n in self.tree.nodes if n not in finished]
         parents = {n: self.tree.nodes[n].parent for n in todo}
         parents = {n: p if p in parents else None for n, p in parents.items()}  # a finished parent: a root now
         loads = scheduling.tree_loads(self.cfg, self.tree, sizes)
         loads = scheduling.node_loads({n: loads[n].work for n in todo}, parents,
                                       {n: min(slots, loads[n].max_workers) for n in todo}, sizes)
-        result = replay_lib.replay(loads, parents, slots, self.policy, barrier=self.cfg.resources.level_barrier,
+        costs = None if self.elastic_policy is None else replay_lib.Costs(
+            checkpoint_work=self.cfg.train.log_every * self.cfg.train.batch_size, resize_cost=scheduling.RESIZE_COST)
+        result = replay_lib.replay(loads, parents, slots, self.elastic_policy or self.policy, costs,
+                                   barrier=self.cfg.resources.level_barrier,
                                    depths={n: self.tree.nodes[n].depth for n in todo})
-        return {n: workers[0] for n, workers in result.workers.items()}
+        return result.workers
