@@ -7,6 +7,9 @@ and reports the driver process's own CPU (its threads and Ray client; not Ray's 
 
 Run: .venv/bin/python benchmarks/driver_cpu.py                 (30 languages, 8 slots; ~10 min on 2 cores)
      .venv/bin/python benchmarks/driver_cpu.py --languages 12  (quicker)
+     .venv/bin/python benchmarks/driver_cpu.py --languages 12 --baseline REV [--variants baseline ours]
+         (adds the driver of git revision REV, checked out in a temporary worktree: a change side by side with
+         what it changes)
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,29 +56,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=8, help="logical GPU slots (default 8)")
     parser.add_argument("--max-per-node", type=int, default=4, help="workers per node at most (default 4)")
     parser.add_argument("--spe", type=float, default=1e-6, help="simulated seconds per example (default 1e-6)")
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)  # a child's one walk
+    parser.add_argument("--baseline", metavar="REV", help="also walk with the hql_ray of git revision REV")
+    parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, "baseline"],
+                        help="which walks (default: ray ours, and baseline with --baseline)")
+    parser.add_argument("--variant", choices=[*VARIANTS, "baseline"], help=argparse.SUPPRESS)  # a child's walk
     args = parser.parse_args(argv)
     if args.variant:
         print("RESULT " + json.dumps(one_walk(args)), flush=True)
         return 0
     print(f"driver CPU per node: {args.languages}-language synthetic tree (seed {args.seed}), {args.slots} slots, "
           f"<= {args.max_per_node} workers per node, {args.spe:g} s/example; {machine()}", flush=True)
-    rows, figures = [], {}
-    for variant, env in VARIANTS.items():
-        child = subprocess.run([sys.executable, __file__, *(argv or sys.argv[1:]), "--variant", variant],
-                               env={**os.environ, **env}, capture_output=True, text=True, check=False)
-        line = next((l for l in child.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(child.stdout[-2000:], child.stderr[-4000:], sep="\n")
-            return 1
-        figures[variant] = json.loads(line[len("RESULT "):])
-        f = figures[variant]
-        rows.append([variant, str(f["nodes"]), f"{f['driver_cpu_ms_per_node']:.0f}", f"{f['makespan_s']:.0f}",
-                     f["slots_free"]])
-    print_table(["trainer", "nodes", "driver CPU ms/node", "makespan s", "slots free at end"], rows)
-    ratio = figures["ours"]["driver_cpu_ms_per_node"] / figures["ray"]["driver_cpu_ms_per_node"]
-    print(f"\nours / Ray's TorchTrainer: driver CPU per node x{ratio:.2f}")
+    variants = args.variants or [*(["baseline"] if args.baseline else []), *VARIANTS]
+    with tempfile.TemporaryDirectory(prefix="hql-bench-baseline-") as checkout:
+        if "baseline" in variants:
+            subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", checkout, args.baseline],
+                           check=True, capture_output=True)
+        try:
+            figures = {variant: walk_in_child(variant, args, checkout) for variant in variants}
+        finally:
+            if "baseline" in variants:
+                subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", checkout],
+                               check=False, capture_output=True)
+    if any(f is None for f in figures.values()):
+        return 1
+    names = {"ray": "Ray's TorchTrainer", "ours": "this checkout", "baseline": f"revision {args.baseline}"}
+    print_table(["driver", "nodes", "driver CPU ms/node", "makespan s", "slots free at end"],
+                [[names[v], str(f["nodes"]), f"{f['driver_cpu_ms_per_node']:.0f}", f"{f['makespan_s']:.0f}",
+                  f["slots_free"]] for v, f in figures.items()])
+    for other in [v for v in variants if v != "ours"]:
+        if "ours" in figures:
+            ratio = figures["ours"]["driver_cpu_ms_per_node"] / figures[other]["driver_cpu_ms_per_node"]
+            print(f"this checkout / {names[other]}: driver CPU per node x{ratio:.2f}")
     return 0
+
+
+def walk_in_child(variant: str, args, checkout: str) -> dict | None:
+    """One walk in a fresh process (and so a fresh local Ray); the baseline's is REV's own benchmark script
+    walking "ours" with REV's hql_ray first on the path (Ray's workers inherit it)."""
+    env, script = {**os.environ, **VARIANTS.get(variant, VARIANTS["ours"])}, __file__
+    if variant == "baseline":
+        env["PYTHONPATH"] = os.pathsep.join([checkout, *filter(None, [os.environ.get("PYTHONPATH")])])
+        script, variant = str(Path(checkout) / "benchmarks" / "driver_cpu.py"), "ours"
+    walk = ["--languages", str(args.languages), "--seed", str(args.seed), "--slots", str(args.slots),
+            "--max-per-node", str(args.max_per_node), "--spe", str(args.spe)]
+    child = subprocess.run([sys.executable, script, *walk, "--variant", variant],
+                           env=env, capture_output=True, text=True, check=False)
+    line = next((l for l in child.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        print(child.stdout[-2000:], child.stderr[-4000:], sep="\n")
+        return None
+    return json.loads(line[len("RESULT "):])
 
 
 if __name__ == "__main__":

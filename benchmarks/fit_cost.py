@@ -1,8 +1,9 @@
 """What one Ray Train run costs the machine: bare one-worker fits (the loop does nothing) through the node
-trainer as hql-ray runs it, and with Ray Train's PlacementGroupCleaner put back (what Ray itself does: one
-detached actor per run), side by side, alternating, in one local Ray without the dashboard.
+trainer as hql-ray runs it (no PlacementGroupCleaner without the dashboard, no DatasetManager without datasets),
+through the node trainer with Ray's own callbacks (both actors back), and through Ray's TorchTrainer itself;
+side by side, alternating, in one local Ray without the dashboard.
 
-Run: .venv/bin/python benchmarks/fit_cost.py [--fits 4 --rounds 2]     (~3 min on 2 cores)
+Run: .venv/bin/python benchmarks/fit_cost.py [--fits 4 --rounds 2]     (~5 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ from common import CpuMeter, print_table, quiet, start_ray  # noqa: E402
 
 
 def trainers() -> dict:
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.torch import TorchTrainer
 
     from hql_ray.orchestration.controller import trainer_class
 
     node_trainer = trainer_class()
 
-    class WithCleaner(node_trainer):
-        def _create_default_callbacks(self):  # Ray's own list: the node trainer's, the cleaner put back
-            callbacks = super()._create_default_callbacks()
-            if not any(isinstance(c, PlacementGroupCleanerCallback) for c in callbacks):
-                callbacks.append(PlacementGroupCleanerCallback())
-            return callbacks
+    class WithRaysCallbacks(node_trainer):
+        def _create_default_callbacks(self):  # Ray's own list: every actor a run starts
+            return TorchTrainer._create_default_callbacks(self)
 
-    return {"node trainer (no cleaner without the dashboard)": node_trainer, "with Ray's cleaner": WithCleaner}
+    return {"node trainer": node_trainer, "node trainer, Ray's callbacks": WithRaysCallbacks,
+            "Ray's TorchTrainer": TorchTrainer}
 
 
 def main(argv: list[str] | None = None) -> int:

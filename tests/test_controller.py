@@ -32,8 +32,9 @@ def test_two_fits_export_the_controller_class_once(ray_session, tmp_path, monkey
 
         return config["base"] + ray.train.get_context().get_world_rank()
 
-    def cleaners() -> int:  # Ray Train's detached PlacementGroupCleaner actors, from the GCS's actor table
-        return sum("PlacementGroupCleaner" in a["ActorClassName"] for a in ray._private.state.actors().values())
+    def cleaners() -> int:  # Ray Train's PlacementGroupCleaner and DatasetManager actors, from the GCS's table
+        return sum(a["ActorClassName"] in ("PlacementGroupCleaner", "DatasetManager")
+                   for a in ray._private.state.actors().values())
 
     trainer = controller.trainer_class()
     before = cleaners()
@@ -48,5 +49,6 @@ def test_two_fits_export_the_controller_class_once(ray_session, tmp_path, monkey
     if trainer.__name__ == "NodeTrainer":
         # at most once: an earlier test of this session may have exported it already
         assert sum("TrainController" in name for name in exported) <= 1
-        # This Ray has no dashboard: Ray's cleaner could not poll its state API, so none is started.
+        # This Ray has no dashboard: Ray's cleaner could not poll its state API, so none is started; no datasets:
+        # no DatasetManager either.
         assert not controller.state_api_available() and cleaners() == before

@@ -1,4 +1,4 @@
-"""A TorchTrainer whose controller actor class is made once per driver process, not once per `fit()`.
+"""A TorchTrainer cheaper per `fit()`: its controller actor class made once per process, no actors it does not use.
 
 Ray Train (V2) wraps its `TrainController` in a fresh `ray.remote(...)` class at every `fit()`; a fresh
 class is exported to the GCS again, and the export hashes the class's disassembly (Ray's "collision
@@ -11,7 +11,9 @@ Where Ray runs without the dashboard (a local Ray as `hql-ray train` starts it),
 out Ray Train's `PlacementGroupCleaner`: a detached actor per run that polls the dashboard's state API to see
 its controller die. Without that API it never sees it: it costs ~2 CPU-s and ~200 MB per run for nothing, and
 stays until Ray stops after a killed run (a trial ASHA stopped). The run board releases those runs' placement
-groups instead (`RunBoard.reap`). Measured: 17.6 -> 15.0 CPU-s and 10.8 -> 8.9 s per bare one-worker fit.
+groups instead (`RunBoard.reap`). And for a run without Ray Data datasets (every node's: workers read their
+own data) it leaves out the DatasetsCallback, which starts a `DatasetManager` actor (~200 MB) per worker-group
+start for nothing. benchmarks/fit_cost.py measures both, side by side.
 
 This mirrors one private method of Ray's trainer. It is used only when that method is the one it was
 written from (`RAY_METHOD_SHA`, Ray 2.60): any other Ray runs its own method unchanged, one fit at a time
@@ -63,6 +65,17 @@ def state_api_available() -> bool:
         return True
 
 
+def unneeded(callback, has_datasets: bool) -> bool:
+    """Ray Train callbacks that start an actor per run for nothing here: the PlacementGroupCleaner without the
+    dashboard's state API, the DatasetsCallback's DatasetManager for a run without Ray Data datasets."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    if isinstance(callback, DatasetsCallback):
+        return not has_datasets
+    return isinstance(callback, PlacementGroupCleanerCallback) and not state_api_available()
+
+
 @functools.lru_cache(maxsize=1)
 def trainer_class():
     """`NodeTrainer` where Ray's method is the one mirrored, else Ray's `TorchTrainer` itself."""
@@ -87,11 +100,6 @@ def trainer_class():
             return ray.get(controller.get_result.remote())
 
         def _create_default_callbacks(self):
-            from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-            callbacks = super()._create_default_callbacks()
-            if state_api_available():
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+            return [c for c in super()._create_default_callbacks() if not unneeded(c, bool(self.datasets))]
 
     return NodeTrainer
