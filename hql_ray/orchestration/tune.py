@@ -38,7 +38,7 @@ import threading
 import zlib
 from pathlib import Path
 
-from hql_ray.orchestration import launch, search_state
+from hql_ray.orchestration import launch
 from hql_ray.orchestration.job import NodeJob
 from hql_ray.orchestration.search_state import NodeSearch, TrialState
 from hql_ray.settings.errors import HQLError
@@ -253,18 +253,14 @@ def search_node(cfg, job: NodeJob) -> NodeResult:
     spec = level_spec(cfg, job.node.level)
     if spec is None:
         raise HQLError(f"level {job.node.level} is not searched")
-    # The run's searches actor (a job launched outside the driver starts its own), on the driver's machine:
-    # it writes the trials' results into the run folder.
-    searches = job.searches or search_state.start(job.board, ray.get_runtime_context().get_node_id())
-    ray.get(searches.open.remote(job.node.id, spec.metric, spec.mode, str(trials_dir(job))))
-    state = NodeSearch(searches, job.node.id)
+    if job.searches is None:  # the driver starts it when a level of the run is searched
+        raise HQLError(f"node {job.node.id}: a searched node's job needs the run's searches actor")
+    # On the driver's machine: it writes the trials' results into the run folder.
+    ray.get(job.searches.open.remote(job.node.id, spec.metric, spec.mode, str(trials_dir(job))))
     try:
-        return _search(cfg, job, spec, state)
+        return _search(cfg, job, spec, NodeSearch(job.searches, job.node.id))
     finally:
-        if job.searches is None:
-            ray.kill(searches)
-        else:
-            searches.close.remote(job.node.id)
+        job.searches.close.remote(job.node.id)
 
 
 def _search(cfg, job: NodeJob, spec: LevelSpec, state: NodeSearch) -> NodeResult:

